@@ -1,0 +1,441 @@
+//! `migrate`: the operator's command line for livemig.
+//!
+//! A thin layer: parse arguments, connect, run a library operation, render
+//! progress (a bar on a terminal, plain lines otherwise, JSON lines with
+//! `--json`) and turn the library's error kinds into exit codes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use livemig::ceph::{Cluster, ClusterConfig};
+use livemig::mirror::{compare_images, Copier, CopyOptions, Progress};
+use livemig::spec::ImageSpec;
+use livemig::{Error, ErrorKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    failed (I/O or cluster error; the message says which)
+  2    bad usage (unknown option, malformed argument)
+  3    not found (pool, namespace or image)
+  4    refused (source and destination are the same, content mismatch)
+  5    destination exists or is in use
+  6    cluster unreachable or its configuration unreadable
+  7    not enough space in the destination pool
+  130  cancelled (Ctrl-C); nothing was left half-made
+
+Environment: CEPH_CONF names the ceph.conf when --conf is not given;
+LIVEMIG_LOG sets the log filter (e.g. LIVEMIG_LOG=livemig=debug).";
+
+/// Live, crash-safe migration of Ceph RBD volumes between pools and clusters.
+///
+/// Images are named as the rbd CLI names them: POOL/IMAGE or
+/// POOL/NAMESPACE/IMAGE (IMAGE alone means pool `rbd`).
+#[derive(Parser)]
+#[command(name = "migrate", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Print machine-readable JSON lines on stdout instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy a detached image to a new image in another pool or cluster.
+    ///
+    /// The copy reads a temporary snapshot of SRC (so SRC stays usable),
+    /// copies only allocated, non-zero data (the copy stays thin), and keeps
+    /// size, features, object size, striping and image-meta. DST must not
+    /// exist; it appears only when complete. Ctrl-C cancels cleanly.
+    ///
+    /// Example: migrate copy volumes/vm1-disk fast/vm1-disk
+    ///          migrate copy volumes/vm1-disk dr/vm1-disk --dest-conf /etc/ceph/dr.conf
+    Copy(CopyArgs),
+    /// Compare two images by content and report differing ranges.
+    ///
+    /// Exit code 0 when identical, 4 when they differ.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct SourceClusterArgs {
+    /// Cluster name; reads /etc/ceph/NAME.conf (as `rbd --cluster`).
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// ceph.conf of the (source) cluster [default: $CEPH_CONF, then /etc/ceph/ceph.conf].
+    #[arg(short = 'c', long, value_name = "PATH")]
+    conf: Option<PathBuf>,
+    /// Client id, without `client.` [default: admin].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Keyring of the client.
+    #[arg(long, value_name = "PATH")]
+    keyring: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DestClusterArgs {
+    /// Destination cluster name, when it is another cluster.
+    #[arg(long, value_name = "NAME")]
+    dest_cluster: Option<String>,
+    /// ceph.conf of the destination cluster, when it is another cluster.
+    #[arg(long, value_name = "PATH")]
+    dest_conf: Option<PathBuf>,
+    /// Client id on the destination cluster [default: same as --id].
+    #[arg(long, value_name = "ID")]
+    dest_id: Option<String>,
+    /// Keyring for the destination cluster.
+    #[arg(long, value_name = "PATH")]
+    dest_keyring: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Source image: POOL/IMAGE or POOL/NAMESPACE/IMAGE.
+    src: String,
+    /// Destination image (must not exist): POOL/IMAGE or POOL/NAMESPACE/IMAGE.
+    dst: String,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    dest: DestClusterArgs,
+    /// Most data in flight at once, e.g. 256M; bounds memory use.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    in_flight: u64,
+    /// Bytes per read [default: the source's object size].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Limit the copy to this many bytes per second, e.g. 200M.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    bwlimit: Option<u64>,
+    /// Do not show progress.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// First image.
+    a: String,
+    /// Second image (on the destination cluster if --dest-conf is given).
+    b: String,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    dest: DestClusterArgs,
+}
+
+/// Parses `4096`, `64K`, `256M`, `2G`, `1T` (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{s}`: unknown unit `{c}` (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, 64K, 256M, 2G)"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn source_config(a: &SourceClusterArgs) -> ClusterConfig {
+    ClusterConfig {
+        cluster_name: a.cluster.clone(),
+        conf_path: a.conf.clone(),
+        client_id: a.id.clone(),
+        keyring: a.keyring.clone(),
+        ..Default::default()
+    }
+}
+
+/// The source cluster, and the destination (the same connection unless
+/// another cluster is named).
+async fn connect(
+    src: &SourceClusterArgs,
+    dst: &DestClusterArgs,
+) -> Result<(Cluster, Cluster), Error> {
+    let source = Cluster::connect(source_config(src)).await?;
+    if dst.dest_conf.is_none() && dst.dest_cluster.is_none() {
+        return Ok((source.clone(), source));
+    }
+    let cfg = ClusterConfig {
+        cluster_name: dst.dest_cluster.clone(),
+        conf_path: dst.dest_conf.clone(),
+        client_id: dst.dest_id.clone().or_else(|| src.id.clone()),
+        keyring: dst.dest_keyring.clone(),
+        ..Default::default()
+    };
+    Ok((source, Cluster::connect(cfg).await?))
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::PoolNotFound | ErrorKind::NamespaceNotFound | ErrorKind::ImageNotFound => 3,
+        ErrorKind::SameImage | ErrorKind::InvalidInput | ErrorKind::Mismatch => 4,
+        ErrorKind::DestinationExists
+        | ErrorKind::DestinationInUse
+        | ErrorKind::Busy
+        | ErrorKind::Fenced => 5,
+        ErrorKind::ClusterUnreachable | ErrorKind::Config | ErrorKind::PermissionDenied => 6,
+        ErrorKind::NoSpace | ErrorKind::DestinationTooSmall => 7,
+        ErrorKind::Cancelled => 130,
+        _ => 1,
+    }
+}
+
+fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    Json,
+    Bar,
+    Lines,
+    Quiet,
+}
+
+fn progress_json(p: &Progress) -> serde_json::Value {
+    serde_json::json!({
+        "event": "progress",
+        "total_bytes": p.total_bytes,
+        "done_bytes": p.done_bytes,
+        "written_bytes": p.written_bytes,
+        "elapsed_secs": p.elapsed.as_secs_f64(),
+        "rate_bytes_per_sec": p.rate(),
+        "eta_secs": p.eta().map(|d| d.as_secs_f64()),
+    })
+}
+
+/// Renders progress until the sender is dropped.
+async fn show_progress(mut rx: watch::Receiver<Progress>, output: Output) {
+    let bar = (output == Output::Bar).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let interval = if output == Output::Lines {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(500)
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        let changed = tokio::select! {
+            r = rx.changed() => r.is_ok(),
+            _ = tick.tick() => true,
+        };
+        let p = rx.borrow_and_update().clone();
+        match (&bar, output) {
+            (Some(bar), _) => {
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.done_bytes);
+            }
+            (None, Output::Json) if changed => println!("{}", progress_json(&p)),
+            (None, Output::Lines) if changed && p.total_bytes > 0 => eprintln!(
+                "progress: {} / {} ({:.0}%), {}/s, ETA {}s",
+                human_bytes(p.done_bytes as f64),
+                human_bytes(p.total_bytes as f64),
+                100.0 * p.done_bytes as f64 / p.total_bytes as f64,
+                human_bytes(p.rate()),
+                p.eta().map_or(0, |d| d.as_secs()),
+            ),
+            _ => {}
+        }
+        if !changed {
+            break;
+        }
+        if output == Output::Json || output == Output::Lines {
+            // Throttle: at most one line per interval.
+            tick.tick().await;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+async fn run_copy(args: CopyArgs, json: bool) -> Result<serde_json::Value, Error> {
+    let src: ImageSpec = args.src.parse()?;
+    let dst: ImageSpec = args.dst.parse()?;
+    let (src_cluster, dst_cluster) = connect(&args.source, &args.dest).await?;
+    let output = if json {
+        Output::Json
+    } else if args.no_progress {
+        Output::Quiet
+    } else if std::io::stderr().is_terminal() {
+        Output::Bar
+    } else {
+        Output::Lines
+    };
+    let options = CopyOptions {
+        in_flight_bytes: args.in_flight,
+        chunk_size: args.chunk_size,
+        bandwidth_limit: args.bwlimit,
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let (tx, rx) = watch::channel(Progress::default());
+    let shower = tokio::spawn(show_progress(rx, output));
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("migrate: cancelling (removing the partial destination)...");
+            on_signal.cancel();
+        }
+    });
+    let copier = Copier::new(options).progress(tx).cancel_on(cancel);
+    let result = copier.run(&src_cluster, &src, &dst_cluster, &dst).await;
+    drop(copier);
+    let _ = shower.await;
+    let report = result?;
+    if !json {
+        println!(
+            "copied {} to {}: {} of data in {:.1}s ({}/s), {} written, {} image-meta keys",
+            report.source,
+            report.destination,
+            human_bytes(report.read_bytes as f64),
+            report.seconds,
+            human_bytes(report.read_bytes as f64 / report.seconds.max(1e-9)),
+            human_bytes(report.written_bytes as f64),
+            report.metadata_keys
+        );
+    }
+    Ok(serde_json::json!({"event": "done", "report": report}))
+}
+
+async fn run_verify(args: VerifyArgs, json: bool) -> Result<serde_json::Value, Error> {
+    let a: ImageSpec = args.a.parse()?;
+    let b: ImageSpec = args.b.parse()?;
+    let (ca, cb) = connect(&args.source, &args.dest).await?;
+    let ia = ca
+        .ioctx(&a.pool, &a.namespace)
+        .await?
+        .open_image_read_only(&a.image, None)
+        .await?;
+    let ib = cb
+        .ioctx(&b.pool, &b.namespace)
+        .await?
+        .open_image_read_only(&b.image, None)
+        .await?;
+    let report = compare_images(&ia, &ib).await?;
+    if !json {
+        println!(
+            "compared {a} and {b}: sizes {} / {}, {} compared, {} differing range(s)",
+            report.size_a,
+            report.size_b,
+            human_bytes(report.compared_bytes as f64),
+            report.mismatches.len()
+        );
+        for (off, len) in report.mismatches.iter().take(20) {
+            println!("  differs at offset {off}, {len} bytes");
+        }
+    }
+    if !report.identical() {
+        let out = serde_json::json!({"event": "done", "identical": false, "report": report});
+        if json {
+            println!("{out}");
+        }
+        return Err(
+            Error::new(ErrorKind::Mismatch, "verify").message(format!("{a} and {b} differ"))
+        );
+    }
+    Ok(serde_json::json!({"event": "done", "identical": true, "report": report}))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIVEMIG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("migrate: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Copy(a) => run_copy(a, json).await,
+            Command::Verify(a) => run_verify(a, json).await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            if json {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = exit_code(e.kind());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "error", "kind": e.kind(), "message": e.to_string(), "exit_code": code})
+                );
+            }
+            eprintln!("migrate: error ({}): {e}", e.kind());
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

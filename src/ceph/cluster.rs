@@ -1,0 +1,568 @@
+//! Cluster connections and pool io-contexts.
+
+use std::ffi::CString;
+use std::os::raw::c_char;
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use livemig_ceph_sys as sys;
+
+use super::release::release;
+use super::{blocking, check, cstring};
+use crate::error::{Error, ErrorKind, Result};
+
+/// How to reach a cluster, the way the `rbd` CLI takes it: a cluster name
+/// (`--cluster`, selecting `/etc/ceph/NAME.conf`), an explicit ceph.conf
+/// (`--conf`, else `CEPH_CONF`, else the default search path), a client id
+/// (`--id`, default `admin`) and a keyring.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Cluster name; `ceph` when unset.
+    pub cluster_name: Option<String>,
+    /// Path of the ceph.conf; when unset librados searches `CEPH_CONF`,
+    /// `/etc/ceph/$cluster.conf`, `~/.ceph/$cluster.conf`, `./$cluster.conf`.
+    pub conf_path: Option<PathBuf>,
+    /// Client id without the `client.` prefix; `admin` when unset.
+    pub client_id: Option<String>,
+    /// Keyring path, overriding the conf's.
+    pub keyring: Option<PathBuf>,
+    /// Extra `key = value` options applied after the conf file.
+    pub options: Vec<(String, String)>,
+    /// How long to wait for the monitors before reporting the cluster unreachable.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_name: None,
+            conf_path: None,
+            client_id: None,
+            keyring: None,
+            options: Vec::new(),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// A config reading the given ceph.conf.
+    pub fn from_conf(path: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            conf_path: Some(path.into()),
+            ..Default::default()
+        }
+    }
+
+    /// What this config points at, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.conf_path, &self.cluster_name) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(n)) => format!("cluster `{n}`"),
+            (None, None) => match std::env::var("CEPH_CONF") {
+                Ok(p) => p,
+                Err(_) => "the default ceph.conf".into(),
+            },
+        }
+    }
+}
+
+struct RadosHandle(sys::rados_t);
+// SAFETY: a connected rados_t is documented as safe to use from many threads.
+unsafe impl Send for RadosHandle {}
+// SAFETY: as above; librados serialises internally.
+unsafe impl Sync for RadosHandle {}
+
+struct ClusterInner {
+    handle: RadosHandle,
+    fsid: String,
+    describe: String,
+}
+
+impl Drop for ClusterInner {
+    fn drop(&mut self) {
+        let h = RadosHandle(self.handle.0);
+        release(move || {
+            let h = h;
+            // SAFETY: the handle is connected and every io-context made from it
+            // is gone (each holds a reference to this ClusterInner).
+            unsafe { sys::rados_shutdown(h.0) };
+        });
+    }
+}
+
+/// A connection to one Ceph cluster. Cheap to clone; two clusters at once are fine.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<ClusterInner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("fsid", &self.inner.fsid)
+            .field("conf", &self.inner.describe)
+            .finish()
+    }
+}
+
+/// Usage of a pool, from `ceph df`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolUsage {
+    /// Bytes stored in the pool.
+    pub stored: u64,
+    /// Bytes that can still be written to the pool, as the monitors see it.
+    pub max_avail: u64,
+    /// The pool's byte quota, 0 if none.
+    pub quota_bytes: u64,
+}
+
+impl Cluster {
+    /// Connects as configured. A cluster that does not answer within
+    /// `connect_timeout` is [`ErrorKind::ClusterUnreachable`].
+    pub async fn connect(config: ClusterConfig) -> Result<Cluster> {
+        blocking(move || connect_blocking(&config)).await
+    }
+
+    /// The cluster's fsid (identifies it across connections).
+    pub fn fsid(&self) -> &str {
+        &self.inner.fsid
+    }
+
+    /// What the cluster was reached through (conf path or name), for messages.
+    pub fn describe(&self) -> &str {
+        &self.inner.describe
+    }
+
+    pub(crate) fn raw(&self) -> sys::rados_t {
+        self.inner.handle.0
+    }
+
+    /// Opens an io-context on `pool`, in `namespace` ("" for the default).
+    pub async fn ioctx(&self, pool: &str, namespace: &str) -> Result<IoCtx> {
+        let cluster = self.clone();
+        let pool = pool.to_owned();
+        let namespace = namespace.to_owned();
+        blocking(move || IoCtx::open_blocking(cluster, pool, namespace)).await
+    }
+
+    /// Names of all pools.
+    pub async fn pool_list(&self) -> Result<Vec<String>> {
+        let cluster = self.clone();
+        blocking(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                // SAFETY: buf is writable for buf.len() bytes.
+                let ret = unsafe {
+                    sys::rados_pool_list(cluster.raw(), buf.as_mut_ptr().cast(), buf.len())
+                };
+                let needed = check("rados_pool_list", ret)? as usize;
+                if needed <= buf.len() {
+                    return Ok(super::split_nul_list(&buf[..needed]));
+                }
+                buf.resize(needed, 0);
+            }
+        })
+        .await
+    }
+
+    /// Sends a monitor command (JSON) and returns its output buffer.
+    pub async fn mon_command(&self, command: serde_json::Value) -> Result<Vec<u8>> {
+        let cluster = self.clone();
+        blocking(move || {
+            let cmd = cstring(&command.to_string(), "mon command")?;
+            let cmds = [cmd.as_ptr()];
+            let mut outbuf: *mut c_char = ptr::null_mut();
+            let mut outbuf_len = 0usize;
+            let mut outs: *mut c_char = ptr::null_mut();
+            let mut outs_len = 0usize;
+            // SAFETY: cmds holds one valid C string; the out-pointers are
+            // valid and freed below with rados_buffer_free.
+            let ret = unsafe {
+                sys::rados_mon_command(
+                    cluster.raw(),
+                    cmds.as_ptr() as *mut *const c_char,
+                    1,
+                    ptr::null(),
+                    0,
+                    &mut outbuf,
+                    &mut outbuf_len,
+                    &mut outs,
+                    &mut outs_len,
+                )
+            };
+            let take = |p: *mut c_char, len: usize| -> Vec<u8> {
+                if p.is_null() {
+                    return Vec::new();
+                }
+                // SAFETY: librados returned p with len readable bytes.
+                let v = unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec();
+                // SAFETY: p came from librados and is freed once.
+                unsafe { sys::rados_buffer_free(p) };
+                v
+            };
+            let out = take(outbuf, outbuf_len);
+            let status = String::from_utf8_lossy(&take(outs, outs_len)).into_owned();
+            check("rados_mon_command", ret).map_err(|e| {
+                e.target(command.to_string())
+                    .message(format!("monitor command failed: {status}"))
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stored bytes, free space and quota of `pool`, from `ceph df` and the pool quota.
+    pub async fn pool_usage(&self, pool: &str) -> Result<PoolUsage> {
+        let out = self
+            .mon_command(serde_json::json!({"prefix": "df", "format": "json"}))
+            .await?;
+        let df: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|e| Error::new(ErrorKind::Io, "parse ceph df").message(e.to_string()))?;
+        let entry = df["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
+            .ok_or_else(|| {
+                Error::new(ErrorKind::PoolNotFound, "ceph df")
+                    .target(pool)
+                    .message(format!("pool `{pool}` does not exist"))
+            })?;
+        let quota = self
+            .mon_command(
+                serde_json::json!({"prefix": "osd pool get-quota", "pool": pool, "format": "json"}),
+            )
+            .await?;
+        let quota: serde_json::Value = serde_json::from_slice(&quota).unwrap_or_default();
+        Ok(PoolUsage {
+            stored: entry["stats"]["stored"].as_u64().unwrap_or(0),
+            max_avail: entry["stats"]["max_avail"].as_u64().unwrap_or(0),
+            quota_bytes: quota["quota_max_bytes"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
+    let describe = config.describe();
+    let unreachable_msg = || format!("cannot connect to the Ceph cluster of {describe}");
+    if let Some(p) = &config.conf_path {
+        if !p.is_file() {
+            return Err(
+                Error::new(ErrorKind::Config, "read ceph.conf").message(format!(
+                    "ceph.conf `{}` does not exist or is not a file",
+                    p.display()
+                )),
+            );
+        }
+    }
+    if let Some(k) = &config.keyring {
+        if !k.is_file() {
+            return Err(
+                Error::new(ErrorKind::Config, "read keyring").message(format!(
+                    "keyring `{}` does not exist or is not a file",
+                    k.display()
+                )),
+            );
+        }
+    }
+    let cluster_name = cstring(
+        config.cluster_name.as_deref().unwrap_or("ceph"),
+        "cluster name",
+    )?;
+    let user = cstring(
+        &format!("client.{}", config.client_id.as_deref().unwrap_or("admin")),
+        "client id",
+    )?;
+    let mut h: sys::rados_t = ptr::null_mut();
+    // SAFETY: h is a valid out-pointer; the names are valid C strings.
+    check("rados_create2", unsafe {
+        sys::rados_create2(&mut h, cluster_name.as_ptr(), user.as_ptr(), 0)
+    })?;
+    // From here on the handle must be shut down on every error path.
+    let handle = RadosHandle(h);
+    let result = (|| -> Result<String> {
+        let conf_c: Option<CString> = match &config.conf_path {
+            Some(p) => Some(cstring(&p.to_string_lossy(), "ceph.conf path")?),
+            None => None,
+        };
+        let conf_ptr = conf_c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        // SAFETY: handle is valid; conf_ptr is NULL or a valid C string.
+        let ret = unsafe { sys::rados_conf_read_file(handle.0, conf_ptr) };
+        if ret < 0 {
+            return Err(Error::from_errno("rados_conf_read_file", ret).kind_for(ErrorKind::ImageNotFound, ErrorKind::Config)
+                .kind_for(ErrorKind::InvalidInput, ErrorKind::Config)
+                .kind_for(ErrorKind::Io, ErrorKind::Config)
+                .message(format!("cannot read the ceph.conf of {describe} (none found, or invalid); pass --conf or set CEPH_CONF")));
+        }
+        // SAFETY: handle is valid; NULL means "use CEPH_ARGS".
+        check("rados_conf_parse_env", unsafe {
+            sys::rados_conf_parse_env(handle.0, ptr::null())
+        })?;
+        let mut opts: Vec<(String, String)> = vec![
+            (
+                "client_mount_timeout".into(),
+                config.connect_timeout.as_secs().max(1).to_string(),
+            ),
+            ("err_to_stderr".into(), "false".into()),
+            ("log_to_stderr".into(), "false".into()),
+            // livemig's own handles do bulk, well-ordered I/O: the cache costs
+            // CPU and copies; without it librbd can write from our buffers directly.
+            ("rbd_cache".into(), "false".into()),
+            ("rbd_disable_zero_copy_writes".into(), "false".into()),
+        ];
+        if let Some(k) = &config.keyring {
+            opts.push(("keyring".into(), k.to_string_lossy().into_owned()));
+        }
+        opts.extend(config.options.iter().cloned());
+        for (k, v) in &opts {
+            let kc = cstring(k, "config option")?;
+            let vc = cstring(v, "config value")?;
+            // SAFETY: handle is valid; both are valid C strings.
+            let ret = unsafe { sys::rados_conf_set(handle.0, kc.as_ptr(), vc.as_ptr()) };
+            check("rados_conf_set", ret).map_err(|e| {
+                e.kind_for(ErrorKind::ImageNotFound, ErrorKind::InvalidInput)
+                    .message(format!("cannot set option {k} = {v}"))
+            })?;
+        }
+        // SAFETY: handle is configured and not yet connected.
+        let ret = unsafe { sys::rados_connect(handle.0) };
+        if ret < 0 {
+            let e = Error::from_errno("rados_connect", ret);
+            let kind = match e.kind() {
+                ErrorKind::PermissionDenied | ErrorKind::Config => e.kind(),
+                _ => ErrorKind::ClusterUnreachable,
+            };
+            return Err(Error::from_errno("rados_connect", ret)
+                .kind_for(e.kind(), kind)
+                .target(describe.clone())
+                .message(unreachable_msg()));
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: buf is writable for its length.
+        let n = check("rados_cluster_fsid", unsafe {
+            sys::rados_cluster_fsid(handle.0, buf.as_mut_ptr().cast(), buf.len())
+        })? as usize;
+        Ok(String::from_utf8_lossy(&buf[..n])
+            .trim_end_matches('\0')
+            .to_owned())
+    })();
+    match result {
+        Ok(fsid) => Ok(Cluster {
+            inner: Arc::new(ClusterInner {
+                handle,
+                fsid,
+                describe,
+            }),
+        }),
+        Err(e) => {
+            // SAFETY: the handle was created above and is not used again.
+            unsafe { sys::rados_shutdown(handle.0) };
+            Err(e)
+        }
+    }
+}
+
+struct IoHandle(sys::rados_ioctx_t);
+// SAFETY: io-contexts may be used from several threads as long as their
+// namespace/snap settings are not changed concurrently; livemig sets them
+// once, before sharing.
+unsafe impl Send for IoHandle {}
+// SAFETY: as above.
+unsafe impl Sync for IoHandle {}
+
+struct IoCtxInner {
+    handle: IoHandle,
+    cluster: Cluster,
+    pool: String,
+    namespace: String,
+}
+
+impl Drop for IoCtxInner {
+    fn drop(&mut self) {
+        let h = IoHandle(self.handle.0);
+        let cluster = self.cluster.clone();
+        release(move || {
+            let h = h;
+            // SAFETY: every image opened in this io-context holds a reference
+            // to it, so none is left; destroyed once.
+            unsafe { sys::rados_ioctx_destroy(h.0) };
+            drop(cluster);
+        });
+    }
+}
+
+/// An io-context: a pool (and namespace) of one cluster.
+#[derive(Clone)]
+pub struct IoCtx {
+    inner: Arc<IoCtxInner>,
+}
+
+impl IoCtx {
+    fn open_blocking(cluster: Cluster, pool: String, namespace: String) -> Result<IoCtx> {
+        let pool_c = cstring(&pool, "pool name")?;
+        let mut io: sys::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: the cluster handle is connected; io is a valid out-pointer.
+        let ret = unsafe { sys::rados_ioctx_create(cluster.raw(), pool_c.as_ptr(), &mut io) };
+        check("rados_ioctx_create", ret).map_err(|e| {
+            e.kind_for(ErrorKind::ImageNotFound, ErrorKind::PoolNotFound)
+                .target(pool.clone())
+                .message(format!(
+                    "pool `{pool}` does not exist in {}",
+                    cluster.describe()
+                ))
+        })?;
+        let ioctx = IoCtx {
+            inner: Arc::new(IoCtxInner {
+                handle: IoHandle(io),
+                cluster,
+                pool,
+                namespace,
+            }),
+        };
+        if !ioctx.inner.namespace.is_empty() {
+            let ns = cstring(&ioctx.inner.namespace, "namespace")?;
+            // SAFETY: io is valid and not yet shared.
+            unsafe { sys::rados_ioctx_set_namespace(io, ns.as_ptr()) };
+            let mut exists = false;
+            // SAFETY: io is valid; exists is a valid out-pointer.
+            let ret = unsafe { sys::rbd_namespace_exists(io, ns.as_ptr(), &mut exists) };
+            check("rbd_namespace_exists", ret).map_err(|e| e.target(ioctx.pool_spec()))?;
+            if !exists {
+                return Err(
+                    Error::new(ErrorKind::NamespaceNotFound, "rbd_namespace_exists")
+                        .target(ioctx.pool_spec())
+                        .message(format!(
+                            "namespace `{}` does not exist in pool `{}`",
+                            ioctx.inner.namespace, ioctx.inner.pool
+                        )),
+                );
+            }
+        }
+        Ok(ioctx)
+    }
+
+    pub(crate) fn raw(&self) -> sys::rados_ioctx_t {
+        self.inner.handle.0
+    }
+
+    /// The cluster this io-context belongs to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// The pool name.
+    pub fn pool(&self) -> &str {
+        &self.inner.pool
+    }
+
+    /// The namespace ("" for the default).
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// `pool` or `pool/namespace`.
+    pub fn pool_spec(&self) -> String {
+        if self.inner.namespace.is_empty() {
+            self.inner.pool.clone()
+        } else {
+            format!("{}/{}", self.inner.pool, self.inner.namespace)
+        }
+    }
+
+    /// `pool[/namespace]/image`, for messages.
+    pub fn image_spec(&self, image: &str) -> String {
+        format!("{}/{image}", self.pool_spec())
+    }
+
+    /// The pool's id.
+    pub fn pool_id(&self) -> i64 {
+        // SAFETY: the io-context is valid.
+        unsafe { sys::rados_ioctx_get_id(self.raw()) }
+    }
+
+    /// Names of the images in this pool/namespace.
+    pub async fn list_images(&self) -> Result<Vec<String>> {
+        let io = self.clone();
+        blocking(move || {
+            let mut n: usize = 64;
+            loop {
+                let mut specs: Vec<sys::rbd_image_spec_t> = Vec::with_capacity(n);
+                let mut count = n;
+                // SAFETY: specs has capacity for `count` entries.
+                let ret = unsafe { sys::rbd_list2(io.raw(), specs.as_mut_ptr(), &mut count) };
+                if ret == -libc::ERANGE {
+                    n = count.max(n * 2);
+                    continue;
+                }
+                check("rbd_list2", ret).map_err(|e| e.target(io.pool_spec()))?;
+                // SAFETY: librbd initialised `count` entries.
+                unsafe { specs.set_len(count) };
+                let names = specs
+                    .iter()
+                    // SAFETY: each name is a valid C string owned by the spec.
+                    .map(|s| {
+                        unsafe { std::ffi::CStr::from_ptr(s.name) }
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .collect();
+                // SAFETY: entries were filled by rbd_list2 and are cleaned once.
+                unsafe { sys::rbd_image_spec_list_cleanup(specs.as_mut_ptr(), count) };
+                return Ok(names);
+            }
+        })
+        .await
+    }
+
+    /// Whether an image of that name exists here.
+    pub async fn image_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.list_images().await?.iter().any(|n| n == name))
+    }
+
+    /// Removes an image (it must have no snapshots and no watchers).
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let io = self.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            let n = cstring(&name, "image name")?;
+            // SAFETY: io is valid; n is a valid C string; NoOp progress.
+            let ret = unsafe { sys::rbd_remove(io.raw(), n.as_ptr()) };
+            check("rbd_remove", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(io.image_spec(&name)))
+        })
+        .await
+    }
+
+    /// Renames an image within this pool/namespace.
+    pub async fn rename_image(&self, from: &str, to: &str) -> Result<()> {
+        let io = self.clone();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        blocking(move || {
+            let f = cstring(&from, "image name")?;
+            let t = cstring(&to, "image name")?;
+            // SAFETY: io is valid; both names are valid C strings.
+            let ret = unsafe { sys::rbd_rename(io.raw(), f.as_ptr(), t.as_ptr()) };
+            check("rbd_rename", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(io.image_spec(&from)))
+        })
+        .await
+    }
+
+    /// Moves an image to the RBD trash, removable after `delay_secs`.
+    pub async fn trash_move(&self, name: &str, delay_secs: u64) -> Result<()> {
+        let io = self.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            let n = cstring(&name, "image name")?;
+            // SAFETY: io is valid; n is a valid C string.
+            let ret = unsafe { sys::rbd_trash_move(io.raw(), n.as_ptr(), delay_secs) };
+            check("rbd_trash_move", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(io.image_spec(&name)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,656 @@
+//! RBD images: open/create, layout, metadata, snapshots, AIO, locks.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::ptr;
+use std::sync::{Arc, Mutex};
+
+use livemig_ceph_sys as sys;
+use tokio::sync::oneshot;
+
+use super::aio::AioOp;
+use super::cluster::IoCtx;
+use super::diff::DiffStream;
+use super::release::release;
+use super::{blocking, check, cstring};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Layout and identity of an image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageInfo {
+    /// Provisioned size in bytes.
+    pub size: u64,
+    /// Object size in bytes (`1 << order`).
+    pub object_size: u64,
+    /// log2 of the object size.
+    pub order: u8,
+    /// Feature bits (`RBD_FEATURE_*`).
+    pub features: u64,
+    /// Stripe unit in bytes.
+    pub stripe_unit: u64,
+    /// Stripe count.
+    pub stripe_count: u64,
+    /// The image's id (stable across renames).
+    pub id: String,
+}
+
+/// Layout options for a new image; unset fields take the pool/cluster default.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// log2 of the object size.
+    pub order: Option<u8>,
+    /// Feature bits.
+    pub features: Option<u64>,
+    /// Stripe unit in bytes (with `stripe_count`).
+    pub stripe_unit: Option<u64>,
+    /// Stripe count (with `stripe_unit`).
+    pub stripe_count: Option<u64>,
+}
+
+impl CreateOptions {
+    /// The options that reproduce `info`'s layout. Only features that can be
+    /// chosen at creation are kept (not `operations`, `migrating`, ...).
+    pub fn like(info: &ImageInfo) -> Self {
+        let settable = u64::from(
+            sys::RBD_FEATURE_LAYERING
+                | sys::RBD_FEATURE_STRIPINGV2
+                | sys::RBD_FEATURE_EXCLUSIVE_LOCK
+                | sys::RBD_FEATURE_OBJECT_MAP
+                | sys::RBD_FEATURE_FAST_DIFF
+                | sys::RBD_FEATURE_DEEP_FLATTEN
+                | sys::RBD_FEATURE_JOURNALING,
+        );
+        CreateOptions {
+            order: Some(info.order),
+            features: Some(info.features & settable),
+            stripe_unit: Some(info.stripe_unit),
+            stripe_count: Some(info.stripe_count),
+        }
+    }
+}
+
+/// A snapshot of an image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SnapInfo {
+    /// Snapshot id.
+    pub id: u64,
+    /// Image size at the snapshot.
+    pub size: u64,
+    /// Snapshot name.
+    pub name: String,
+}
+
+/// A client watching an image (it has it open).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Watcher {
+    /// The client's address.
+    pub addr: String,
+    /// The client's global id.
+    pub id: i64,
+}
+
+struct ImageHandle(sys::rbd_image_t);
+// SAFETY: librbd image handles may be used from several threads concurrently
+// (the same guarantee QEMU's rbd driver relies on).
+unsafe impl Send for ImageHandle {}
+// SAFETY: as above.
+unsafe impl Sync for ImageHandle {}
+
+struct ImageInner {
+    handle: ImageHandle,
+    ioctx: IoCtx,
+    name: String,
+    snap: Option<String>,
+    closed: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Drop for ImageInner {
+    fn drop(&mut self) {
+        let h = ImageHandle(self.handle.0);
+        let ioctx = self.ioctx.clone();
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        release(move || {
+            let h = h;
+            // SAFETY: the last reference is gone, so no operation is in
+            // flight (each holds a reference); closed once.
+            unsafe { sys::rbd_close(h.0) };
+            drop(ioctx);
+            if let Some(tx) = closed {
+                let _ = tx.send(());
+            }
+        });
+    }
+}
+
+/// An open RBD image (optionally at a snapshot, read-only). Cheap to clone.
+#[derive(Clone)]
+pub struct Image {
+    inner: Arc<ImageInner>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec())
+    }
+}
+
+impl IoCtx {
+    /// Creates an image of `size` bytes with the given layout.
+    pub async fn create_image(&self, name: &str, size: u64, opts: &CreateOptions) -> Result<()> {
+        let io = self.clone();
+        let name = name.to_owned();
+        let opts = opts.clone();
+        blocking(move || {
+            let n = cstring(&name, "image name")?;
+            let mut o: sys::rbd_image_options_t = ptr::null_mut();
+            // SAFETY: o is a valid out-pointer; destroyed below.
+            unsafe { sys::rbd_image_options_create(&mut o) };
+            let set = |key: u32, v: Option<u64>| -> Result<()> {
+                if let Some(v) = v {
+                    // SAFETY: o is a live options handle.
+                    check("rbd_image_options_set_uint64", unsafe {
+                        sys::rbd_image_options_set_uint64(o, key as libc::c_int, v)
+                    })?;
+                }
+                Ok(())
+            };
+            let r = set(sys::RBD_IMAGE_OPTION_ORDER, opts.order.map(u64::from))
+                .and_then(|_| set(sys::RBD_IMAGE_OPTION_FEATURES, opts.features))
+                .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_UNIT, opts.stripe_unit))
+                .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_COUNT, opts.stripe_count))
+                .and_then(|_| {
+                    // SAFETY: io is valid; n a valid C string; o a live options handle.
+                    let ret = unsafe { sys::rbd_create4(io.raw(), n.as_ptr(), size, o) };
+                    check("rbd_create4", ret).map(|_| ())
+                });
+            // SAFETY: o was created above and is destroyed once.
+            unsafe { sys::rbd_image_options_destroy(o) };
+            r.map_err(|e| {
+                let spec = io.image_spec(&name);
+                match e.kind() {
+                    ErrorKind::DestinationExists => e
+                        .target(spec.clone())
+                        .message(format!("image `{spec}` already exists")),
+                    _ => e.target(spec),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Opens an image for reading and writing.
+    pub async fn open_image(&self, name: &str) -> Result<Image> {
+        self.open(name, None, false).await
+    }
+
+    /// Opens an image read-only, at `snap` if given.
+    pub async fn open_image_read_only(&self, name: &str, snap: Option<&str>) -> Result<Image> {
+        self.open(name, snap, true).await
+    }
+
+    async fn open(&self, name: &str, snap: Option<&str>, read_only: bool) -> Result<Image> {
+        let io = self.clone();
+        let name = name.to_owned();
+        let snap = snap.map(str::to_owned);
+        blocking(move || {
+            let n = cstring(&name, "image name")?;
+            let s = snap
+                .as_deref()
+                .map(|s| cstring(s, "snapshot name"))
+                .transpose()?;
+            let s_ptr = s.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+            let mut h: sys::rbd_image_t = ptr::null_mut();
+            // SAFETY: io is valid; names are valid C strings or NULL; h is an out-pointer.
+            let ret = unsafe {
+                if read_only {
+                    sys::rbd_open_read_only(io.raw(), n.as_ptr(), &mut h, s_ptr)
+                } else {
+                    sys::rbd_open(io.raw(), n.as_ptr(), &mut h, s_ptr)
+                }
+            };
+            let spec = io.image_spec(&name);
+            check("rbd_open", ret).map_err(|e| {
+                let msg = match (&snap, e.kind()) {
+                    (Some(sn), ErrorKind::ImageNotFound) => {
+                        format!("image `{spec}` or its snapshot `{sn}` does not exist")
+                    }
+                    (None, ErrorKind::ImageNotFound) => format!("image `{spec}` does not exist"),
+                    _ => format!("cannot open image `{spec}`"),
+                };
+                e.target(spec.clone()).message(msg)
+            })?;
+            Ok(Image {
+                inner: Arc::new(ImageInner {
+                    handle: ImageHandle(h),
+                    ioctx: io,
+                    name,
+                    snap,
+                    closed: Mutex::new(None),
+                }),
+            })
+        })
+        .await
+    }
+}
+
+impl Image {
+    pub(crate) fn raw(&self) -> sys::rbd_image_t {
+        self.inner.handle.0
+    }
+
+    /// The io-context the image was opened in.
+    pub fn ioctx(&self) -> &IoCtx {
+        &self.inner.ioctx
+    }
+
+    /// The image name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// `pool[/namespace]/image[@snap]`.
+    pub fn spec(&self) -> String {
+        let base = self.inner.ioctx.image_spec(&self.inner.name);
+        match &self.inner.snap {
+            Some(s) => format!("{base}@{s}"),
+            None => base,
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Image) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let img = self.clone();
+        blocking(move || f(&img)).await
+    }
+
+    /// Size, object size, features and striping.
+    pub async fn info(&self) -> Result<ImageInfo> {
+        self.call(|img| {
+            let h = img.raw();
+            let err = |op, ret| Error::from_errno(op, ret).target(img.spec());
+            // SAFETY: zeroed is a valid value for this plain C struct.
+            let mut st: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
+            // SAFETY: h is open; st is a valid out-pointer of the right size.
+            let ret =
+                unsafe { sys::rbd_stat(h, &mut st, std::mem::size_of::<sys::rbd_image_info_t>()) };
+            if ret < 0 {
+                return Err(err("rbd_stat", ret));
+            }
+            let mut features = 0u64;
+            // SAFETY: h is open; features is a valid out-pointer.
+            let ret = unsafe { sys::rbd_get_features(h, &mut features) };
+            if ret < 0 {
+                return Err(err("rbd_get_features", ret));
+            }
+            let (mut su, mut sc) = (0u64, 0u64);
+            // SAFETY: h is open; out-pointers valid.
+            let ret = unsafe { sys::rbd_get_stripe_unit(h, &mut su) };
+            if ret < 0 {
+                return Err(err("rbd_get_stripe_unit", ret));
+            }
+            // SAFETY: h is open; out-pointers valid.
+            let ret = unsafe { sys::rbd_get_stripe_count(h, &mut sc) };
+            if ret < 0 {
+                return Err(err("rbd_get_stripe_count", ret));
+            }
+            let mut id = vec![0u8; 64];
+            // SAFETY: id is writable for its length.
+            let ret = unsafe { sys::rbd_get_id(h, id.as_mut_ptr().cast(), id.len()) };
+            if ret < 0 {
+                return Err(err("rbd_get_id", ret));
+            }
+            let id = CStr::from_bytes_until_nul(&id)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(ImageInfo {
+                size: st.size,
+                object_size: st.obj_size,
+                order: st.order as u8,
+                features,
+                stripe_unit: su,
+                stripe_count: sc,
+                id,
+            })
+        })
+        .await
+    }
+
+    /// All image-meta key/value pairs.
+    pub async fn metadata_list(&self) -> Result<Vec<(String, String)>> {
+        self.call(|img| {
+            let mut out = Vec::new();
+            let mut start = String::new();
+            loop {
+                let start_c = cstring(&start, "metadata key")?;
+                let (mut klen, mut vlen) = (64 * 1024usize, 256 * 1024usize);
+                let mut keys = vec![0u8; klen];
+                let mut vals = vec![0u8; vlen];
+                let ret = loop {
+                    keys.resize(klen, 0);
+                    vals.resize(vlen, 0);
+                    // SAFETY: buffers are writable for the lengths passed.
+                    let ret = unsafe {
+                        sys::rbd_metadata_list(
+                            img.raw(),
+                            start_c.as_ptr(),
+                            512,
+                            keys.as_mut_ptr() as *mut c_char,
+                            &mut klen,
+                            vals.as_mut_ptr() as *mut c_char,
+                            &mut vlen,
+                        )
+                    };
+                    if ret != -libc::ERANGE {
+                        break ret;
+                    }
+                };
+                check("rbd_metadata_list", ret).map_err(|e| e.target(img.spec()))?;
+                let ks = super::split_nul_list(&keys[..klen]);
+                let vs: Vec<String> = vals[..vlen]
+                    .split(|b| *b == 0)
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .take(ks.len())
+                    .collect();
+                let n = ks.len();
+                for (k, v) in ks.into_iter().zip(vs) {
+                    start = k.clone();
+                    out.push((k, v));
+                }
+                if n < 512 {
+                    return Ok(out);
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sets an image-meta key.
+    pub async fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
+        let (k, v) = (key.to_owned(), value.to_owned());
+        self.call(move |img| {
+            let kc = cstring(&k, "metadata key")?;
+            let vc = cstring(&v, "metadata value")?;
+            // SAFETY: image open; valid C strings.
+            let ret = unsafe { sys::rbd_metadata_set(img.raw(), kc.as_ptr(), vc.as_ptr()) };
+            check("rbd_metadata_set", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
+    /// Removes an image-meta key (absent keys are not an error).
+    pub async fn metadata_remove(&self, key: &str) -> Result<()> {
+        let k = key.to_owned();
+        self.call(move |img| {
+            let kc = cstring(&k, "metadata key")?;
+            // SAFETY: image open; valid C string.
+            let ret = unsafe { sys::rbd_metadata_remove(img.raw(), kc.as_ptr()) };
+            if ret == -libc::ENOENT {
+                return Ok(());
+            }
+            check("rbd_metadata_remove", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
+    /// Creates a snapshot.
+    pub async fn snap_create(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        self.call(move |img| {
+            let nc = cstring(&n, "snapshot name")?;
+            // SAFETY: image open; valid C string.
+            let ret = unsafe { sys::rbd_snap_create(img.raw(), nc.as_ptr()) };
+            check("rbd_snap_create", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(format!("{}@{n}", img.spec())))
+        })
+        .await
+    }
+
+    /// Removes a snapshot.
+    pub async fn snap_remove(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        self.call(move |img| {
+            let nc = cstring(&n, "snapshot name")?;
+            // SAFETY: image open; valid C string.
+            let ret = unsafe { sys::rbd_snap_remove(img.raw(), nc.as_ptr()) };
+            check("rbd_snap_remove", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(format!("{}@{n}", img.spec())))
+        })
+        .await
+    }
+
+    /// Lists snapshots.
+    pub async fn snap_list(&self) -> Result<Vec<SnapInfo>> {
+        self.call(|img| {
+            let mut max: libc::c_int = 16;
+            loop {
+                // SAFETY: zeroed is valid for this plain C struct.
+                let mut snaps: Vec<sys::rbd_snap_info_t> =
+                    vec![unsafe { std::mem::zeroed() }; max as usize];
+                // SAFETY: snaps has room for `max` entries.
+                let ret = unsafe { sys::rbd_snap_list(img.raw(), snaps.as_mut_ptr(), &mut max) };
+                if ret == -libc::ERANGE {
+                    continue;
+                }
+                let n = check("rbd_snap_list", ret).map_err(|e| e.target(img.spec()))? as usize;
+                let out = snaps[..n]
+                    .iter()
+                    .map(|s| SnapInfo {
+                        id: s.id,
+                        size: s.size,
+                        // SAFETY: librbd filled a valid C string.
+                        name: unsafe { CStr::from_ptr(s.name) }
+                            .to_string_lossy()
+                            .into_owned(),
+                    })
+                    .collect();
+                // SAFETY: entries filled by rbd_snap_list, cleaned once.
+                unsafe { sys::rbd_snap_list_end(snaps.as_mut_ptr()) };
+                return Ok(out);
+            }
+        })
+        .await
+    }
+
+    /// Clients that have the image open.
+    pub async fn watchers(&self) -> Result<Vec<Watcher>> {
+        self.call(|img| {
+            let mut max: usize = 16;
+            loop {
+                // SAFETY: zeroed is valid for this plain C struct.
+                let mut ws: Vec<sys::rbd_image_watcher_t> =
+                    vec![unsafe { std::mem::zeroed() }; max];
+                // SAFETY: ws has room for `max` entries.
+                let ret = unsafe { sys::rbd_watchers_list(img.raw(), ws.as_mut_ptr(), &mut max) };
+                if ret == -libc::ERANGE {
+                    continue;
+                }
+                check("rbd_watchers_list", ret).map_err(|e| e.target(img.spec()))?;
+                let out = ws[..max]
+                    .iter()
+                    .map(|w| Watcher {
+                        // SAFETY: librbd filled a valid C string.
+                        addr: unsafe { CStr::from_ptr(w.addr) }
+                            .to_string_lossy()
+                            .into_owned(),
+                        id: w.id,
+                    })
+                    .collect();
+                // SAFETY: entries filled by rbd_watchers_list, cleaned once.
+                unsafe { sys::rbd_watchers_list_cleanup(ws.as_mut_ptr(), max) };
+                return Ok(out);
+            }
+        })
+        .await
+    }
+
+    /// Takes the image's exclusive lock (needs the exclusive-lock feature).
+    pub async fn lock_acquire_exclusive(&self) -> Result<()> {
+        self.call(|img| {
+            // SAFETY: image open.
+            let ret = unsafe {
+                sys::rbd_lock_acquire(img.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
+            };
+            check("rbd_lock_acquire", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
+    /// Releases a lock taken with [`Image::lock_acquire_exclusive`].
+    pub async fn lock_release(&self) -> Result<()> {
+        self.call(|img| {
+            // SAFETY: image open.
+            let ret = unsafe { sys::rbd_lock_release(img.raw()) };
+            check("rbd_lock_release", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (resized to `len`), returning it.
+    pub async fn read(&self, offset: u64, len: usize, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        buf.resize(len, 0);
+        let op = AioOp::submit(self, "rbd_aio_read", offset, Some(buf), |h, p, c| {
+            // SAFETY: p points at `len` writable bytes owned by the operation
+            // until the completion fires.
+            unsafe { sys::rbd_aio_read(h, offset, len, p.cast(), c) }
+        })?;
+        let (name, off) = (op.op(), op.offset());
+        let (ret, buf) = op.await;
+        let buf = buf.expect("read owns a buffer");
+        if ret < 0 {
+            return Err(Error::from_errno(name, ret as i32)
+                .target(self.spec())
+                .offset(off));
+        }
+        if (ret as usize) != len {
+            return Err(Error::new(ErrorKind::Io, name)
+                .target(self.spec())
+                .offset(off)
+                .message(format!("short read: {ret} of {len} bytes")));
+        }
+        Ok(buf)
+    }
+
+    /// Writes `buf[range]` at `offset`; returns the buffer for reuse.
+    pub async fn write(
+        &self,
+        offset: u64,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<u8>> {
+        assert!(range.end <= buf.len(), "write range outside the buffer");
+        let len = range.len();
+        let start = range.start;
+        let op = AioOp::submit(self, "rbd_aio_write", offset, Some(buf), |h, p, c| {
+            // SAFETY: p + start .. p + start + len lies within the buffer the
+            // operation owns until the completion fires.
+            unsafe { sys::rbd_aio_write(h, offset, len, p.add(start).cast(), c) }
+        })?;
+        let (name, off) = (op.op(), op.offset());
+        let (ret, buf) = op.await;
+        if ret < 0 {
+            return Err(Error::from_errno(name, ret as i32)
+                .target(self.spec())
+                .offset(off));
+        }
+        Ok(buf.expect("write owns a buffer"))
+    }
+
+    /// Discards `len` bytes at `offset` (they read back as zeros).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.no_buffer_op("rbd_aio_discard", offset, |h, c| {
+            // SAFETY: image open; c a fresh completion.
+            unsafe { sys::rbd_aio_discard(h, offset, len, c) }
+        })
+        .await
+    }
+
+    /// Writes zeros over `len` bytes at `offset`, deallocating where possible.
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.no_buffer_op("rbd_aio_write_zeroes", offset, |h, c| {
+            // SAFETY: image open; c a fresh completion.
+            unsafe { sys::rbd_aio_write_zeroes(h, offset, len as usize, c, 0, 0) }
+        })
+        .await
+    }
+
+    /// Flushes all writes acknowledged so far to the cluster.
+    pub async fn flush(&self) -> Result<()> {
+        self.no_buffer_op("rbd_aio_flush", 0, |h, c| {
+            // SAFETY: image open; c a fresh completion.
+            unsafe { sys::rbd_aio_flush(h, c) }
+        })
+        .await
+    }
+
+    async fn no_buffer_op(
+        &self,
+        name: &'static str,
+        offset: u64,
+        start: impl FnOnce(sys::rbd_image_t, sys::rbd_completion_t) -> libc::c_int,
+    ) -> Result<()> {
+        let op = AioOp::submit(self, name, offset, None, |h, _, c| start(h, c))?;
+        let (ret, _) = op.await;
+        if ret < 0 {
+            return Err(Error::from_errno(name, ret as i32)
+                .target(self.spec())
+                .offset(offset));
+        }
+        Ok(())
+    }
+
+    /// Extents of `[offset, offset+len)` changed since `from_snap` (or, with
+    /// `None`, allocated at all), as seen from the snapshot this image was
+    /// opened at. `whole_object` reports whole objects, using the object map
+    /// when the fast-diff feature is on (fast), at the cost of precision.
+    pub fn diff(
+        &self,
+        from_snap: Option<&str>,
+        offset: u64,
+        len: u64,
+        whole_object: bool,
+    ) -> DiffStream {
+        DiffStream::start(
+            self.clone(),
+            from_snap.map(str::to_owned),
+            offset,
+            len,
+            whole_object,
+        )
+    }
+
+    /// Bytes in allocated extents (what `rbd du` reports as used, with
+    /// object granularity when `whole_object`).
+    pub async fn allocated_bytes(&self, whole_object: bool) -> Result<u64> {
+        let size = self.info().await?.size;
+        let mut diff = self.diff(None, 0, size, whole_object);
+        let mut total = 0;
+        while let Some(e) = diff.next().await {
+            let e = e?;
+            if e.exists {
+                total += e.len;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Closes the image and waits until librbd has closed it (other clones
+    /// of this handle, including in-flight operations, are waited for).
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        *self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        drop(self);
+        let _ = rx.await;
+    }
+}

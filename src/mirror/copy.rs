@@ -1,0 +1,516 @@
+//! The bulk copy of one image to another pool or cluster.
+//!
+//! Why it is shaped this way:
+//! - It reads a point-in-time snapshot, so the source may stay in use and
+//!   the copy is consistent.
+//! - It enumerates allocated extents with `rbd_diff_iterate2` (object map
+//!   when fast-diff is on), so an empty 1 TiB image costs nothing.
+//! - One loop owns all state (queue of chunks, in-flight operations, byte
+//!   count, buffers): it selects the next event (a finished chunk, more
+//!   extents, cancellation, the rate limit) and applies it. In-flight bytes
+//!   never exceed the budget, so memory is bounded whatever the image size.
+//! - The destination is created under a partial name and renamed only when
+//!   complete; cancellation or failure removes it and the snapshot, so
+//!   nothing half-made is left behind under the destination's name.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::zero::nonzero_runs;
+use crate::ceph::{Cluster, CreateOptions, Image, ImageInfo, IoCtx};
+use crate::error::{Error, ErrorKind, Result};
+use crate::spec::ImageSpec;
+
+/// Suffix of the name a copy writes to until it is complete.
+pub const PARTIAL_SUFFIX: &str = ".livemig-partial";
+/// Prefix of the temporary source snapshots copies read from.
+pub const SNAPSHOT_PREFIX: &str = "livemig-copy-";
+/// Image-meta key marking a partial destination, naming its source.
+pub const PARTIAL_META_KEY: &str = "livemig.partial-of";
+
+/// Tuning of a copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Most bytes read or written at once (buffers included); bounds memory.
+    pub in_flight_bytes: u64,
+    /// Bytes per read; `None` means the source's object size (clamped to 1-16 MiB).
+    pub chunk_size: Option<u64>,
+    /// Granularity of zero detection; all-zero blocks are not written.
+    pub zero_block: usize,
+    /// Upper bound on bytes read per second; `None` for no limit.
+    pub bandwidth_limit: Option<u64>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            in_flight_bytes: 256 << 20,
+            chunk_size: None,
+            zero_block: 64 << 10,
+            bandwidth_limit: None,
+        }
+    }
+}
+
+/// Where a copy stands.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// Bytes in the source's allocated extents (what has to be read).
+    pub total_bytes: u64,
+    /// Bytes of those read and handled so far.
+    pub done_bytes: u64,
+    /// Bytes written to the destination (the non-zero part).
+    pub written_bytes: u64,
+    /// Time since the copy began moving data.
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Progress {
+    /// Average bytes per second so far.
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.done_bytes as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Estimated time left at the average rate so far.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| {
+            Duration::from_secs_f64(self.total_bytes.saturating_sub(self.done_bytes) as f64 / rate)
+        })
+    }
+}
+
+/// What a finished copy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CopyReport {
+    /// The source image.
+    pub source: String,
+    /// The destination image.
+    pub destination: String,
+    /// Provisioned size of both.
+    pub size: u64,
+    /// Bytes read from the source's allocated extents.
+    pub read_bytes: u64,
+    /// Bytes written to the destination.
+    pub written_bytes: u64,
+    /// Seconds spent moving data.
+    pub seconds: f64,
+    /// Image-meta keys copied.
+    pub metadata_keys: usize,
+}
+
+/// Copies images. Configure, then [`Copier::run`].
+pub struct Copier {
+    options: CopyOptions,
+    progress: Option<watch::Sender<Progress>>,
+    cancel: CancellationToken,
+}
+
+impl Copier {
+    /// A copier with the given options.
+    pub fn new(options: CopyOptions) -> Self {
+        Copier {
+            options,
+            progress: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Publishes progress to `tx` as the copy goes.
+    pub fn progress(mut self, tx: watch::Sender<Progress>) -> Self {
+        self.progress = Some(tx);
+        self
+    }
+
+    /// Cancels the copy when `token` is cancelled: in-flight operations are
+    /// drained, the partial destination and the snapshot removed, and
+    /// [`ErrorKind::Cancelled`] returned.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Copies `src` (in `src_cluster`) to a new image `dst` (in `dst_cluster`).
+    pub async fn run(
+        &self,
+        src_cluster: &Cluster,
+        src: &ImageSpec,
+        dst_cluster: &Cluster,
+        dst: &ImageSpec,
+    ) -> Result<CopyReport> {
+        let span = info_span!("copy", source = %src, destination = %dst);
+        self.run_inner(src_cluster, src, dst_cluster, dst)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        src_cluster: &Cluster,
+        src: &ImageSpec,
+        dst_cluster: &Cluster,
+        dst: &ImageSpec,
+    ) -> Result<CopyReport> {
+        if src_cluster.fsid() == dst_cluster.fsid() && src == dst {
+            return Err(Error::new(ErrorKind::SameImage, "copy")
+                .target(src.to_string())
+                .message(format!("source and destination are the same image `{src}`")));
+        }
+        // Everything that can be refused is checked before anything is made.
+        let src_io = src_cluster.ioctx(&src.pool, &src.namespace).await?;
+        let src_head = src_io.open_image_read_only(&src.image, None).await?;
+        let info = src_head.info().await?;
+        let metadata = src_head.metadata_list().await?;
+        let needed = src_head.allocated_bytes(true).await?;
+        src_head.close().await;
+        let dst_io = dst_cluster.ioctx(&dst.pool, &dst.namespace).await?;
+        if dst_io.image_exists(&dst.image).await? {
+            return Err(Error::new(ErrorKind::DestinationExists, "copy")
+                .target(dst.to_string())
+                .message(format!("destination image `{dst}` already exists")));
+        }
+        let partial = format!("{}{PARTIAL_SUFFIX}", dst.image);
+        if dst_io.image_exists(&partial).await? {
+            reclaim_stale_partial(&dst_io, &partial).await?;
+        }
+        self.check_space(dst_cluster, dst, needed).await?;
+
+        let snap = format!("{SNAPSHOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let src_rw = src_io.open_image(&src.image).await?;
+        src_rw.snap_create(&snap).await?;
+        let outcome = self
+            .copy_from_snapshot(&src_io, src, &snap, &info, &metadata, &dst_io, &partial)
+            .await;
+        let snap_removed = src_rw.snap_remove(&snap).await;
+        src_rw.close().await;
+        let mut report = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(rm) = dst_io.remove_image(&partial).await {
+                    warn!(error = %rm, image = %partial, "could not remove the partial destination");
+                }
+                if let Err(se) = snap_removed {
+                    warn!(error = %se, snapshot = %snap, "could not remove the copy snapshot");
+                }
+                return Err(e);
+            }
+        };
+        snap_removed?;
+        dst_io
+            .rename_image(&partial, &dst.image)
+            .await
+            .map_err(|e| {
+                e.message(format!(
+                    "the copy is complete as `{}` but could not be renamed to `{dst}`",
+                    dst_io.image_spec(&partial)
+                ))
+            })?;
+        report.source = src.to_string();
+        report.destination = dst.to_string();
+        info!(
+            bytes = report.read_bytes,
+            written = report.written_bytes,
+            seconds = report.seconds,
+            "copy complete"
+        );
+        Ok(report)
+    }
+
+    /// Refuses a copy whose data cannot fit in the destination pool (free
+    /// space as the monitors see it, and the pool quota).
+    async fn check_space(&self, dst_cluster: &Cluster, dst: &ImageSpec, needed: u64) -> Result<()> {
+        let usage = dst_cluster.pool_usage(&dst.pool).await?;
+        let short = |what: &str, have: u64| {
+            Error::new(ErrorKind::NoSpace, "copy")
+                .target(dst.pool_spec())
+                .message(format!(
+                    "pool `{}` {what} {have} bytes but the source holds {needed} bytes of data",
+                    dst.pool
+                ))
+        };
+        if usage.max_avail < needed {
+            return Err(short("has room for", usage.max_avail));
+        }
+        if usage.quota_bytes > 0 && usage.stored.saturating_add(needed) > usage.quota_bytes {
+            return Err(short(
+                "has a quota leaving",
+                usage.quota_bytes.saturating_sub(usage.stored),
+            ));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_from_snapshot(
+        &self,
+        src_io: &IoCtx,
+        src: &ImageSpec,
+        snap: &str,
+        info: &ImageInfo,
+        metadata: &[(String, String)],
+        dst_io: &IoCtx,
+        partial: &str,
+    ) -> Result<CopyReport> {
+        let src_snap = src_io.open_image_read_only(&src.image, Some(snap)).await?;
+        dst_io
+            .create_image(partial, info.size, &CreateOptions::like(info))
+            .await?;
+        let dst_img = dst_io.open_image(partial).await?;
+        let result = async {
+            dst_img
+                .metadata_set(PARTIAL_META_KEY, &format!("{src}@{snap}"))
+                .await?;
+            let progress = self
+                .transfer(&src_snap, &dst_img, info)
+                .instrument(info_span!("transfer"))
+                .await?;
+            for (k, v) in metadata {
+                dst_img.metadata_set(k, v).await?;
+            }
+            dst_img.metadata_remove(PARTIAL_META_KEY).await?;
+            dst_img.flush().await?;
+            Ok(CopyReport {
+                source: String::new(),
+                destination: String::new(),
+                size: info.size,
+                read_bytes: progress.done_bytes,
+                written_bytes: progress.written_bytes,
+                seconds: progress.elapsed.as_secs_f64(),
+                metadata_keys: metadata.len(),
+            })
+        }
+        .await;
+        dst_img.close().await;
+        src_snap.close().await;
+        result
+    }
+
+    /// Moves the allocated extents of `src` into `dst`.
+    async fn transfer(&self, src: &Image, dst: &Image, info: &ImageInfo) -> Result<Progress> {
+        let chunk = match self.options.chunk_size {
+            Some(c) => c.clamp(4096, 64 << 20),
+            None => info.object_size.clamp(1 << 20, 16 << 20),
+        };
+        let budget = self.options.in_flight_bytes.max(chunk);
+        let zero_block = self.options.zero_block.max(512);
+        let total_bytes = src.allocated_bytes(true).await?;
+        let mut progress = Progress {
+            total_bytes,
+            ..Progress::default()
+        };
+        self.publish(&progress);
+        debug!(chunk, budget, total_bytes, "transfer starts");
+
+        let started = Instant::now();
+        let mut extents = src.diff(None, 0, info.size, true);
+        let mut extents_done = false;
+        let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut tasks = FuturesUnordered::new();
+        let mut free_buffers: Vec<Vec<u8>> = Vec::new();
+        let mut in_flight = 0u64;
+        let mut issued = 0u64;
+        let mut failure: Option<Error> = None;
+        loop {
+            let stopping = failure.is_some() || self.cancel.is_cancelled();
+            let mut rate_wait = None;
+            // Issue chunks while the byte budget and the rate limit allow.
+            while let Some(&(offset, len)) = queue.front().filter(|_| !stopping) {
+                if in_flight > 0 && in_flight + len > budget {
+                    break;
+                }
+                if let Some(limit) = self.options.bandwidth_limit.filter(|l| *l > 0) {
+                    let allowed_at =
+                        started + Duration::from_secs_f64(issued as f64 / limit as f64);
+                    if Instant::now() < allowed_at {
+                        rate_wait = Some(allowed_at);
+                        break;
+                    }
+                }
+                queue.pop_front();
+                in_flight += len;
+                issued += len;
+                let buffer = free_buffers.pop().unwrap_or_default();
+                tasks.push(copy_chunk(
+                    src.clone(),
+                    dst.clone(),
+                    offset,
+                    len as usize,
+                    buffer,
+                    zero_block,
+                ));
+            }
+            if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
+                break;
+            }
+            let want_extents = !stopping && !extents_done && queue.len() < 256;
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if !stopping => {}
+                Some(done) = tasks.next(), if !tasks.is_empty() => match done {
+                    Ok(chunk) => {
+                        in_flight -= chunk.len;
+                        progress.done_bytes += chunk.len;
+                        progress.written_bytes += chunk.written;
+                        progress.elapsed = started.elapsed();
+                        free_buffers.push(chunk.buffer);
+                        self.publish(&progress);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                },
+                next = extents.next(), if want_extents => match next {
+                    None => extents_done = true,
+                    Some(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Some(Ok(e)) if e.exists => split_into_chunks(e.offset, e.len, chunk, &mut queue),
+                    Some(Ok(_)) => {}
+                },
+                _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::new(ErrorKind::Cancelled, "copy")
+                .target(dst.spec())
+                .message(
+                "copy cancelled; the partial destination is removed and the source is untouched",
+            ));
+        }
+        progress.elapsed = started.elapsed();
+        self.publish(&progress);
+        Ok(progress)
+    }
+
+    fn publish(&self, progress: &Progress) {
+        if let Some(tx) = &self.progress {
+            tx.send_replace(progress.clone());
+        }
+    }
+}
+
+/// A chunk that has been copied.
+struct ChunkDone {
+    buffer: Vec<u8>,
+    len: u64,
+    written: u64,
+}
+
+/// Reads one chunk of the source and writes its non-zero runs to the destination.
+async fn copy_chunk(
+    src: Image,
+    dst: Image,
+    offset: u64,
+    len: usize,
+    buffer: Vec<u8>,
+    zero_block: usize,
+) -> Result<ChunkDone> {
+    let mut buffer = src.read(offset, len, buffer).await?;
+    let mut written = 0u64;
+    for run in nonzero_runs(&buffer[..len], zero_block) {
+        written += run.len() as u64;
+        buffer = dst.write(offset + run.start as u64, buffer, run).await?;
+    }
+    Ok(ChunkDone {
+        buffer,
+        len: len as u64,
+        written,
+    })
+}
+
+/// Splits `[offset, offset+len)` at multiples of `chunk` and queues the pieces.
+fn split_into_chunks(offset: u64, len: u64, chunk: u64, queue: &mut VecDeque<(u64, u64)>) {
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let next = ((pos / chunk) + 1) * chunk;
+        let piece_end = next.min(end);
+        queue.push_back((pos, piece_end - pos));
+        pos = piece_end;
+    }
+}
+
+/// Removes a partial destination left by a copy that died, or refuses if
+/// another copy is writing it right now.
+async fn reclaim_stale_partial(io: &IoCtx, partial: &str) -> Result<()> {
+    let img = io.open_image_read_only(partial, None).await?;
+    let watchers = img.watchers().await?;
+    let marked = img
+        .metadata_list()
+        .await?
+        .iter()
+        .any(|(k, _)| k == PARTIAL_META_KEY);
+    img.close().await;
+    // A read-only open registers no watch, so any watcher is another client.
+    if !watchers.is_empty() {
+        return Err(Error::new(ErrorKind::DestinationInUse, "copy")
+            .target(io.image_spec(partial))
+            .message(format!(
+                "another copy is writing `{}` right now",
+                io.image_spec(partial)
+            )));
+    }
+    if !marked {
+        return Err(Error::new(ErrorKind::DestinationExists, "copy")
+            .target(io.image_spec(partial))
+            .message(format!(
+                "`{}` exists but was not made by livemig; remove or rename it",
+                io.image_spec(partial)
+            )));
+    }
+    warn!(image = %io.image_spec(partial), "removing the partial destination of an earlier copy that did not finish");
+    io.remove_image(partial).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_follow_the_grid_and_cover_the_extent() {
+        let mut q = VecDeque::new();
+        split_into_chunks(3, 10, 4, &mut q);
+        assert_eq!(
+            q.iter().copied().collect::<Vec<_>>(),
+            vec![(3, 1), (4, 4), (8, 4), (12, 1)]
+        );
+        q.clear();
+        split_into_chunks(8, 8, 4, &mut q);
+        assert_eq!(q.iter().copied().collect::<Vec<_>>(), vec![(8, 4), (12, 4)]);
+        q.clear();
+        split_into_chunks(5, 0, 4, &mut q);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn eta_follows_the_average_rate() {
+        let p = Progress {
+            total_bytes: 300,
+            done_bytes: 100,
+            written_bytes: 50,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(p.rate(), 100.0);
+        assert_eq!(p.eta(), Some(Duration::from_secs(2)));
+        assert_eq!(Progress::default().eta(), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! The native engine: moving an image's bytes with librbd directly.
+//!
+//! [`copy`] is the bulk copy from a point-in-time snapshot (sparse, bounded,
+//! parallel, zero-skipping); [`compare`] checks two images by content;
+//! [`zero`] finds the non-zero runs of a buffer so the destination stays thin.
+
+pub mod compare;
+pub mod copy;
+pub mod zero;
+
+pub use compare::{compare_images, CompareReport};
+pub use copy::{Copier, CopyOptions, CopyReport, Progress};
