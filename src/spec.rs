@@ -90,14 +90,8 @@ mod tests {
 
     #[test]
     fn parses_the_three_forms() {
-        assert_eq!(
-            "img".parse::<ImageSpec>().unwrap(),
-            ImageSpec::new("rbd", "img")
-        );
-        assert_eq!(
-            "p/img".parse::<ImageSpec>().unwrap(),
-            ImageSpec::new("p", "img")
-        );
+        assert_eq!("img".parse::<ImageSpec>().unwrap(), ImageSpec::new("rbd", "img"));
+        assert_eq!("p/img".parse::<ImageSpec>().unwrap(), ImageSpec::new("p", "img"));
         let s: ImageSpec = "p/ns/img".parse().unwrap();
         assert_eq!(
             (s.pool.as_str(), s.namespace.as_str(), s.image.as_str()),

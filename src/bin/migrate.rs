@@ -43,6 +43,9 @@ struct Cli {
     /// Print machine-readable JSON lines on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for a cluster's monitors before giving up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 15)]
+    connect_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,44 +160,43 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn source_config(a: &SourceClusterArgs) -> ClusterConfig {
-    ClusterConfig {
-        cluster_name: a.cluster.clone(),
-        conf_path: a.conf.clone(),
-        client_id: a.id.clone(),
-        keyring: a.keyring.clone(),
-        ..Default::default()
-    }
-}
-
 /// The source cluster, and the destination (the same connection unless
 /// another cluster is named).
 async fn connect(
     src: &SourceClusterArgs,
     dst: &DestClusterArgs,
+    timeout_secs: u64,
 ) -> Result<(Cluster, Cluster), Error> {
-    let source = Cluster::connect(source_config(src)).await?;
+    let connect_timeout = Duration::from_secs(timeout_secs.max(1));
+    let source = Cluster::connect(ClusterConfig {
+        cluster_name: src.cluster.clone(),
+        conf_path: src.conf.clone(),
+        client_id: src.id.clone(),
+        keyring: src.keyring.clone(),
+        options: Vec::new(),
+        connect_timeout,
+    })
+    .await?;
     if dst.dest_conf.is_none() && dst.dest_cluster.is_none() {
         return Ok((source.clone(), source));
     }
-    let cfg = ClusterConfig {
+    let dest = Cluster::connect(ClusterConfig {
         cluster_name: dst.dest_cluster.clone(),
         conf_path: dst.dest_conf.clone(),
         client_id: dst.dest_id.clone().or_else(|| src.id.clone()),
         keyring: dst.dest_keyring.clone(),
-        ..Default::default()
-    };
-    Ok((source, Cluster::connect(cfg).await?))
+        options: Vec::new(),
+        connect_timeout,
+    })
+    .await?;
+    Ok((source, dest))
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::PoolNotFound | ErrorKind::NamespaceNotFound | ErrorKind::ImageNotFound => 3,
         ErrorKind::SameImage | ErrorKind::InvalidInput | ErrorKind::Mismatch => 4,
-        ErrorKind::DestinationExists
-        | ErrorKind::DestinationInUse
-        | ErrorKind::Busy
-        | ErrorKind::Fenced => 5,
+        ErrorKind::DestinationExists | ErrorKind::DestinationInUse | ErrorKind::Busy | ErrorKind::Fenced => 5,
         ErrorKind::ClusterUnreachable | ErrorKind::Config | ErrorKind::PermissionDenied => 6,
         ErrorKind::NoSpace | ErrorKind::DestinationTooSmall => 7,
         ErrorKind::Cancelled => 130,
@@ -264,7 +266,7 @@ async fn show_progress(mut rx: watch::Receiver<Progress>, output: Output) {
                 bar.set_length(p.total_bytes);
                 bar.set_position(p.done_bytes);
             }
-            (None, Output::Json) if changed => println!("{}", progress_json(&p)),
+            (None, Output::Json) if changed && p.total_bytes > 0 => println!("{}", progress_json(&p)),
             (None, Output::Lines) if changed && p.total_bytes > 0 => eprintln!(
                 "progress: {} / {} ({:.0}%), {}/s, ETA {}s",
                 human_bytes(p.done_bytes as f64),
@@ -288,10 +290,10 @@ async fn show_progress(mut rx: watch::Receiver<Progress>, output: Output) {
     }
 }
 
-async fn run_copy(args: CopyArgs, json: bool) -> Result<serde_json::Value, Error> {
+async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json::Value, Error> {
     let src: ImageSpec = args.src.parse()?;
     let dst: ImageSpec = args.dst.parse()?;
-    let (src_cluster, dst_cluster) = connect(&args.source, &args.dest).await?;
+    let (src_cluster, dst_cluster) = connect(&args.source, &args.dest, timeout).await?;
     let output = if json {
         Output::Json
     } else if args.no_progress {
@@ -337,10 +339,10 @@ async fn run_copy(args: CopyArgs, json: bool) -> Result<serde_json::Value, Error
     Ok(serde_json::json!({"event": "done", "report": report}))
 }
 
-async fn run_verify(args: VerifyArgs, json: bool) -> Result<serde_json::Value, Error> {
+async fn run_verify(args: VerifyArgs, json: bool, timeout: u64) -> Result<serde_json::Value, Error> {
     let a: ImageSpec = args.a.parse()?;
     let b: ImageSpec = args.b.parse()?;
-    let (ca, cb) = connect(&args.source, &args.dest).await?;
+    let (ca, cb) = connect(&args.source, &args.dest, timeout).await?;
     let ia = ca
         .ioctx(&a.pool, &a.namespace)
         .await?
@@ -369,9 +371,7 @@ async fn run_verify(args: VerifyArgs, json: bool) -> Result<serde_json::Value, E
         if json {
             println!("{out}");
         }
-        return Err(
-            Error::new(ErrorKind::Mismatch, "verify").message(format!("{a} and {b} differ"))
-        );
+        return Err(Error::new(ErrorKind::Mismatch, "verify").message(format!("{a} and {b} differ")));
     }
     Ok(serde_json::json!({"event": "done", "identical": true, "report": report}))
 }
@@ -396,13 +396,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let json = cli.json;
+    let (json, timeout) = (cli.json, cli.connect_timeout);
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Copy(a) => run_copy(a, json).await,
-            Command::Verify(a) => run_verify(a, json).await,
+            Command::Copy(a) => run_copy(a, json, timeout).await,
+            Command::Verify(a) => run_verify(a, json, timeout).await,
         }
     });
+    drop(runtime);
+    // Let librados finish closing images and connections before exiting.
+    livemig::ceph::wait_for_releases(Duration::from_secs(30));
     match result {
         Ok(out) => {
             if json {

@@ -75,9 +75,7 @@ impl AioOp {
         mut buffer: Option<Vec<u8>>,
         start: impl FnOnce(sys::rbd_image_t, *mut u8, sys::rbd_completion_t) -> libc::c_int,
     ) -> Result<AioOp> {
-        let buf_ptr = buffer
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
+        let buf_ptr = buffer.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
         let completion = Arc::new(Completion {
             outcome: Mutex::new(Outcome::default()),
             buffer: Mutex::new(buffer),
@@ -101,15 +99,9 @@ impl AioOp {
             unsafe { sys::rbd_aio_release(c) };
             // SAFETY: as above.
             drop(unsafe { Arc::from_raw(arg as *const Completion) });
-            return Err(Error::from_errno(op, ret)
-                .target(image.spec())
-                .offset(offset));
+            return Err(Error::from_errno(op, ret).target(image.spec()).offset(offset));
         }
-        Ok(AioOp {
-            completion,
-            op,
-            offset,
-        })
+        Ok(AioOp { completion, op, offset })
     }
 
     /// The operation's name, for errors.

@@ -155,9 +155,7 @@ impl Cluster {
             let mut buf = vec![0u8; 4096];
             loop {
                 // SAFETY: buf is writable for buf.len() bytes.
-                let ret = unsafe {
-                    sys::rados_pool_list(cluster.raw(), buf.as_mut_ptr().cast(), buf.len())
-                };
+                let ret = unsafe { sys::rados_pool_list(cluster.raw(), buf.as_mut_ptr().cast(), buf.len()) };
                 let needed = check("rados_pool_list", ret)? as usize;
                 if needed <= buf.len() {
                     return Ok(super::split_nul_list(&buf[..needed]));
@@ -230,9 +228,7 @@ impl Cluster {
                     .message(format!("pool `{pool}` does not exist"))
             })?;
         let quota = self
-            .mon_command(
-                serde_json::json!({"prefix": "osd pool get-quota", "pool": pool, "format": "json"}),
-            )
+            .mon_command(serde_json::json!({"prefix": "osd pool get-quota", "pool": pool, "format": "json"}))
             .await?;
         let quota: serde_json::Value = serde_json::from_slice(&quota).unwrap_or_default();
         Ok(PoolUsage {
@@ -248,28 +244,17 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
     let unreachable_msg = || format!("cannot connect to the Ceph cluster of {describe}");
     if let Some(p) = &config.conf_path {
         if !p.is_file() {
-            return Err(
-                Error::new(ErrorKind::Config, "read ceph.conf").message(format!(
-                    "ceph.conf `{}` does not exist or is not a file",
-                    p.display()
-                )),
-            );
+            return Err(Error::new(ErrorKind::Config, "read ceph.conf")
+                .message(format!("ceph.conf `{}` does not exist or is not a file", p.display())));
         }
     }
     if let Some(k) = &config.keyring {
         if !k.is_file() {
-            return Err(
-                Error::new(ErrorKind::Config, "read keyring").message(format!(
-                    "keyring `{}` does not exist or is not a file",
-                    k.display()
-                )),
-            );
+            return Err(Error::new(ErrorKind::Config, "read keyring")
+                .message(format!("keyring `{}` does not exist or is not a file", k.display())));
         }
     }
-    let cluster_name = cstring(
-        config.cluster_name.as_deref().unwrap_or("ceph"),
-        "cluster name",
-    )?;
+    let cluster_name = cstring(config.cluster_name.as_deref().unwrap_or("ceph"), "cluster name")?;
     let user = cstring(
         &format!("client.{}", config.client_id.as_deref().unwrap_or("admin")),
         "client id",
@@ -290,10 +275,13 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
         // SAFETY: handle is valid; conf_ptr is NULL or a valid C string.
         let ret = unsafe { sys::rados_conf_read_file(handle.0, conf_ptr) };
         if ret < 0 {
-            return Err(Error::from_errno("rados_conf_read_file", ret).kind_for(ErrorKind::ImageNotFound, ErrorKind::Config)
+            return Err(Error::from_errno("rados_conf_read_file", ret)
+                .kind_for(ErrorKind::ImageNotFound, ErrorKind::Config)
                 .kind_for(ErrorKind::InvalidInput, ErrorKind::Config)
                 .kind_for(ErrorKind::Io, ErrorKind::Config)
-                .message(format!("cannot read the ceph.conf of {describe} (none found, or invalid); pass --conf or set CEPH_CONF")));
+                .message(format!(
+                    "cannot read the ceph.conf of {describe} (none found, or invalid); pass --conf or set CEPH_CONF"
+                )));
         }
         // SAFETY: handle is valid; NULL means "use CEPH_ARGS".
         check("rados_conf_parse_env", unsafe {
@@ -343,17 +331,11 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
         let n = check("rados_cluster_fsid", unsafe {
             sys::rados_cluster_fsid(handle.0, buf.as_mut_ptr().cast(), buf.len())
         })? as usize;
-        Ok(String::from_utf8_lossy(&buf[..n])
-            .trim_end_matches('\0')
-            .to_owned())
+        Ok(String::from_utf8_lossy(&buf[..n]).trim_end_matches('\0').to_owned())
     })();
     match result {
         Ok(fsid) => Ok(Cluster {
-            inner: Arc::new(ClusterInner {
-                handle,
-                fsid,
-                describe,
-            }),
+            inner: Arc::new(ClusterInner { handle, fsid, describe }),
         }),
         Err(e) => {
             // SAFETY: the handle was created above and is not used again.
@@ -407,10 +389,7 @@ impl IoCtx {
         check("rados_ioctx_create", ret).map_err(|e| {
             e.kind_for(ErrorKind::ImageNotFound, ErrorKind::PoolNotFound)
                 .target(pool.clone())
-                .message(format!(
-                    "pool `{pool}` does not exist in {}",
-                    cluster.describe()
-                ))
+                .message(format!("pool `{pool}` does not exist in {}", cluster.describe()))
         })?;
         let ioctx = IoCtx {
             inner: Arc::new(IoCtxInner {
@@ -429,14 +408,12 @@ impl IoCtx {
             let ret = unsafe { sys::rbd_namespace_exists(io, ns.as_ptr(), &mut exists) };
             check("rbd_namespace_exists", ret).map_err(|e| e.target(ioctx.pool_spec()))?;
             if !exists {
-                return Err(
-                    Error::new(ErrorKind::NamespaceNotFound, "rbd_namespace_exists")
-                        .target(ioctx.pool_spec())
-                        .message(format!(
-                            "namespace `{}` does not exist in pool `{}`",
-                            ioctx.inner.namespace, ioctx.inner.pool
-                        )),
-                );
+                return Err(Error::new(ErrorKind::NamespaceNotFound, "rbd_namespace_exists")
+                    .target(ioctx.pool_spec())
+                    .message(format!(
+                        "namespace `{}` does not exist in pool `{}`",
+                        ioctx.inner.namespace, ioctx.inner.pool
+                    )));
             }
         }
         Ok(ioctx)

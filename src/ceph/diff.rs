@@ -45,19 +45,10 @@ extern "C" fn on_extent(offset: u64, len: usize, exists: c_int, arg: *mut c_void
 }
 
 impl DiffStream {
-    pub(crate) fn start(
-        image: Image,
-        from_snap: Option<String>,
-        offset: u64,
-        len: u64,
-        whole_object: bool,
-    ) -> Self {
+    pub(crate) fn start(image: Image, from_snap: Option<String>, offset: u64, len: u64, whole_object: bool) -> Self {
         let (tx, rx) = mpsc::channel::<Extent>(1024);
         let done = tokio::task::spawn_blocking(move || {
-            let from = from_snap
-                .as_deref()
-                .map(|s| cstring(s, "snapshot name"))
-                .transpose()?;
+            let from = from_snap.as_deref().map(|s| cstring(s, "snapshot name")).transpose()?;
             let from_ptr = from.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
             let tx_ptr = &tx as *const mpsc::Sender<Extent> as *mut c_void;
             // SAFETY: the image is open (held by `image`); from_ptr is NULL or
@@ -81,10 +72,7 @@ impl DiffStream {
                 .map(|_| ())
                 .map_err(|e| e.target(image.spec()).offset(offset))
         });
-        DiffStream {
-            rx,
-            done: Some(done),
-        }
+        DiffStream { rx, done: Some(done) }
     }
 
     /// The next extent; `None` at the end; an error if the iteration failed.

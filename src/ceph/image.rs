@@ -168,9 +168,9 @@ impl IoCtx {
             r.map_err(|e| {
                 let spec = io.image_spec(&name);
                 match e.kind() {
-                    ErrorKind::DestinationExists => e
-                        .target(spec.clone())
-                        .message(format!("image `{spec}` already exists")),
+                    ErrorKind::DestinationExists => {
+                        e.target(spec.clone()).message(format!("image `{spec}` already exists"))
+                    }
                     _ => e.target(spec),
                 }
             })
@@ -194,10 +194,7 @@ impl IoCtx {
         let snap = snap.map(str::to_owned);
         blocking(move || {
             let n = cstring(&name, "image name")?;
-            let s = snap
-                .as_deref()
-                .map(|s| cstring(s, "snapshot name"))
-                .transpose()?;
+            let s = snap.as_deref().map(|s| cstring(s, "snapshot name")).transpose()?;
             let s_ptr = s.as_ref().map_or(ptr::null(), |c| c.as_ptr());
             let mut h: sys::rbd_image_t = ptr::null_mut();
             // SAFETY: io is valid; names are valid C strings or NULL; h is an out-pointer.
@@ -257,10 +254,7 @@ impl Image {
         }
     }
 
-    async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Image) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn call<T: Send + 'static>(&self, f: impl FnOnce(&Image) -> Result<T> + Send + 'static) -> Result<T> {
         let img = self.clone();
         blocking(move || f(&img)).await
     }
@@ -273,8 +267,7 @@ impl Image {
             // SAFETY: zeroed is a valid value for this plain C struct.
             let mut st: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
             // SAFETY: h is open; st is a valid out-pointer of the right size.
-            let ret =
-                unsafe { sys::rbd_stat(h, &mut st, std::mem::size_of::<sys::rbd_image_info_t>()) };
+            let ret = unsafe { sys::rbd_stat(h, &mut st, std::mem::size_of::<sys::rbd_image_info_t>()) };
             if ret < 0 {
                 return Err(err("rbd_stat", ret));
             }
@@ -432,8 +425,7 @@ impl Image {
             let mut max: libc::c_int = 16;
             loop {
                 // SAFETY: zeroed is valid for this plain C struct.
-                let mut snaps: Vec<sys::rbd_snap_info_t> =
-                    vec![unsafe { std::mem::zeroed() }; max as usize];
+                let mut snaps: Vec<sys::rbd_snap_info_t> = vec![unsafe { std::mem::zeroed() }; max as usize];
                 // SAFETY: snaps has room for `max` entries.
                 let ret = unsafe { sys::rbd_snap_list(img.raw(), snaps.as_mut_ptr(), &mut max) };
                 if ret == -libc::ERANGE {
@@ -446,9 +438,7 @@ impl Image {
                         id: s.id,
                         size: s.size,
                         // SAFETY: librbd filled a valid C string.
-                        name: unsafe { CStr::from_ptr(s.name) }
-                            .to_string_lossy()
-                            .into_owned(),
+                        name: unsafe { CStr::from_ptr(s.name) }.to_string_lossy().into_owned(),
                     })
                     .collect();
                 // SAFETY: entries filled by rbd_snap_list, cleaned once.
@@ -465,8 +455,7 @@ impl Image {
             let mut max: usize = 16;
             loop {
                 // SAFETY: zeroed is valid for this plain C struct.
-                let mut ws: Vec<sys::rbd_image_watcher_t> =
-                    vec![unsafe { std::mem::zeroed() }; max];
+                let mut ws: Vec<sys::rbd_image_watcher_t> = vec![unsafe { std::mem::zeroed() }; max];
                 // SAFETY: ws has room for `max` entries.
                 let ret = unsafe { sys::rbd_watchers_list(img.raw(), ws.as_mut_ptr(), &mut max) };
                 if ret == -libc::ERANGE {
@@ -477,9 +466,7 @@ impl Image {
                     .iter()
                     .map(|w| Watcher {
                         // SAFETY: librbd filled a valid C string.
-                        addr: unsafe { CStr::from_ptr(w.addr) }
-                            .to_string_lossy()
-                            .into_owned(),
+                        addr: unsafe { CStr::from_ptr(w.addr) }.to_string_lossy().into_owned(),
                         id: w.id,
                     })
                     .collect();
@@ -495,9 +482,7 @@ impl Image {
     pub async fn lock_acquire_exclusive(&self) -> Result<()> {
         self.call(|img| {
             // SAFETY: image open.
-            let ret = unsafe {
-                sys::rbd_lock_acquire(img.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
-            };
+            let ret = unsafe { sys::rbd_lock_acquire(img.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE) };
             check("rbd_lock_acquire", ret)
                 .map(|_| ())
                 .map_err(|e| e.target(img.spec()))
@@ -529,9 +514,7 @@ impl Image {
         let (ret, buf) = op.await;
         let buf = buf.expect("read owns a buffer");
         if ret < 0 {
-            return Err(Error::from_errno(name, ret as i32)
-                .target(self.spec())
-                .offset(off));
+            return Err(Error::from_errno(name, ret as i32).target(self.spec()).offset(off));
         }
         if (ret as usize) != len {
             return Err(Error::new(ErrorKind::Io, name)
@@ -543,12 +526,7 @@ impl Image {
     }
 
     /// Writes `buf[range]` at `offset`; returns the buffer for reuse.
-    pub async fn write(
-        &self,
-        offset: u64,
-        buf: Vec<u8>,
-        range: std::ops::Range<usize>,
-    ) -> Result<Vec<u8>> {
+    pub async fn write(&self, offset: u64, buf: Vec<u8>, range: std::ops::Range<usize>) -> Result<Vec<u8>> {
         assert!(range.end <= buf.len(), "write range outside the buffer");
         let len = range.len();
         let start = range.start;
@@ -560,9 +538,7 @@ impl Image {
         let (name, off) = (op.op(), op.offset());
         let (ret, buf) = op.await;
         if ret < 0 {
-            return Err(Error::from_errno(name, ret as i32)
-                .target(self.spec())
-                .offset(off));
+            return Err(Error::from_errno(name, ret as i32).target(self.spec()).offset(off));
         }
         Ok(buf.expect("write owns a buffer"))
     }
@@ -603,9 +579,7 @@ impl Image {
         let op = AioOp::submit(self, name, offset, None, |h, _, c| start(h, c))?;
         let (ret, _) = op.await;
         if ret < 0 {
-            return Err(Error::from_errno(name, ret as i32)
-                .target(self.spec())
-                .offset(offset));
+            return Err(Error::from_errno(name, ret as i32).target(self.spec()).offset(offset));
         }
         Ok(())
     }
@@ -614,20 +588,8 @@ impl Image {
     /// `None`, allocated at all), as seen from the snapshot this image was
     /// opened at. `whole_object` reports whole objects, using the object map
     /// when the fast-diff feature is on (fast), at the cost of precision.
-    pub fn diff(
-        &self,
-        from_snap: Option<&str>,
-        offset: u64,
-        len: u64,
-        whole_object: bool,
-    ) -> DiffStream {
-        DiffStream::start(
-            self.clone(),
-            from_snap.map(str::to_owned),
-            offset,
-            len,
-            whole_object,
-        )
+    pub fn diff(&self, from_snap: Option<&str>, offset: u64, len: u64, whole_object: bool) -> DiffStream {
+        DiffStream::start(self.clone(), from_snap.map(str::to_owned), offset, len, whole_object)
     }
 
     /// Bytes in allocated extents (what `rbd du` reports as used, with

@@ -20,6 +20,8 @@ mod diff;
 mod image;
 mod release;
 
+pub use release::wait_for_releases;
+
 pub use cluster::{Cluster, ClusterConfig, IoCtx, PoolUsage};
 pub use diff::{DiffStream, Extent};
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
@@ -30,10 +32,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// A C string for librados/librbd, refusing interior NULs.
 pub(crate) fn cstring(s: &str, what: &'static str) -> Result<CString> {
-    CString::new(s).map_err(|_| {
-        Error::new(ErrorKind::InvalidInput, what)
-            .message(format!("{what} `{s}` contains a NUL byte"))
-    })
+    CString::new(s)
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, what).message(format!("{what} `{s}` contains a NUL byte")))
 }
 
 /// Turns a librados/librbd return code into a `Result`.
@@ -54,9 +54,7 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => {
-            Err(Error::new(ErrorKind::Cancelled, "blocking call").message("runtime shutting down"))
-        }
+        Err(_) => Err(Error::new(ErrorKind::Cancelled, "blocking call").message("runtime shutting down")),
     }
 }
 

@@ -50,25 +50,20 @@ pub async fn compare_images(a: &Image, b: &Image) -> Result<CompareReport> {
             }
         }
     }
-    let mut results = futures::stream::iter(allocated.iter().enumerate().filter(|(_, a)| **a).map(
-        |(i, _)| {
-            let offset = i as u64 * CHUNK;
-            let len = CHUNK.min(size - offset) as usize;
-            async move {
-                let (ra, rb) = tokio::join!(
-                    a.read(offset, len, Vec::new()),
-                    b.read(offset, len, Vec::new())
-                );
-                let (ba, bb) = (ra?, rb?);
-                let first = ba.iter().zip(&bb).position(|(x, y)| x != y);
-                let mismatch = first.map(|f| {
-                    let last = ba.iter().zip(&bb).rposition(|(x, y)| x != y).unwrap_or(f);
-                    (offset + f as u64, (last - f + 1) as u64)
-                });
-                Result::Ok((len as u64, mismatch))
-            }
-        },
-    ))
+    let mut results = futures::stream::iter(allocated.iter().enumerate().filter(|(_, a)| **a).map(|(i, _)| {
+        let offset = i as u64 * CHUNK;
+        let len = CHUNK.min(size - offset) as usize;
+        async move {
+            let (ra, rb) = tokio::join!(a.read(offset, len, Vec::new()), b.read(offset, len, Vec::new()));
+            let (ba, bb) = (ra?, rb?);
+            let first = ba.iter().zip(&bb).position(|(x, y)| x != y);
+            let mismatch = first.map(|f| {
+                let last = ba.iter().zip(&bb).rposition(|(x, y)| x != y).unwrap_or(f);
+                (offset + f as u64, (last - f + 1) as u64)
+            });
+            Result::Ok((len as u64, mismatch))
+        }
+    }))
     .buffer_unordered(PARALLEL);
     let mut report = CompareReport {
         size_a,

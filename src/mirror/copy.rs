@@ -31,13 +31,21 @@ use crate::spec::ImageSpec;
 pub const PARTIAL_SUFFIX: &str = ".livemig-partial";
 /// Prefix of the temporary source snapshots copies read from.
 pub const SNAPSHOT_PREFIX: &str = "livemig-copy-";
-/// Image-meta key marking a partial destination, naming its source.
+/// Image-meta key marking a partial destination; its value is
+/// `<source cluster fsid> <source spec>@<snapshot>`, so that whoever finds a
+/// partial left by a copy that died can also remove that copy's snapshot.
 pub const PARTIAL_META_KEY: &str = "livemig.partial-of";
+
+/// Memory a chunk in flight holds, in multiples of its length: our buffer
+/// and librbd's receive buffer.
+const BUFFERS_PER_CHUNK: u64 = 2;
 
 /// Tuning of a copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
-    /// Most bytes read or written at once (buffers included); bounds memory.
+    /// Memory for data in flight; bounds the copy's memory use. Each chunk
+    /// in flight counts twice: librbd receives a read into its own buffer
+    /// before copying it into ours (writes are zero-copy).
     pub in_flight_bytes: u64,
     /// Bytes per read; `None` means the source's object size (clamped to 1-16 MiB).
     pub chunk_size: Option<u64>,
@@ -90,9 +98,7 @@ impl Progress {
     /// Estimated time left at the average rate so far.
     pub fn eta(&self) -> Option<Duration> {
         let rate = self.rate();
-        (rate > 0.0).then(|| {
-            Duration::from_secs_f64(self.total_bytes.saturating_sub(self.done_bytes) as f64 / rate)
-        })
+        (rate > 0.0).then(|| Duration::from_secs_f64(self.total_bytes.saturating_sub(self.done_bytes) as f64 / rate))
     }
 }
 
@@ -187,7 +193,7 @@ impl Copier {
         }
         let partial = format!("{}{PARTIAL_SUFFIX}", dst.image);
         if dst_io.image_exists(&partial).await? {
-            reclaim_stale_partial(&dst_io, &partial).await?;
+            reclaim_stale_partial(&dst_io, &partial, &src_io, src).await?;
         }
         self.check_space(dst_cluster, dst, needed).await?;
 
@@ -212,15 +218,12 @@ impl Copier {
             }
         };
         snap_removed?;
-        dst_io
-            .rename_image(&partial, &dst.image)
-            .await
-            .map_err(|e| {
-                e.message(format!(
-                    "the copy is complete as `{}` but could not be renamed to `{dst}`",
-                    dst_io.image_spec(&partial)
-                ))
-            })?;
+        dst_io.rename_image(&partial, &dst.image).await.map_err(|e| {
+            e.message(format!(
+                "the copy is complete as `{}` but could not be renamed to `{dst}`",
+                dst_io.image_spec(&partial)
+            ))
+        })?;
         report.source = src.to_string();
         report.destination = dst.to_string();
         info!(
@@ -273,9 +276,8 @@ impl Copier {
             .await?;
         let dst_img = dst_io.open_image(partial).await?;
         let result = async {
-            dst_img
-                .metadata_set(PARTIAL_META_KEY, &format!("{src}@{snap}"))
-                .await?;
+            let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
+            dst_img.metadata_set(PARTIAL_META_KEY, &marker).await?;
             let progress = self
                 .transfer(&src_snap, &dst_img, info)
                 .instrument(info_span!("transfer"))
@@ -307,7 +309,7 @@ impl Copier {
             Some(c) => c.clamp(4096, 64 << 20),
             None => info.object_size.clamp(1 << 20, 16 << 20),
         };
-        let budget = self.options.in_flight_bytes.max(chunk);
+        let budget = self.options.in_flight_bytes.max(BUFFERS_PER_CHUNK * chunk);
         let zero_block = self.options.zero_block.max(512);
         let total_bytes = src.allocated_bytes(true).await?;
         let mut progress = Progress {
@@ -331,19 +333,19 @@ impl Copier {
             let mut rate_wait = None;
             // Issue chunks while the byte budget and the rate limit allow.
             while let Some(&(offset, len)) = queue.front().filter(|_| !stopping) {
-                if in_flight > 0 && in_flight + len > budget {
+                let cost = BUFFERS_PER_CHUNK * len;
+                if in_flight > 0 && in_flight + cost > budget {
                     break;
                 }
                 if let Some(limit) = self.options.bandwidth_limit.filter(|l| *l > 0) {
-                    let allowed_at =
-                        started + Duration::from_secs_f64(issued as f64 / limit as f64);
+                    let allowed_at = started + Duration::from_secs_f64(issued as f64 / limit as f64);
                     if Instant::now() < allowed_at {
                         rate_wait = Some(allowed_at);
                         break;
                     }
                 }
                 queue.pop_front();
-                in_flight += len;
+                in_flight += cost;
                 issued += len;
                 let buffer = free_buffers.pop().unwrap_or_default();
                 tasks.push(copy_chunk(
@@ -364,7 +366,7 @@ impl Copier {
                 _ = self.cancel.cancelled(), if !stopping => {}
                 Some(done) = tasks.next(), if !tasks.is_empty() => match done {
                     Ok(chunk) => {
-                        in_flight -= chunk.len;
+                        in_flight -= BUFFERS_PER_CHUNK * chunk.len;
                         progress.done_bytes += chunk.len;
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
@@ -392,9 +394,7 @@ impl Copier {
         if self.cancel.is_cancelled() {
             return Err(Error::new(ErrorKind::Cancelled, "copy")
                 .target(dst.spec())
-                .message(
-                "copy cancelled; the partial destination is removed and the source is untouched",
-            ));
+                .message("copy cancelled; the partial destination is removed and the source is untouched"));
         }
         progress.elapsed = started.elapsed();
         self.publish(&progress);
@@ -449,16 +449,18 @@ fn split_into_chunks(offset: u64, len: u64, chunk: u64, queue: &mut VecDeque<(u6
     }
 }
 
-/// Removes a partial destination left by a copy that died, or refuses if
+/// Removes a partial destination left by a copy that died (and, when it
+/// was a copy of the same source, that copy's snapshot), or refuses if
 /// another copy is writing it right now.
-async fn reclaim_stale_partial(io: &IoCtx, partial: &str) -> Result<()> {
+async fn reclaim_stale_partial(io: &IoCtx, partial: &str, src_io: &IoCtx, src: &ImageSpec) -> Result<()> {
     let img = io.open_image_read_only(partial, None).await?;
     let watchers = img.watchers().await?;
-    let marked = img
+    let marker = img
         .metadata_list()
         .await?
-        .iter()
-        .any(|(k, _)| k == PARTIAL_META_KEY);
+        .into_iter()
+        .find(|(k, _)| k == PARTIAL_META_KEY)
+        .map(|(_, v)| v);
     img.close().await;
     // A read-only open registers no watch, so any watcher is another client.
     if !watchers.is_empty() {
@@ -469,16 +471,28 @@ async fn reclaim_stale_partial(io: &IoCtx, partial: &str) -> Result<()> {
                 io.image_spec(partial)
             )));
     }
-    if !marked {
+    let Some(marker) = marker else {
         return Err(Error::new(ErrorKind::DestinationExists, "copy")
             .target(io.image_spec(partial))
             .message(format!(
                 "`{}` exists but was not made by livemig; remove or rename it",
                 io.image_spec(partial)
             )));
-    }
+    };
     warn!(image = %io.image_spec(partial), "removing the partial destination of an earlier copy that did not finish");
-    io.remove_image(partial).await
+    io.remove_image(partial).await?;
+    let ours = format!("{} {src}@", src_io.cluster().fsid());
+    if let Some(snap) = marker.strip_prefix(&ours).filter(|s| s.starts_with(SNAPSHOT_PREFIX)) {
+        let img = src_io.open_image(&src.image).await?;
+        let removed = img.snap_remove(snap).await;
+        img.close().await;
+        match removed {
+            Ok(()) => warn!(snapshot = %snap, "removed the snapshot of the copy that did not finish"),
+            Err(e) if e.errno() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

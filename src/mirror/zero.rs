@@ -12,9 +12,7 @@ pub fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets
     // the aligned middle part of the slice.
     let (head, body, tail) = unsafe { buf.align_to::<u128>() };
-    head.iter().all(|b| *b == 0)
-        && body.iter().fold(0u128, |acc, w| acc | *w) == 0
-        && tail.iter().all(|b| *b == 0)
+    head.iter().all(|b| *b == 0) && body.iter().fold(0u128, |acc, w| acc | *w) == 0 && tail.iter().all(|b| *b == 0)
 }
 
 /// The runs of `buf` that are not all-zero, in order, judged per `block`
@@ -72,11 +70,7 @@ mod tests {
                 }
             }
             let block = [1, 7, 512, 4096][rng.gen_range(0..4)];
-            assert_eq!(
-                nonzero_runs(&buf, block),
-                model(&buf, block),
-                "len {len} block {block}"
-            );
+            assert_eq!(nonzero_runs(&buf, block), model(&buf, block), "len {len} block {block}");
             assert_eq!(is_zero(&buf), buf.iter().all(|b| *b == 0));
         }
     }

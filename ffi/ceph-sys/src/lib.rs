@@ -4,11 +4,6 @@
 //! allowlist of the `rados_*` and `rbd_*` API) and committed, so building
 //! needs the Ceph libraries but not libclang. Everything here is `unsafe`;
 //! the safe, async layer is `livemig::ceph`.
-#![allow(
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    clippy::all
-)]
+#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, clippy::all)]
 
 include!("bindings.rs");

@@ -1,0 +1,203 @@
+//! Integration-test harness: a real throwaway Ceph cluster.
+//!
+//! When `CEPH_CONF` is set (scripts/test sets it) the tests use that
+//! cluster; otherwise the harness starts its own with scripts/dev-cluster
+//! and a watchdog that stops it when the test process exits, however it
+//! exits. A second cluster (for cross-cluster tests) comes from
+//! `LIVEMIG_TEST_CEPH_CONF_2` or is started the same way. If no cluster can
+//! be had, the test fails and says how to get one.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use livemig::ceph::{Cluster, ClusterConfig, Image, IoCtx};
+use rand::{Rng, SeedableRng};
+
+pub struct TestCluster {
+    pub conf: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start_cluster(tag: &str) -> TestCluster {
+    let dir = std::env::temp_dir().join(format!("livemig-test-{tag}-{}", std::process::id()));
+    let script = repo().join("scripts/dev-cluster");
+    let out = Command::new(&script).arg("up").arg(&dir).output();
+    let ok = matches!(&out, Ok(o) if o.status.success());
+    if !ok {
+        let detail = match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        };
+        panic!(
+            "integration tests need a real Ceph cluster and none could be started.\n\
+             Either run `scripts/test` (installs Ceph and starts a cluster), or run `scripts/setup` once, \
+             or point CEPH_CONF at a throwaway cluster's ceph.conf (`scripts/dev-cluster up`).\n\
+             scripts/dev-cluster said: {detail}"
+        );
+    }
+    // The watchdog outlives this process and stops the cluster when it is gone.
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{}' down '{}' >/dev/null 2>&1",
+        script.display(),
+        dir.display(),
+        pid = std::process::id()
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cluster watchdog");
+    TestCluster {
+        conf: dir.join("ceph.conf"),
+    }
+}
+
+fn from_env_or_start(var: &str, tag: &str) -> TestCluster {
+    match std::env::var_os(var) {
+        Some(conf) if !conf.is_empty() => {
+            let conf = PathBuf::from(conf);
+            assert!(
+                conf.is_file(),
+                "{var}={} does not name a ceph.conf; unset it to let the tests start a cluster",
+                conf.display()
+            );
+            TestCluster { conf }
+        }
+        _ => start_cluster(tag),
+    }
+}
+
+/// The primary test cluster.
+pub fn cluster() -> &'static TestCluster {
+    static C: OnceLock<TestCluster> = OnceLock::new();
+    C.get_or_init(|| from_env_or_start("CEPH_CONF", "a"))
+}
+
+/// A second, independent cluster.
+pub fn second_cluster() -> &'static TestCluster {
+    static C: OnceLock<TestCluster> = OnceLock::new();
+    C.get_or_init(|| from_env_or_start("LIVEMIG_TEST_CEPH_CONF_2", "b"))
+}
+
+impl TestCluster {
+    pub async fn connect(&self) -> Cluster {
+        Cluster::connect(ClusterConfig::from_conf(&self.conf))
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// Runs a ceph/rbd CLI command against this cluster, panicking on failure.
+    pub fn cli(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new(program)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run ceph CLI");
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates an RBD pool if it does not exist.
+    pub fn ensure_pool(&self, pool: &str) {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let pools = self.cli("ceph", &["osd", "pool", "ls"]);
+        if pools.lines().any(|l| l == pool) {
+            return;
+        }
+        self.cli("ceph", &["osd", "pool", "create", pool, "8", "8"]);
+        self.cli("rbd", &["pool", "init", pool]);
+    }
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// Writes `data` at `offset`.
+pub async fn write_at(img: &Image, offset: u64, data: Vec<u8>) {
+    let len = data.len();
+    img.write(offset, data, 0..len).await.expect("write test data");
+}
+
+/// Reads the whole image.
+pub async fn read_all(img: &Image) -> Vec<u8> {
+    let size = img.info().await.unwrap().size as usize;
+    img.read(0, size, Vec::new()).await.expect("read image")
+}
+
+/// What is observable about a set of images.
+pub type ImagesState = Vec<(String, u64, Vec<String>, Vec<(String, String)>, u64)>;
+
+/// Everything observable about the images whose names start with `prefix`
+/// in some pools: names, and per image its size, snapshots, metadata and a
+/// content digest. Used to prove that a refused operation changed nothing.
+pub async fn pool_state(ioctxs: &[&IoCtx], prefix: &str) -> ImagesState {
+    let mut out = Vec::new();
+    for io in ioctxs {
+        let mut names = io.list_images().await.unwrap();
+        names.retain(|n| n.starts_with(prefix));
+        names.sort();
+        for name in names {
+            let img = io.open_image_read_only(&name, None).await.unwrap();
+            let info = img.info().await.unwrap();
+            let snaps = img.snap_list().await.unwrap().into_iter().map(|s| s.name).collect();
+            let meta = img.metadata_list().await.unwrap();
+            let digest = digest(&img, info.size).await;
+            out.push((io.image_spec(&name), info.size, snaps, meta, digest));
+            img.close().await;
+        }
+    }
+    out
+}
+
+/// A content digest (FNV-1a over allocated data; zeros elsewhere are implied).
+pub async fn digest(img: &Image, size: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut diff = img.diff(None, 0, size, true);
+    while let Some(e) = diff.next().await {
+        let e = e.unwrap();
+        if !e.exists {
+            continue;
+        }
+        let data = img.read(e.offset, e.len as usize, Vec::new()).await.unwrap();
+        if data.iter().all(|b| *b == 0) {
+            continue;
+        }
+        h ^= e.offset;
+        for b in data {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+pub fn migrate_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_migrate"))
+}
