@@ -477,11 +477,10 @@ impl IoCtx {
                 unsafe { specs.set_len(count) };
                 let names = specs
                     .iter()
-                    // SAFETY: each name is a valid C string owned by the spec.
                     .map(|s| {
-                        unsafe { std::ffi::CStr::from_ptr(s.name) }
-                            .to_string_lossy()
-                            .into_owned()
+                        // SAFETY: each name is a valid C string owned by the spec.
+                        let name = unsafe { std::ffi::CStr::from_ptr(s.name) };
+                        name.to_string_lossy().into_owned()
                     })
                     .collect();
                 // SAFETY: entries were filled by rbd_list2 and are cleaned once.

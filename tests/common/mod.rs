@@ -51,13 +51,15 @@ fn start_cluster(tag: &str) -> TestCluster {
         dir.display(),
         pid = std::process::id()
     );
-    Command::new("setsid")
-        .args(["sh", "-c", &watchdog])
+    // `setsid -f` forks the watchdog into its own session and returns at once.
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", &watchdog])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start the cluster watchdog");
+    assert!(started.success(), "could not start the cluster watchdog");
     TestCluster {
         conf: dir.join("ceph.conf"),
     }
