@@ -100,8 +100,14 @@ struct Env {
 }
 
 impl Env {
+    /// An rbd command line; `--no-progress` goes only where rbd accepts it.
     fn rbd(&self, args: &str) -> String {
-        format!("rbd -c '{}' --no-progress {args}", self.conf.display())
+        let quiet = if args.starts_with("migration prepare") || args.starts_with("create") {
+            ""
+        } else {
+            "--no-progress "
+        };
+        format!("rbd -c '{}' {quiet}{args}", self.conf.display())
     }
 
     /// Runs a shell command, returning wall time and CPU seconds of its whole tree.
@@ -167,7 +173,7 @@ impl Env {
                 None,
                 format!(
                     "{} && {} | {}",
-                    self.rbd(&format!("create --size {} {dst}", ds.size)),
+                    self.rbd(&format!("create --size {}M {dst}", ds.size >> 20)),
                     self.rbd(&format!("export-diff {src} -")),
                     self.rbd(&format!("import-diff - {dst}"))
                 ),
@@ -257,6 +263,12 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
             let t = (k + round) % TOOLS.len();
             let tool = TOOLS[t];
             let dst = format!("{}-copy", ds.image);
+            // Leftovers of an interrupted earlier run would make the tools fail.
+            for (io, name) in [(&dst_io, dst.clone()), (&src_io, format!("{}-scratch", ds.image))] {
+                if io.image_exists(&name).await? {
+                    io.remove_image(&name).await?;
+                }
+            }
             let (prep, cmd) = env.tool_commands(tool, ds, &dst);
             if let Some(p) = prep {
                 env.run(&p)?;
@@ -400,7 +412,7 @@ async fn main() -> Result<()> {
     }
     for (ds, peak) in peaks {
         out.push_str(&format!(
-            "- livemig peak RSS, {ds}: {peak} MiB (in-flight budget 256 MiB)\n"
+            "- livemig peak RSS, {ds}: {peak} MiB (in-flight budget 128 MiB)\n"
         ));
     }
     println!("{out}");

@@ -46,6 +46,17 @@ pub enum ErrorKind {
     Cancelled,
     /// The copy finished but the destination differs from the source.
     Mismatch,
+    /// The volume is attached to more than one instance.
+    AttachedTwice,
+    /// Another migration already holds the volume.
+    AlreadyMigrating,
+    /// A record was changed by another process between read and write.
+    Conflict,
+    /// A catalog entry (volume, instance, attachment) does not exist.
+    NotInCatalog,
+    /// The catalog's state does not allow the operation (wrong status,
+    /// attached twice, already migrating, ...).
+    InvalidState,
     /// Any other I/O or librados/librbd failure.
     Io,
 }
@@ -70,6 +81,11 @@ impl ErrorKind {
             ErrorKind::Fenced => "fenced",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Mismatch => "mismatch",
+            ErrorKind::AttachedTwice => "attached_twice",
+            ErrorKind::AlreadyMigrating => "already_migrating",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotInCatalog => "not_in_catalog",
+            ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Io => "io",
         }
     }
@@ -99,6 +115,13 @@ impl ErrorKind {
             ErrorKind::Fenced => "another client owns the image lock; stop it or wait",
             ErrorKind::Cancelled => "nothing to do: the operation was cancelled and cleaned up",
             ErrorKind::Mismatch => "the copy is not trustworthy; remove it and copy again",
+            ErrorKind::AttachedTwice => "detach it from all instances but one first",
+            ErrorKind::AlreadyMigrating => {
+                "wait for that migration (`migrate status`) or abort it (`migrate abort JOB`)"
+            }
+            ErrorKind::Conflict => "another process changed it meanwhile; look at the current state and retry",
+            ErrorKind::NotInCatalog => "list what is registered with `migrate catalog list`",
+            ErrorKind::InvalidState => "see `migrate catalog show` for the current statuses",
             ErrorKind::Io => "see the cause; the cluster logs (`ceph -s`, `ceph health detail`) may say more",
         }
     }
@@ -185,6 +208,12 @@ impl Error {
         if self.kind == errno_kind {
             self.kind = kind;
         }
+        self
+    }
+
+    /// Sets the kind unconditionally.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
         self
     }
 

@@ -10,9 +10,11 @@
 //! Every fallible call returns [`Error`], which has a stable [`ErrorKind`],
 //! the operation and target it concerned, and the cause.
 
+pub mod catalog;
 pub mod ceph;
 pub mod error;
 pub mod mirror;
+pub mod precheck;
 pub mod spec;
 
 pub use error::{Error, ErrorKind, Result};

@@ -325,3 +325,76 @@ async fn peak_memory_follows_the_budget_not_the_image_size() {
         "8x the data raised peak memory from {small_mib} to {big_mib} MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_commands_and_check() {
+    let (_, _, name) = source_image("catcli", 16 << 20, 6 << 20).await;
+    let pool = "cli-catalog";
+    cluster().ensure_pool(pool);
+    let cat = |args: &[&str]| {
+        let mut full = vec!["catalog", "--catalog-pool", pool];
+        full.extend_from_slice(args);
+        full.push("--json");
+        run(&full)
+    };
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let vol = ok(cat(&[
+        "add-volume",
+        &name,
+        "--image",
+        &format!("{SRC_POOL}/{name}"),
+        "--location",
+        "slow-hdd",
+    ]));
+    assert_eq!(vol["volume"]["size"], 16 << 20);
+    assert_eq!(vol["volume"]["status"], "available");
+    // Registering it twice is refused.
+    assert_eq!(
+        cat(&["add-volume", &name, "--image", &format!("{SRC_POOL}/{name}")])
+            .status
+            .code(),
+        Some(4)
+    );
+    ok(cat(&["add-instance", "vm-cli", "--name", "web"]));
+    let att = ok(cat(&["attach", &name, "vm-cli", "--device", "vdc"]));
+    assert_eq!(att["attachment"]["device"], "vdc");
+    let show = ok(cat(&["show", &name]));
+    assert_eq!(show["volume"]["status"], "in-use");
+    assert_eq!(show["attachments"][0]["instance_id"], "vm-cli");
+    let list = ok(cat(&["list"]));
+    assert!(list["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["volume"]["id"] == name.as_str()));
+
+    // check: passes to the other pool, listing every rule.
+    let check = |to: &str| run(&["check", &name, "--to", to, "--catalog-pool", pool, "--json"]);
+    let good = check(DST_POOL);
+    let report = ok(good);
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["report"]["rules"].as_array().unwrap().len(), 10);
+    // ... and fails to the same pool (the same image), with the rule named.
+    let same = check(SRC_POOL);
+    assert_eq!(same.status.code(), Some(4));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&same.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rules = lines[0]["report"]["rules"].as_array().unwrap();
+    let distinct = rules.iter().find(|r| r["rule"] == "distinct_images").unwrap();
+    assert_eq!(distinct["passed"], false);
+    assert_eq!(distinct["error_kind"], "same_image");
+    assert_eq!(lines[1]["kind"], "same_image");
+
+    ok(cat(&["detach", &name, "vm-cli"]));
+    assert_eq!(ok(cat(&["show", &name]))["volume"]["status"], "available");
+    // Unknown things are "not found" (3); a missing catalog pool says how to create it.
+    assert_eq!(cat(&["show", "no-such-volume"]).status.code(), Some(3));
+    let missing = run(&["catalog", "--catalog-pool", "no-such-catalog-pool", "list"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ceph osd pool create"));
+}

@@ -18,6 +18,7 @@ mod aio;
 mod cluster;
 mod diff;
 mod image;
+mod object;
 mod release;
 
 pub use release::wait_for_releases;
@@ -25,6 +26,7 @@ pub use release::wait_for_releases;
 pub use cluster::{Cluster, ClusterConfig, IoCtx, PoolUsage};
 pub use diff::{DiffStream, Extent};
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
+pub use object::{GuardedObject, OmapEntries};
 
 use std::ffi::CString;
 

@@ -58,7 +58,7 @@ pub struct CopyOptions {
 impl Default for CopyOptions {
     fn default() -> Self {
         CopyOptions {
-            in_flight_bytes: 256 << 20,
+            in_flight_bytes: 128 << 20,
             chunk_size: None,
             zero_block: 64 << 10,
             bandwidth_limit: None,
@@ -181,10 +181,12 @@ impl Copier {
         // Everything that can be refused is checked before anything is made.
         let src_io = src_cluster.ioctx(&src.pool, &src.namespace).await?;
         let src_head = src_io.open_image_read_only(&src.image, None).await?;
+        debug!("source opened");
         let info = src_head.info().await?;
         let metadata = src_head.metadata_list().await?;
         let needed = src_head.allocated_bytes(true).await?;
         src_head.close().await;
+        debug!("source inspected");
         let dst_io = dst_cluster.ioctx(&dst.pool, &dst.namespace).await?;
         if dst_io.image_exists(&dst.image).await? {
             return Err(Error::new(ErrorKind::DestinationExists, "copy")
@@ -196,15 +198,18 @@ impl Copier {
             reclaim_stale_partial(&dst_io, &partial, &src_io, src).await?;
         }
         self.check_space(dst_cluster, dst, needed).await?;
+        debug!("destination checked");
 
         let snap = format!("{SNAPSHOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let src_rw = src_io.open_image(&src.image).await?;
         src_rw.snap_create(&snap).await?;
+        debug!(snapshot = %snap, "snapshot created");
         let outcome = self
             .copy_from_snapshot(&src_io, src, &snap, &info, &metadata, &dst_io, &partial)
             .await;
         let snap_removed = src_rw.snap_remove(&snap).await;
         src_rw.close().await;
+        debug!("snapshot removed");
         let mut report = match outcome {
             Ok(r) => r,
             Err(e) => {
@@ -275,6 +280,7 @@ impl Copier {
             .create_image(partial, info.size, &CreateOptions::like(info))
             .await?;
         let dst_img = dst_io.open_image(partial).await?;
+        debug!("destination created");
         let result = async {
             let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
             dst_img.metadata_set(PARTIAL_META_KEY, &marker).await?;
@@ -300,6 +306,7 @@ impl Copier {
         .await;
         dst_img.close().await;
         src_snap.close().await;
+        debug!("images closed");
         result
     }
 

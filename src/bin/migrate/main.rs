@@ -18,14 +18,18 @@ use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod catalog;
+use catalog::{CatalogArgs, CatalogCommand};
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success
   1    failed (I/O or cluster error; the message says which)
   2    bad usage (unknown option, malformed argument)
-  3    not found (pool, namespace or image)
-  4    refused (source and destination are the same, content mismatch)
-  5    destination exists or is in use
+  3    not found (pool, namespace, image, or volume/instance in the catalog)
+  4    refused (same source and destination, content mismatch, wrong status,
+       volume attached twice)
+  5    destination exists or is in use, volume already migrating, concurrent change
   6    cluster unreachable or its configuration unreadable
   7    not enough space in the destination pool
   130  cancelled (Ctrl-C); nothing was left half-made
@@ -66,6 +70,37 @@ enum Command {
     ///
     /// Exit code 0 when identical, 4 when they differ.
     Verify(VerifyArgs),
+    /// Check, without changing anything, whether a volume can move to POOL[/IMAGE].
+    ///
+    /// Every rule is listed with pass/FAIL and the numbers behind it; the exit
+    /// code is that of the first failed rule.
+    Check(CheckArgs),
+    /// Register and inspect volumes, instances and attachments in livemig's
+    /// own catalog (for use without a control plane).
+    Catalog(CatalogCli),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Volume id (as registered in the catalog).
+    volume: String,
+    /// Destination: POOL (same image name), POOL/IMAGE or POOL/NAMESPACE/IMAGE.
+    #[arg(long, value_name = "POOL[/IMAGE]")]
+    to: String,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+}
+
+#[derive(Args)]
+struct CatalogCli {
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    #[command(subcommand)]
+    command: CatalogCommand,
 }
 
 #[derive(Args)]
@@ -111,7 +146,7 @@ struct CopyArgs {
     #[command(flatten)]
     dest: DestClusterArgs,
     /// Most data in flight at once, e.g. 256M; bounds memory use.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
     in_flight: u64,
     /// Bytes per read [default: the source's object size].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -192,11 +227,32 @@ async fn connect(
     Ok((source, dest))
 }
 
+/// No separate destination cluster.
+fn no_dest() -> DestClusterArgs {
+    DestClusterArgs {
+        dest_cluster: None,
+        dest_conf: None,
+        dest_id: None,
+        dest_keyring: None,
+    }
+}
+
 fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
-        ErrorKind::PoolNotFound | ErrorKind::NamespaceNotFound | ErrorKind::ImageNotFound => 3,
-        ErrorKind::SameImage | ErrorKind::InvalidInput | ErrorKind::Mismatch => 4,
-        ErrorKind::DestinationExists | ErrorKind::DestinationInUse | ErrorKind::Busy | ErrorKind::Fenced => 5,
+        ErrorKind::PoolNotFound | ErrorKind::NamespaceNotFound | ErrorKind::ImageNotFound | ErrorKind::NotInCatalog => {
+            3
+        }
+        ErrorKind::SameImage
+        | ErrorKind::InvalidInput
+        | ErrorKind::Mismatch
+        | ErrorKind::InvalidState
+        | ErrorKind::AttachedTwice => 4,
+        ErrorKind::DestinationExists
+        | ErrorKind::DestinationInUse
+        | ErrorKind::AlreadyMigrating
+        | ErrorKind::Conflict
+        | ErrorKind::Busy
+        | ErrorKind::Fenced => 5,
         ErrorKind::ClusterUnreachable | ErrorKind::Config | ErrorKind::PermissionDenied => 6,
         ErrorKind::NoSpace | ErrorKind::DestinationTooSmall => 7,
         ErrorKind::Cancelled => 130,
@@ -401,6 +457,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Copy(a) => run_copy(a, json, timeout).await,
             Command::Verify(a) => run_verify(a, json, timeout).await,
+            Command::Check(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                let cat = a.catalog.open(&cluster).await?;
+                catalog::run_check(&a.volume, &a.to, &cat, &cluster, json).await
+            }
+            Command::Catalog(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                let cat = a.catalog.open(&cluster).await?;
+                catalog::run_catalog(a.command, &cat, &cluster, json).await
+            }
         }
     });
     drop(runtime);

@@ -1,0 +1,288 @@
+//! `migrate catalog ...` and `migrate check`: the built-in catalog for
+//! operators without a control plane, and the precheck.
+
+use clap::{Args, Subcommand};
+use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+use livemig::ceph::Cluster;
+use livemig::precheck::{precheck, Clusters, Destination};
+use livemig::spec::ImageSpec;
+use livemig::{Error, ErrorKind};
+
+/// Where the catalog lives.
+#[derive(Args, Clone)]
+pub struct CatalogArgs {
+    /// Pool holding livemig's catalog (and job records).
+    #[arg(long, value_name = "POOL", env = "LIVEMIG_CATALOG_POOL", default_value = "livemig")]
+    pub catalog_pool: String,
+}
+
+impl CatalogArgs {
+    pub async fn open(&self, cluster: &Cluster) -> Result<RadosCatalog, Error> {
+        let io = cluster.ioctx(&self.catalog_pool, "").await.map_err(|e| {
+            if e.kind() == ErrorKind::PoolNotFound {
+                e.message(format!(
+                    "the catalog pool `{}` does not exist; create it (`ceph osd pool create {0}` then `rbd pool init {0}`) or pass --catalog-pool",
+                    self.catalog_pool
+                ))
+            } else {
+                e
+            }
+        })?;
+        Ok(RadosCatalog::new(io))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// Register a volume backed by an existing image (status: available).
+    AddVolume {
+        /// Volume id.
+        id: String,
+        /// Its image: POOL/IMAGE or POOL/NAMESPACE/IMAGE.
+        #[arg(long, value_name = "SPEC")]
+        image: String,
+        /// Declared storage location shown to users (e.g. a backend name).
+        #[arg(long, default_value = "")]
+        location: String,
+    },
+    /// Register an instance.
+    AddInstance {
+        /// Instance id.
+        id: String,
+        /// Human name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Record that an instance uses a volume (status becomes in-use).
+    Attach {
+        /// Volume id.
+        volume: String,
+        /// Instance id.
+        instance: String,
+        /// Device name in the instance.
+        #[arg(long, default_value = "vdb")]
+        device: String,
+        /// The instance's QEMU QMP socket.
+        #[arg(long, value_name = "PATH", conflicts_with = "test_instance")]
+        qmp: Option<String>,
+        /// A test instance's control socket.
+        #[arg(long, value_name = "PATH")]
+        test_instance: Option<String>,
+    },
+    /// Remove an attachment (status becomes available when none is left).
+    Detach {
+        /// Volume id.
+        volume: String,
+        /// Instance id.
+        instance: String,
+    },
+    /// List volumes with their status, backing and attachments.
+    List,
+    /// Show one volume and its attachments.
+    Show {
+        /// Volume id.
+        volume: String,
+    },
+}
+
+fn describe_attachments(atts: &[Attachment]) -> String {
+    if atts.is_empty() {
+        return "-".into();
+    }
+    atts.iter()
+        .map(|a| format!("{}:{}", a.instance_id, a.device))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub async fn run_catalog(
+    cmd: CatalogCommand,
+    catalog: &RadosCatalog,
+    cluster: &Cluster,
+    json: bool,
+) -> Result<serde_json::Value, Error> {
+    match cmd {
+        CatalogCommand::AddVolume { id, image, location } => {
+            let spec: ImageSpec = image.parse()?;
+            let img = cluster
+                .ioctx(&spec.pool, &spec.namespace)
+                .await?
+                .open_image_read_only(&spec.image, None)
+                .await?;
+            let size = img.info().await?.size;
+            img.close().await;
+            let backing = Backing {
+                cluster: "local".into(),
+                image: spec,
+            };
+            if let Some(owner) = catalog.volumes().await?.into_iter().find(|v| v.backing == backing) {
+                return Err(Error::new(ErrorKind::InvalidState, "catalog add-volume")
+                    .message(format!("image `{backing}` already backs volume `{}`", owner.id)));
+            }
+            let volume = Volume {
+                id: id.clone(),
+                size,
+                status: VolumeStatus::Available,
+                migration: None,
+                backing,
+                location,
+            };
+            catalog
+                .compare_and_swap(Cas {
+                    expect_no_volumes: vec![id.clone()],
+                    put_volumes: vec![volume.clone()],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.message(format!("volume `{id}` is already registered")))?;
+            if !json {
+                println!("registered volume {id} ({} bytes) on {}", volume.size, volume.backing);
+            }
+            Ok(serde_json::json!({"volume": volume}))
+        }
+        CatalogCommand::AddInstance { id, name } => {
+            let instance = Instance { id: id.clone(), name };
+            catalog
+                .compare_and_swap(Cas {
+                    put_instances: vec![instance.clone()],
+                    ..Default::default()
+                })
+                .await?;
+            if !json {
+                println!("registered instance {id}");
+            }
+            Ok(serde_json::json!({"instance": instance}))
+        }
+        CatalogCommand::Attach {
+            volume,
+            instance,
+            device,
+            qmp,
+            test_instance,
+        } => {
+            let v = catalog.volume(&volume).await?;
+            catalog.instance(&instance).await?;
+            let current = catalog.attachments(&volume).await?;
+            if v.migration.is_some() || !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) {
+                return Err(Error::new(ErrorKind::InvalidState, "catalog attach")
+                    .message(format!("volume `{volume}` is {} and cannot be attached now", v.status)));
+            }
+            let access = match (qmp, test_instance) {
+                (Some(socket), _) => Access::Qmp { socket },
+                (None, Some(socket)) => Access::TestInstance { socket },
+                (None, None) => Access::None,
+            };
+            let attachment = Attachment {
+                volume_id: volume.clone(),
+                instance_id: instance,
+                device,
+                access,
+                connection: v.backing.clone(),
+            };
+            let updated = Volume {
+                status: VolumeStatus::InUse,
+                ..v.clone()
+            };
+            catalog
+                .compare_and_swap(Cas {
+                    expect_volumes: vec![v],
+                    expect_attachments: vec![(volume.clone(), current)],
+                    put_volumes: vec![updated],
+                    put_attachments: vec![attachment.clone()],
+                    ..Default::default()
+                })
+                .await?;
+            if !json {
+                println!("attached volume {volume} to instance {}", attachment.instance_id);
+            }
+            Ok(serde_json::json!({"attachment": attachment}))
+        }
+        CatalogCommand::Detach { volume, instance } => {
+            let v = catalog.volume(&volume).await?;
+            let current = catalog.attachments(&volume).await?;
+            if !current.iter().any(|a| a.instance_id == instance) {
+                return Err(Error::new(ErrorKind::NotInCatalog, "catalog detach")
+                    .message(format!("volume `{volume}` is not attached to instance `{instance}`")));
+            }
+            if v.migration.is_some() {
+                return Err(
+                    Error::new(ErrorKind::AlreadyMigrating, "catalog detach").message(format!(
+                        "volume `{volume}` is being migrated; detach after the migration"
+                    )),
+                );
+            }
+            let left = current.len() - 1;
+            let updated = Volume {
+                status: if left == 0 { VolumeStatus::Available } else { v.status },
+                ..v.clone()
+            };
+            catalog
+                .compare_and_swap(Cas {
+                    expect_volumes: vec![v],
+                    expect_attachments: vec![(volume.clone(), current)],
+                    put_volumes: vec![updated],
+                    remove_attachments: vec![(volume.clone(), instance.clone())],
+                    ..Default::default()
+                })
+                .await?;
+            if !json {
+                println!("detached volume {volume} from instance {instance}");
+            }
+            Ok(serde_json::json!({"detached": {"volume": volume, "instance": instance}}))
+        }
+        CatalogCommand::List => {
+            let mut rows = Vec::new();
+            for v in catalog.volumes().await? {
+                let atts = catalog.attachments(&v.id).await?;
+                rows.push(serde_json::json!({"volume": v, "attachments": atts}));
+                if !json {
+                    println!(
+                        "{:<20} {:<12} {:<10} {:<40} {}",
+                        v.id,
+                        v.status.to_string(),
+                        v.migration.as_deref().unwrap_or("-"),
+                        v.backing.to_string(),
+                        describe_attachments(&atts)
+                    );
+                }
+            }
+            Ok(serde_json::json!({"volumes": rows}))
+        }
+        CatalogCommand::Show { volume } => {
+            let v = catalog.volume(&volume).await?;
+            let atts = catalog.attachments(&volume).await?;
+            let out = serde_json::json!({"volume": v, "attachments": atts});
+            if !json {
+                println!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
+            }
+            Ok(out)
+        }
+    }
+}
+
+pub async fn run_check(
+    volume: &str,
+    to: &str,
+    catalog: &RadosCatalog,
+    cluster: &Cluster,
+    json: bool,
+) -> Result<serde_json::Value, Error> {
+    let destination = Destination::parse("local", to)?;
+    let report = precheck(catalog, &Clusters::local(cluster.clone()), volume, &destination).await?;
+    if !json {
+        for r in &report.rules {
+            println!(
+                "{} {:<18} {}",
+                if r.passed { "pass" } else { "FAIL" },
+                r.rule,
+                r.message
+            );
+        }
+    }
+    let out = serde_json::json!({"event": "precheck", "passed": report.passed(), "report": report});
+    if !report.passed() && json {
+        println!("{out}");
+    }
+    report.into_result()?;
+    Ok(out)
+}
