@@ -50,6 +50,13 @@ pub enum ErrorKind {
     AttachedTwice,
     /// Another migration already holds the volume.
     AlreadyMigrating,
+    /// A job record was written by a newer livemig that this one cannot read.
+    RecordTooNew,
+    /// A job record cannot be decoded.
+    CorruptRecord,
+    /// The job is past the point where this operation applies (e.g. abort
+    /// after the switch), or already finished.
+    JobFinished,
     /// A record was changed by another process between read and write.
     Conflict,
     /// A catalog entry (volume, instance, attachment) does not exist.
@@ -83,6 +90,9 @@ impl ErrorKind {
             ErrorKind::Mismatch => "mismatch",
             ErrorKind::AttachedTwice => "attached_twice",
             ErrorKind::AlreadyMigrating => "already_migrating",
+            ErrorKind::RecordTooNew => "record_too_new",
+            ErrorKind::CorruptRecord => "corrupt_record",
+            ErrorKind::JobFinished => "job_finished",
             ErrorKind::Conflict => "conflict",
             ErrorKind::NotInCatalog => "not_in_catalog",
             ErrorKind::InvalidState => "invalid_state",
@@ -119,6 +129,9 @@ impl ErrorKind {
             ErrorKind::AlreadyMigrating => {
                 "wait for that migration (`migrate status`) or abort it (`migrate abort JOB`)"
             }
+            ErrorKind::RecordTooNew => "run this job with the newer livemig release that wrote it",
+            ErrorKind::CorruptRecord => "inspect the record (`migrate status JOB --json`); nothing was changed",
+            ErrorKind::JobFinished => "see `migrate status JOB`",
             ErrorKind::Conflict => "another process changed it meanwhile; look at the current state and retry",
             ErrorKind::NotInCatalog => "list what is registered with `migrate catalog list`",
             ErrorKind::InvalidState => "see `migrate catalog show` for the current statuses",

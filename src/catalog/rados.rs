@@ -65,6 +65,11 @@ impl RadosCatalog {
         }
     }
 
+    /// The io-context (pool/namespace) holding the catalog.
+    pub fn ioctx(&self) -> &IoCtx {
+        &self.io
+    }
+
     /// The raw stored state (generation and records), e.g. to prove that an
     /// operation changed nothing.
     pub async fn raw_state(&self) -> Result<Option<GuardedObject>> {

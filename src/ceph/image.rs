@@ -188,6 +188,33 @@ impl IoCtx {
         self.open(name, snap, true).await
     }
 
+    /// Opens an image read-only by its id (works for images in the trash).
+    pub async fn open_image_by_id_read_only(&self, id: &str) -> Result<Image> {
+        let io = self.clone();
+        let id = id.to_owned();
+        blocking(move || {
+            let idc = cstring(&id, "image id")?;
+            let mut h: sys::rbd_image_t = ptr::null_mut();
+            // SAFETY: io is valid; idc a valid C string; h an out-pointer; no snapshot.
+            let ret = unsafe { sys::rbd_open_by_id_read_only(io.raw(), idc.as_ptr(), &mut h, ptr::null()) };
+            check("rbd_open_by_id_read_only", ret).map_err(|e| {
+                let msg = format!("no image with id `{id}` in `{}`", io.pool_spec());
+                e.target(io.pool_spec()).message(msg)
+            })?;
+            let name = format!("id:{id}");
+            Ok(Image {
+                inner: Arc::new(ImageInner {
+                    handle: ImageHandle(h),
+                    ioctx: io,
+                    name,
+                    snap: None,
+                    closed: Mutex::new(None),
+                }),
+            })
+        })
+        .await
+    }
+
     async fn open(&self, name: &str, snap: Option<&str>, read_only: bool) -> Result<Image> {
         let io = self.clone();
         let name = name.to_owned();

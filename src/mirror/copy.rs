@@ -13,7 +13,7 @@
 //!   complete; cancellation or failure removes it and the snapshot, so
 //!   nothing half-made is left behind under the destination's name.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -78,6 +78,11 @@ pub struct Progress {
     /// Time since the copy began moving data.
     #[serde(serialize_with = "ser_secs")]
     pub elapsed: Duration,
+    /// Every byte below this offset has been copied: a copy resumed after a
+    /// crash may start here.
+    pub watermark: u64,
+    /// Of `done_bytes`, those copied by an earlier run that this one resumed.
+    pub resumed_bytes: u64,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -85,11 +90,11 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::
 }
 
 impl Progress {
-    /// Average bytes per second so far.
+    /// Average bytes per second so far (in this run).
     pub fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
-            self.done_bytes as f64 / s
+            (self.done_bytes - self.resumed_bytes) as f64 / s
         } else {
             0.0
         }
@@ -285,7 +290,7 @@ impl Copier {
             let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
             dst_img.metadata_set(PARTIAL_META_KEY, &marker).await?;
             let progress = self
-                .transfer(&src_snap, &dst_img, info)
+                .transfer(&src_snap, &dst_img, 0)
                 .instrument(info_span!("transfer"))
                 .await?;
             for (k, v) in metadata {
@@ -310,27 +315,39 @@ impl Copier {
         result
     }
 
-    /// Moves the allocated extents of `src` into `dst`.
-    async fn transfer(&self, src: &Image, dst: &Image, info: &ImageInfo) -> Result<Progress> {
+    /// Copies the allocated extents of `src` (normally opened at a
+    /// snapshot) at and above `resume_from` into `dst`, an image of the same
+    /// size that reads as zeros wherever nothing was copied yet. Progress
+    /// carries a watermark below which everything is copied; a copy that
+    /// died can be resumed from its last recorded watermark.
+    pub async fn transfer(&self, src: &Image, dst: &Image, resume_from: u64) -> Result<Progress> {
+        let info = src.info().await?;
         let chunk = match self.options.chunk_size {
             Some(c) => c.clamp(4096, 64 << 20),
             None => info.object_size.clamp(1 << 20, 16 << 20),
         };
         let budget = self.options.in_flight_bytes.max(BUFFERS_PER_CHUNK * chunk);
         let zero_block = self.options.zero_block.max(512);
-        let total_bytes = src.allocated_bytes(true).await?;
+        let (total_bytes, already) = allocated_around(src, info.size, resume_from).await?;
         let mut progress = Progress {
             total_bytes,
+            done_bytes: already,
+            resumed_bytes: already,
+            watermark: resume_from,
             ..Progress::default()
         };
         self.publish(&progress);
-        debug!(chunk, budget, total_bytes, "transfer starts");
+        debug!(chunk, budget, total_bytes, resume_from, "transfer starts");
 
         let started = Instant::now();
-        let mut extents = src.diff(None, 0, info.size, true);
+        let mut extents = src.diff(None, resume_from, info.size.saturating_sub(resume_from), true);
         let mut extents_done = false;
+        // Where the extents not yet pulled from the diff begin; every chunk
+        // queued or in flight lies below it.
+        let mut frontier = resume_from;
         let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
         let mut tasks = FuturesUnordered::new();
+        let mut in_flight_offsets = BTreeSet::new();
         let mut free_buffers: Vec<Vec<u8>> = Vec::new();
         let mut in_flight = 0u64;
         let mut issued = 0u64;
@@ -352,6 +369,7 @@ impl Copier {
                     }
                 }
                 queue.pop_front();
+                in_flight_offsets.insert(offset);
                 in_flight += cost;
                 issued += len;
                 let buffer = free_buffers.pop().unwrap_or_default();
@@ -373,10 +391,15 @@ impl Copier {
                 _ = self.cancel.cancelled(), if !stopping => {}
                 Some(done) = tasks.next(), if !tasks.is_empty() => match done {
                     Ok(chunk) => {
+                        in_flight_offsets.remove(&chunk.offset);
                         in_flight -= BUFFERS_PER_CHUNK * chunk.len;
                         progress.done_bytes += chunk.len;
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
+                        progress.watermark = [in_flight_offsets.first().copied(), queue.front().map(|q| q.0)]
+                            .into_iter()
+                            .flatten()
+                            .fold(frontier, u64::min);
                         free_buffers.push(chunk.buffer);
                         self.publish(&progress);
                     }
@@ -385,12 +408,22 @@ impl Copier {
                     }
                 },
                 next = extents.next(), if want_extents => match next {
-                    None => extents_done = true,
+                    None => {
+                        extents_done = true;
+                        frontier = info.size;
+                    }
                     Some(Err(e)) => {
                         failure.get_or_insert(e);
                     }
-                    Some(Ok(e)) if e.exists => split_into_chunks(e.offset, e.len, chunk, &mut queue),
-                    Some(Ok(_)) => {}
+                    Some(Ok(e)) => {
+                        // Whole-object extents may begin before the resume point.
+                        let start = e.offset.max(resume_from);
+                        let end = e.offset + e.len;
+                        if e.exists && end > start {
+                            split_into_chunks(start, end - start, chunk, &mut queue);
+                        }
+                        frontier = frontier.max(end);
+                    }
                 },
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
             }
@@ -404,6 +437,7 @@ impl Copier {
                 .message("copy cancelled; the partial destination is removed and the source is untouched"));
         }
         progress.elapsed = started.elapsed();
+        progress.watermark = info.size;
         self.publish(&progress);
         Ok(progress)
     }
@@ -417,6 +451,7 @@ impl Copier {
 
 /// A chunk that has been copied.
 struct ChunkDone {
+    offset: u64,
     buffer: Vec<u8>,
     len: u64,
     written: u64,
@@ -438,10 +473,25 @@ async fn copy_chunk(
         buffer = dst.write(offset + run.start as u64, buffer, run).await?;
     }
     Ok(ChunkDone {
+        offset,
         buffer,
         len: len as u64,
         written,
     })
+}
+
+/// Allocated bytes of `img` in total, and below `split`.
+async fn allocated_around(img: &Image, size: u64, split: u64) -> Result<(u64, u64)> {
+    let mut diff = img.diff(None, 0, size, true);
+    let (mut total, mut below) = (0, 0);
+    while let Some(e) = diff.next().await {
+        let e = e?;
+        if e.exists {
+            total += e.len;
+            below += split.min(e.offset + e.len).saturating_sub(e.offset);
+        }
+    }
+    Ok((total, below))
 }
 
 /// Splits `[offset, offset+len)` at multiples of `chunk` and queues the pieces.
@@ -529,6 +579,7 @@ mod tests {
             done_bytes: 100,
             written_bytes: 50,
             elapsed: Duration::from_secs(1),
+            ..Progress::default()
         };
         assert_eq!(p.rate(), 100.0);
         assert_eq!(p.eta(), Some(Duration::from_secs(2)));

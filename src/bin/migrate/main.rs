@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod catalog;
+mod jobs;
 use catalog::{CatalogArgs, CatalogCommand};
+use jobs::RunArgs;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -78,6 +80,91 @@ enum Command {
     /// Register and inspect volumes, instances and attachments in livemig's
     /// own catalog (for use without a control plane).
     Catalog(CatalogCli),
+    /// Migrate a volume to another pool: precheck, mark, copy, switch, clean up.
+    ///
+    /// The job is recorded in RADOS before every step, so a crash loses
+    /// nothing: `migrate resume JOB` (from any process) continues it,
+    /// `migrate abort JOB` rolls it back (before the switch). Ctrl-C pauses
+    /// it safely. This release moves detached volumes (status available).
+    ///
+    /// Example: migrate start vol-1 --to ssd
+    Start(StartArgs),
+    /// Show one job, or all jobs.
+    Status(JobArgs),
+    /// List all jobs.
+    List(ListArgs),
+    /// Continue a paused or crashed job (its previous driver must be gone;
+    /// its lease expires --lease-secs after it died).
+    Resume(ResumeArgs),
+    /// Roll a job back to the state before it started (only before its switch).
+    Abort(AbortArgs),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Volume id (as registered in the catalog).
+    volume: String,
+    /// Destination: POOL (same image name) or POOL/IMAGE (a new image).
+    #[arg(long, value_name = "POOL[/IMAGE]")]
+    to: String,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// Job id; all jobs when omitted.
+    job: Option<String>,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+}
+
+#[derive(Args)]
+struct ResumeArgs {
+    /// Job id.
+    job: String,
+    /// Keep retrying this many seconds while another process holds the job's lease.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct AbortArgs {
+    /// Job id.
+    job: String,
+    /// Why (kept in the job record).
+    #[arg(long, default_value = "aborted by the operator")]
+    reason: String,
+    /// Keep retrying this many seconds while another process holds the job's lease.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+    /// Seconds the job's lease lasts while aborting.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    lease_secs: u64,
+    #[command(flatten)]
+    source: SourceClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
 }
 
 #[derive(Args)]
@@ -161,10 +248,13 @@ struct CopyArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// First image.
+    /// First image; or, alone, a volume id: its current image is compared
+    /// with the source its last migration retained.
     a: String,
     /// Second image (on the destination cluster if --dest-conf is given).
-    b: String,
+    b: Option<String>,
+    #[command(flatten)]
+    catalog: CatalogArgs,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -172,7 +262,7 @@ struct VerifyArgs {
 }
 
 /// Parses `4096`, `64K`, `256M`, `2G`, `1T` (binary multiples).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (digits, shift) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -227,6 +317,19 @@ async fn connect(
     Ok((source, dest))
 }
 
+/// Ctrl-C pauses a job at its next safe point.
+fn jobs_pause() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("migrate: pausing the job at a safe point...");
+            t.cancel();
+        }
+    });
+    token
+}
+
 /// No separate destination cluster.
 fn no_dest() -> DestClusterArgs {
     DestClusterArgs {
@@ -243,6 +346,9 @@ fn exit_code(kind: ErrorKind) -> u8 {
             3
         }
         ErrorKind::SameImage
+        | ErrorKind::JobFinished
+        | ErrorKind::RecordTooNew
+        | ErrorKind::CorruptRecord
         | ErrorKind::InvalidInput
         | ErrorKind::Mismatch
         | ErrorKind::InvalidState
@@ -260,7 +366,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
-fn human_bytes(n: f64) -> String {
+pub(crate) fn human_bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n;
     let mut u = 0;
@@ -396,8 +502,13 @@ async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json
 }
 
 async fn run_verify(args: VerifyArgs, json: bool, timeout: u64) -> Result<serde_json::Value, Error> {
+    let Some(b) = &args.b else {
+        let (cluster, _) = connect(&args.source, &no_dest(), timeout).await?;
+        let cat = args.catalog.open(&cluster).await?;
+        return jobs::verify_volume(&cat, &args.catalog.store(&cluster).await?, &cluster, &args.a, json).await;
+    };
     let a: ImageSpec = args.a.parse()?;
-    let b: ImageSpec = args.b.parse()?;
+    let b: ImageSpec = b.parse()?;
     let (ca, cb) = connect(&args.source, &args.dest, timeout).await?;
     let ia = ca
         .ioctx(&a.pool, &a.namespace)
@@ -461,6 +572,36 @@ fn main() -> ExitCode {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
                 let cat = a.catalog.open(&cluster).await?;
                 catalog::run_check(&a.volume, &a.to, &cat, &cluster, json).await
+            }
+            Command::Start(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                let cat = a.catalog.open(&cluster).await?;
+                let store = a.catalog.store(&cluster).await?;
+                let m = jobs::migrator(&cat, &cluster, store, &a.run, jobs_pause());
+                jobs::start(m, &a.volume, &a.to, json, a.run.no_progress_flag()).await
+            }
+            Command::Resume(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                let cat = a.catalog.open(&cluster).await?;
+                let store = a.catalog.store(&cluster).await?;
+                let m = jobs::migrator(&cat, &cluster, store, &a.run, jobs_pause());
+                jobs::resume(m, &a.job, json, a.run.no_progress_flag(), a.wait).await
+            }
+            Command::Abort(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                let cat = a.catalog.open(&cluster).await?;
+                let store = a.catalog.store(&cluster).await?;
+                let run = RunArgs::for_abort(a.lease_secs);
+                let m = jobs::migrator(&cat, &cluster, store, &run, CancellationToken::new());
+                jobs::abort(m, &a.job, &a.reason, json, a.wait).await
+            }
+            Command::Status(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                jobs::status(&a.catalog.store(&cluster).await?, a.job.as_deref(), json).await
+            }
+            Command::List(a) => {
+                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
+                jobs::status(&a.catalog.store(&cluster).await?, None, json).await
             }
             Command::Catalog(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;

@@ -1,0 +1,353 @@
+//! `migrate start | status | list | resume | abort` and `verify VOLUME`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use livemig::catalog::{Catalog, RadosCatalog};
+use livemig::ceph::Cluster;
+use livemig::job::{JobProgress, JobRecord, JobStore, MigrateOptions, Migrator, Phase, RetirePolicy};
+use livemig::mirror::{compare_images, CopyOptions};
+use livemig::precheck::{Clusters, Destination};
+use livemig::{Error, ErrorKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{human_bytes, parse_size};
+
+/// How a job runs (for start and resume).
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Most data in flight at once, e.g. 128M; bounds memory use.
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
+    in_flight: u64,
+    /// Limit the copy to this many bytes per second, e.g. 200M.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    bwlimit: Option<u64>,
+    /// Seconds the job's lease lasts; another process can resume a job this
+    /// long after its driver died.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    lease_secs: u64,
+    /// Keep the source image after the switch instead of moving it to the trash.
+    #[arg(long)]
+    keep_source: bool,
+    /// Seconds the retired source stays in the RBD trash before it may be purged.
+    #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
+    trash_delay: u64,
+    /// Do not show progress.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl RunArgs {
+    /// Settings for an abort (only the lease matters).
+    pub fn for_abort(lease_secs: u64) -> Self {
+        RunArgs {
+            in_flight: 128 << 20,
+            bwlimit: None,
+            lease_secs,
+            keep_source: false,
+            trash_delay: 0,
+            no_progress: true,
+        }
+    }
+
+    pub fn no_progress_flag(&self) -> bool {
+        self.no_progress
+    }
+
+    fn options(&self) -> MigrateOptions {
+        MigrateOptions {
+            copy: CopyOptions {
+                in_flight_bytes: self.in_flight,
+                bandwidth_limit: self.bwlimit,
+                ..Default::default()
+            },
+            lease: Duration::from_secs(self.lease_secs.max(1)),
+            policy: if self.keep_source {
+                RetirePolicy::Keep
+            } else {
+                RetirePolicy::Trash {
+                    delay_secs: self.trash_delay,
+                }
+            },
+            ..Default::default()
+        }
+    }
+}
+
+pub fn migrator(
+    catalog: &RadosCatalog,
+    cluster: &Cluster,
+    store: JobStore,
+    run: &RunArgs,
+    pause: CancellationToken,
+) -> Migrator {
+    Migrator::new(
+        Arc::new(catalog.clone()),
+        Clusters::local(cluster.clone()),
+        store,
+        run.options(),
+    )
+    .pause_on(pause)
+}
+
+/// Renders job progress until the sender goes away.
+async fn show(mut rx: watch::Receiver<JobProgress>, json: bool, quiet: bool) {
+    let bar = (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>9} [{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    let mut last_phase = String::new();
+    while rx.changed().await.is_ok() {
+        let p = rx.borrow_and_update().clone();
+        if let Some(bar) = &bar {
+            bar.set_message(p.phase.clone());
+            if let Some(c) = &p.copy {
+                bar.set_length(c.total_bytes);
+                bar.set_position(c.done_bytes);
+            }
+            continue;
+        }
+        if quiet {
+            continue;
+        }
+        let phase_changed = p.phase != last_phase;
+        if !phase_changed && last_line.elapsed() < Duration::from_secs(2) {
+            continue;
+        }
+        last_phase = p.phase.clone();
+        last_line = std::time::Instant::now();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "progress", "job": p.job, "phase": p.phase, "copy": p.copy})
+            );
+        } else {
+            match &p.copy {
+                Some(c) if c.total_bytes > 0 => eprintln!(
+                    "job {}: {} {} / {} ({:.0}%), {}/s, ETA {}s",
+                    p.job,
+                    p.phase,
+                    human_bytes(c.done_bytes as f64),
+                    human_bytes(c.total_bytes as f64),
+                    100.0 * c.done_bytes as f64 / c.total_bytes as f64,
+                    human_bytes(c.rate()),
+                    c.eta().map_or(0, |d| d.as_secs())
+                ),
+                _ => eprintln!("job {}: {}", p.job, p.phase),
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn summary(r: &JobRecord) -> serde_json::Value {
+    serde_json::json!({"event": "done", "job": r})
+}
+
+async fn drive(m: &Migrator, id: &str, json: bool, quiet: bool, abort: Option<&str>) -> Result<JobRecord, Error> {
+    let shower = tokio::spawn(show(m.subscribe(), json, quiet));
+    let result = match abort {
+        Some(reason) => m.abort(id, reason).await,
+        None => m.resume(id).await,
+    };
+    shower.abort();
+    result
+}
+
+pub async fn start(m: Migrator, volume: &str, to: &str, json: bool, quiet: bool) -> Result<serde_json::Value, Error> {
+    let destination = Destination::parse("local", to)?;
+    let created = m.create(volume, &destination).await?;
+    let r = &created.record;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "job", "job": r.id, "volume": r.volume_id, "source": r.source, "destination": r.destination})
+        );
+    } else {
+        println!(
+            "job {}: moving volume {} from {} to {}",
+            r.id, r.volume_id, r.source, r.destination
+        );
+    }
+    let id = r.id.clone();
+    let done = drive(&m, &id, json, quiet, None).await?;
+    if !json {
+        println!("job {id}: done; volume {} now on {}", done.volume_id, done.destination);
+    }
+    Ok(summary(&done))
+}
+
+pub async fn resume(
+    m: Migrator,
+    id: &str,
+    json: bool,
+    quiet: bool,
+    wait_secs: u64,
+) -> Result<serde_json::Value, Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    let done = loop {
+        match drive(&m, id, json, quiet, None).await {
+            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
+    if !json {
+        println!("job {id}: {}", done.phase.name());
+    }
+    Ok(summary(&done))
+}
+
+pub async fn abort(
+    m: Migrator,
+    id: &str,
+    reason: &str,
+    json: bool,
+    wait_secs: u64,
+) -> Result<serde_json::Value, Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    let done = loop {
+        match drive(&m, id, json, true, Some(reason)).await {
+            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
+    if !json {
+        println!(
+            "job {id}: {}; volume {} is back on {}",
+            done.phase.name(),
+            done.volume_id,
+            done.source
+        );
+    }
+    Ok(summary(&done))
+}
+
+fn describe(r: &JobRecord) -> String {
+    let detail = match &r.phase {
+        Phase::Copying {
+            done_bytes,
+            total_bytes,
+            ..
+        } => {
+            format!(
+                " {} / {}",
+                human_bytes(*done_bytes as f64),
+                human_bytes(*total_bytes as f64)
+            )
+        }
+        Phase::Aborted { reason } | Phase::Aborting { reason, .. } => format!(" ({reason})"),
+        _ => String::new(),
+    };
+    let err = r
+        .last_error
+        .as_ref()
+        .map(|e| format!("  last error: {e}"))
+        .unwrap_or_default();
+    format!(
+        "{:<13} {:<10}{detail:<24} {:<16} {} -> {}{err}",
+        r.id,
+        r.phase.name(),
+        r.volume_id,
+        r.source,
+        r.destination
+    )
+}
+
+pub async fn status(store: &JobStore, id: Option<&str>, json: bool) -> Result<serde_json::Value, Error> {
+    let ids = match id {
+        Some(id) => vec![id.to_owned()],
+        None => store.ids().await?,
+    };
+    let mut records = Vec::new();
+    for id in ids {
+        let r = store.load(&id).await?.record;
+        if !json {
+            println!("{}", describe(&r));
+        }
+        records.push(r);
+    }
+    Ok(serde_json::json!({"jobs": records}))
+}
+
+/// Compares a migrated volume's current image with its retained source.
+pub async fn verify_volume(
+    catalog: &RadosCatalog,
+    store: &JobStore,
+    cluster: &Cluster,
+    volume: &str,
+    json: bool,
+) -> Result<serde_json::Value, Error> {
+    let v = catalog.volume(volume).await?;
+    let mut last: Option<JobRecord> = None;
+    for id in store.ids().await? {
+        let r = store.load(&id).await?.record;
+        if r.volume_id == volume && r.phase == Phase::Done && last.as_ref().is_none_or(|l| l.updated_at <= r.updated_at)
+        {
+            last = Some(r);
+        }
+    }
+    let job = last.ok_or_else(|| {
+        Error::new(ErrorKind::NotInCatalog, "verify")
+            .message(format!("volume `{volume}` has no finished migration to verify"))
+    })?;
+    let src = &job.source.image;
+    let src_io = cluster.ioctx(&src.pool, &src.namespace).await?;
+    let source = match (
+        src_io.open_image_read_only(&src.image, None).await,
+        &job.source_image_id,
+    ) {
+        (Ok(img), _) => img,
+        (Err(_), Some(id)) => src_io.open_image_by_id_read_only(id).await.map_err(|e| {
+            e.message(format!(
+                "the retained source of volume `{volume}` (image id {id}) is gone (purged from the trash?)"
+            ))
+        })?,
+        (Err(e), None) => return Err(e),
+    };
+    let dst = &v.backing.image;
+    let current = cluster
+        .ioctx(&dst.pool, &dst.namespace)
+        .await?
+        .open_image_read_only(&dst.image, None)
+        .await?;
+    let report = compare_images(&source, &current).await?;
+    if !json {
+        println!(
+            "volume {volume}: {} (now) vs retained source {} (job {}): {} compared, {} differing range(s)",
+            v.backing,
+            job.source,
+            job.id,
+            human_bytes(report.compared_bytes as f64),
+            report.mismatches.len()
+        );
+        for (off, len) in report.mismatches.iter().take(20) {
+            println!("  differs at offset {off}, {len} bytes");
+        }
+    }
+    let out = serde_json::json!({"event": "done", "identical": report.identical(), "job": job.id, "report": report});
+    if !report.identical() {
+        if json {
+            println!("{out}");
+        }
+        return Err(Error::new(ErrorKind::Mismatch, "verify")
+            .message(format!("volume `{volume}` differs from its retained source")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,660 @@
+//! Migration jobs: the orchestration of DESIGN's flow for detached volumes,
+//! crash-safe.
+//!
+//! The job record is persisted before each step acts and after it has
+//! acted; every step first checks whether its action already happened (a
+//! crash may fall between the two), so running a job again from its record
+//! always converges. One process drives a job at a time, holding its lease.
+//! Before the switch an abort restores the pre-migration state; after it,
+//! only rolling forward is allowed.
+//!
+//! Phases: created -> marked -> copying -> copied -> switched -> done, and
+//! aborting -> aborted.
+
+pub mod fault;
+mod record;
+mod store;
+
+pub use record::{decode, encode, JobRecord, Phase, RetirePolicy, FORMAT, READABLE_BY};
+pub use store::{JobStore, Lease, Stored};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::catalog::{Cas, Catalog, Volume, VolumeStatus};
+use crate::ceph::{CreateOptions, Image, IoCtx};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mirror::copy::{PARTIAL_META_KEY, PARTIAL_SUFFIX};
+use crate::mirror::{Copier, CopyOptions, Progress};
+use crate::precheck::{precheck, Clusters, Destination};
+
+/// Image-meta key on a destination image naming the job that made it; only
+/// images carrying it are removed by an abort.
+pub const JOB_META_KEY: &str = "livemig.job";
+
+/// How jobs run.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Tuning of the bulk copy.
+    pub copy: CopyOptions,
+    /// Lease duration; a crashed holder's job can be resumed this long after it died.
+    pub lease: Duration,
+    /// What happens to the source after the switch.
+    pub policy: RetirePolicy,
+    /// How often copy progress is persisted.
+    pub save_every: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            copy: CopyOptions::default(),
+            lease: Duration::from_secs(30),
+            policy: RetirePolicy::default(),
+            save_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a running job reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct JobProgress {
+    /// Job id.
+    pub job: String,
+    /// Current phase name.
+    pub phase: String,
+    /// Copy progress while copying.
+    pub copy: Option<Progress>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs, resumes and aborts migrations.
+pub struct Migrator {
+    catalog: Arc<dyn Catalog>,
+    clusters: Clusters,
+    store: JobStore,
+    options: MigrateOptions,
+    progress: watch::Sender<JobProgress>,
+    pause: CancellationToken,
+}
+
+/// Retries an operation that fails with `Busy` while a dead client's watch
+/// or lock lingers (until the cluster times it out).
+async fn retry_busy<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match f().await {
+            Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                info!(error = %e, "{what}: busy (a crashed client's watch may linger), retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `spec`'s image exists and carries this job's marker.
+async fn made_by_job(io: &IoCtx, image: &str, job: &str) -> Result<bool> {
+    if !io.image_exists(image).await? {
+        return Ok(false);
+    }
+    let img = io.open_image_read_only(image, None).await?;
+    let meta = img.metadata_list().await?;
+    img.close().await;
+    Ok(meta.iter().any(|(k, v)| k == JOB_META_KEY && v == job))
+}
+
+async fn snapshot_exists(img: &Image, snap: &str) -> Result<bool> {
+    Ok(img.snap_list().await?.iter().any(|s| s.name == snap))
+}
+
+/// The source status while a job holds the volume: in-use volumes are
+/// "detaching" (DESIGN), detached ones "maintenance".
+fn marked_status(original: VolumeStatus) -> VolumeStatus {
+    match original {
+        VolumeStatus::InUse => VolumeStatus::Detaching,
+        _ => VolumeStatus::Maintenance,
+    }
+}
+
+impl Migrator {
+    /// A migrator over a control plane's catalog, the clusters it names and
+    /// the job store.
+    pub fn new(catalog: Arc<dyn Catalog>, clusters: Clusters, store: JobStore, options: MigrateOptions) -> Self {
+        let (progress, _) = watch::channel(JobProgress::default());
+        Migrator {
+            catalog,
+            clusters,
+            store,
+            options,
+            progress,
+            pause: CancellationToken::new(),
+        }
+    }
+
+    /// Progress of the job being driven.
+    pub fn subscribe(&self) -> watch::Receiver<JobProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Cancelling `token` pauses the job at the next safe point; it can be resumed.
+    pub fn pause_on(mut self, token: CancellationToken) -> Self {
+        self.pause = token;
+        self
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &JobStore {
+        &self.store
+    }
+
+    /// Runs the precheck and writes a new job record (phase `created`);
+    /// nothing else changes. Drive it with [`Migrator::resume`].
+    pub async fn create(&self, volume_id: &str, to: &Destination) -> Result<Stored> {
+        let report = precheck(self.catalog.as_ref(), &self.clusters, volume_id, to)
+            .await?
+            .into_result()?;
+        let volume = self.catalog.volume(volume_id).await?;
+        let attachments = self.catalog.attachments(volume_id).await?;
+        if !attachments.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidState, "start migration").target(volume_id.to_owned()).message(format!(
+                "volume `{volume_id}` is attached to `{}`; this release migrates detached volumes only (live migration of attached volumes is not available yet): detach it first",
+                attachments[0].instance_id
+            )));
+        }
+        let destination = report
+            .destination
+            .clone()
+            .expect("a passed precheck knows the destination");
+        let dst_io = self
+            .clusters
+            .get(&destination.cluster)?
+            .ioctx(&destination.image.pool, &destination.image.namespace)
+            .await?;
+        if dst_io.image_exists(&destination.image.image).await? {
+            return Err(Error::new(ErrorKind::DestinationExists, "start migration")
+                .target(destination.to_string())
+                .message(format!(
+                "`{destination}` exists; this release migrates into a new image only: give a pool or a new image name"
+            )));
+        }
+        let src = &volume.backing.image;
+        let src_img = self
+            .clusters
+            .get(&volume.backing.cluster)?
+            .ioctx(&src.pool, &src.namespace)
+            .await?
+            .open_image_read_only(&src.image, None)
+            .await?;
+        let source_image_id = src_img.info().await?.id;
+        src_img.close().await;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let t = now();
+        let record = JobRecord {
+            id: id.clone(),
+            volume_id: volume_id.to_owned(),
+            source: volume.backing.clone(),
+            destination,
+            source_image_id: Some(source_image_id),
+            original_volume: volume,
+            original_attachments: attachments,
+            policy: self.options.policy,
+            phase: Phase::Created,
+            created_at: t,
+            updated_at: t,
+            history: vec![("created".into(), t)],
+            last_error: None,
+        };
+        let stored = self.store.create(&record).await?;
+        fault::point("after-create");
+        info!(job = %id, volume = %volume_id, "job created");
+        Ok(stored)
+    }
+
+    /// Drives a job to its end (or continues an abort), under its lease.
+    pub async fn resume(&self, id: &str) -> Result<JobRecord> {
+        let lost = CancellationToken::new();
+        let lease = self.store.lease(id, self.options.lease, lost.clone()).await?;
+        let result = self.drive(id, &lost).instrument(info_span!("job", job = %id)).await;
+        if let Err(e) = &result {
+            if e.kind() != ErrorKind::Cancelled {
+                if let Ok(mut s) = self.store.load(id).await {
+                    s.record.last_error = Some(e.to_string());
+                    let _ = self.store.save(&mut s).await;
+                }
+            }
+        }
+        let _ = lease.release().await;
+        result
+    }
+
+    /// Rolls a job back to the pre-migration state (before the switch only).
+    pub async fn abort(&self, id: &str, reason: &str) -> Result<JobRecord> {
+        let lost = CancellationToken::new();
+        let lease = self.store.lease(id, self.options.lease, lost.clone()).await?;
+        let result = async {
+            let mut s = self.store.load(id).await?;
+            match &s.record.phase {
+                Phase::Aborted { .. } => return Ok(s.record),
+                Phase::Aborting { .. } => {}
+                p if p.is_switched() => {
+                    return Err(Error::new(ErrorKind::JobFinished, "abort").target(id.to_owned()).message(format!(
+                        "job `{id}` is past the switch (phase {}): the volume already uses its new image; `migrate resume {id}` finishes it",
+                        p.name()
+                    )))
+                }
+                _ => {
+                    let (snapshot, images) = self.leftovers(&s.record);
+                    self.enter(&mut s, Phase::Aborting { reason: reason.to_owned(), snapshot, images }).await?;
+                    fault::point("abort-after-recorded");
+                }
+            }
+            self.drive(id, &lost).await
+        }
+        .instrument(info_span!("abort", job = %id))
+        .await;
+        let _ = lease.release().await;
+        result
+    }
+
+    /// What an abort of `record` may have to remove.
+    fn leftovers(&self, record: &JobRecord) -> (Option<String>, Vec<String>) {
+        let snap = Some(snapshot_name(&record.id));
+        let partial = format!("{}{PARTIAL_SUFFIX}", record.destination.image.image);
+        match record.phase {
+            Phase::Created | Phase::Marked => (None, vec![]),
+            _ => (snap, vec![partial, record.destination.image.image.clone()]),
+        }
+    }
+
+    async fn enter(&self, s: &mut Stored, phase: Phase) -> Result<()> {
+        let t = now();
+        s.record.history.push((phase.name().to_owned(), t));
+        s.record.phase = phase;
+        s.record.updated_at = t;
+        s.record.last_error = None;
+        self.store.save(s).await?;
+        self.progress.send_replace(JobProgress {
+            job: s.record.id.clone(),
+            phase: s.record.phase.name().into(),
+            copy: None,
+        });
+        info!(phase = s.record.phase.name(), "job phase");
+        Ok(())
+    }
+
+    fn paused(&self, id: &str) -> Error {
+        Error::new(ErrorKind::Cancelled, "migration")
+            .target(id.to_owned())
+            .message(format!(
+            "job `{id}` paused; nothing is lost: `migrate resume {id}` continues it, `migrate abort {id}` rolls it back"
+        ))
+    }
+
+    async fn drive(&self, id: &str, lost: &CancellationToken) -> Result<JobRecord> {
+        let mut s = self.store.load(id).await?;
+        loop {
+            if lost.is_cancelled() {
+                return Err(Error::new(ErrorKind::Busy, "migration")
+                    .target(id.to_owned())
+                    .message("lost the job lease; another process may be driving it"));
+            }
+            if self.pause.is_cancelled()
+                && !matches!(s.record.phase, Phase::Aborting { .. })
+                && !s.record.phase.is_final()
+            {
+                return Err(self.paused(id));
+            }
+            self.progress.send_replace(JobProgress {
+                job: id.to_owned(),
+                phase: s.record.phase.name().into(),
+                copy: None,
+            });
+            match s.record.phase.clone() {
+                Phase::Done | Phase::Aborted { .. } => return Ok(s.record),
+                Phase::Created => self.step_mark(&mut s).await?,
+                Phase::Marked => {
+                    let partial = format!("{}{PARTIAL_SUFFIX}", s.record.destination.image.image);
+                    let copying = Phase::Copying {
+                        snapshot: snapshot_name(id),
+                        partial,
+                        watermark: 0,
+                        done_bytes: 0,
+                        total_bytes: 0,
+                    };
+                    self.enter(&mut s, copying).await?;
+                    fault::point("after-copying-recorded");
+                }
+                Phase::Copying { .. } => self.step_copy(&mut s).await?,
+                Phase::Copied { snapshot } => self.step_switch(&mut s, snapshot).await?,
+                Phase::Switched { snapshot } => self.step_cleanup(&mut s, snapshot).await?,
+                Phase::Aborting {
+                    reason,
+                    snapshot,
+                    images,
+                } => self.step_abort(&mut s, reason, snapshot, images).await?,
+            }
+        }
+    }
+
+    fn marked_volume(&self, record: &JobRecord) -> Volume {
+        Volume {
+            status: marked_status(record.original_volume.status),
+            migration: Some(record.id.clone()),
+            ..record.original_volume.clone()
+        }
+    }
+
+    async fn step_mark(&self, s: &mut Stored) -> Result<()> {
+        let r = &s.record;
+        let marked = self.marked_volume(r);
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current != marked {
+            let cas = Cas {
+                expect_volumes: vec![r.original_volume.clone()],
+                expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
+                put_volumes: vec![marked],
+                ..Default::default()
+            };
+            if let Err(e) = self.catalog.compare_and_swap(cas).await {
+                // Nothing was done yet: the job ends here, recorded as aborted.
+                let (kind, why) = match &current.migration {
+                    Some(other) => (
+                        ErrorKind::AlreadyMigrating,
+                        format!("volume `{}` is held by migration `{other}`", r.volume_id),
+                    ),
+                    None => (
+                        e.kind(),
+                        format!("volume `{}` changed since the precheck: {e}", r.volume_id),
+                    ),
+                };
+                self.enter(s, Phase::Aborted { reason: why.clone() }).await?;
+                return Err(Error::new(kind, "mark volume")
+                    .target(s.record.volume_id.clone())
+                    .message(why));
+            }
+        }
+        fault::point("after-mark");
+        self.enter(s, Phase::Marked).await?;
+        fault::point("after-marked-recorded");
+        Ok(())
+    }
+
+    async fn ioctxs(&self, r: &JobRecord) -> Result<(IoCtx, IoCtx)> {
+        let src = &r.source;
+        let dst = &r.destination;
+        let src_io = self
+            .clusters
+            .get(&src.cluster)?
+            .ioctx(&src.image.pool, &src.image.namespace)
+            .await?;
+        let dst_io = self
+            .clusters
+            .get(&dst.cluster)?
+            .ioctx(&dst.image.pool, &dst.image.namespace)
+            .await?;
+        Ok((src_io, dst_io))
+    }
+
+    async fn step_copy(&self, s: &mut Stored) -> Result<()> {
+        let Phase::Copying {
+            snapshot,
+            partial,
+            mut watermark,
+            ..
+        } = s.record.phase.clone()
+        else {
+            unreachable!()
+        };
+        let id = s.record.id.clone();
+        let (src_io, dst_io) = self.ioctxs(&s.record).await?;
+        let final_name = s.record.destination.image.image.clone();
+        let src_name = s.record.source.image.image.clone();
+
+        // A crash after the rename but before recording it.
+        if !dst_io.image_exists(&partial).await? && made_by_job(&dst_io, &final_name, &id).await? {
+            fault::point("after-rename");
+            self.enter(s, Phase::Copied { snapshot }).await?;
+            fault::point("after-copied-recorded");
+            return Ok(());
+        }
+
+        let src_rw = src_io.open_image(&src_name).await?;
+        if !snapshot_exists(&src_rw, &snapshot).await? {
+            if dst_io.image_exists(&partial).await? {
+                // The partial cannot have come from a snapshot that does not exist.
+                warn!(image = %partial, "partial destination without its snapshot; starting the copy over");
+                retry_busy("remove partial", || dst_io.remove_image(&partial)).await?;
+            }
+            watermark = 0;
+            src_rw.snap_create(&snapshot).await?;
+        }
+        let metadata = src_rw.metadata_list().await?;
+        src_rw.close().await;
+        fault::point("after-snapshot");
+
+        let src_snap = src_io.open_image_read_only(&src_name, Some(&snapshot)).await?;
+        let info = src_snap.info().await?;
+        if !dst_io.image_exists(&partial).await? {
+            dst_io
+                .create_image(&partial, info.size, &CreateOptions::like(&info))
+                .await?;
+            let p = dst_io.open_image(&partial).await?;
+            p.metadata_set(
+                PARTIAL_META_KEY,
+                &format!("{} {}@{snapshot}", src_io.cluster().fsid(), s.record.source.image),
+            )
+            .await?;
+            p.metadata_set(JOB_META_KEY, &id).await?;
+            p.close().await;
+            watermark = 0;
+            fault::point("after-partial-created");
+        }
+        let dst = retry_busy("open partial", || dst_io.open_image(&partial)).await?;
+
+        // Copy, persisting the watermark as it advances.
+        let (tx, mut rx) = watch::channel(Progress::default());
+        let copier = Copier::new(self.options.copy.clone())
+            .progress(tx)
+            .cancel_on(self.pause.child_token());
+        let (src_c, dst_c) = (src_snap.clone(), dst.clone());
+        let mut transfer = Box::pin(async move { copier.transfer(&src_c, &dst_c, watermark).await });
+        let mut last_save = Instant::now();
+        let mut first = true;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut transfer => break r,
+                changed = rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let p = rx.borrow_and_update().clone();
+                    self.progress.send_replace(JobProgress { job: id.clone(), phase: "copying".into(), copy: Some(p.clone()) });
+                    if last_save.elapsed() >= self.options.save_every || first {
+                        if let Phase::Copying { watermark, done_bytes, total_bytes, .. } = &mut s.record.phase {
+                            *watermark = p.watermark;
+                            *done_bytes = p.done_bytes;
+                            *total_bytes = p.total_bytes;
+                        }
+                        s.record.updated_at = now();
+                        self.store.save(s).await?;
+                        last_save = Instant::now();
+                        if first && p.done_bytes > p.resumed_bytes {
+                            first = false;
+                            fault::point("after-first-progress");
+                        }
+                    }
+                }
+            }
+        };
+        // The transfer holds image handles; they must go before closing.
+        drop(transfer);
+        src_snap.close().await;
+        let progress = match outcome {
+            Ok(p) => p,
+            Err(e) => {
+                dst.close().await;
+                if e.kind() == ErrorKind::Cancelled {
+                    return Err(self.paused(&id));
+                }
+                return Err(e);
+            }
+        };
+        for (k, v) in &metadata {
+            dst.metadata_set(k, v).await?;
+        }
+        dst.metadata_remove(PARTIAL_META_KEY).await?;
+        dst.flush().await?;
+        dst.close().await;
+        if let Phase::Copying {
+            watermark,
+            done_bytes,
+            total_bytes,
+            ..
+        } = &mut s.record.phase
+        {
+            *watermark = progress.watermark;
+            *done_bytes = progress.done_bytes;
+            *total_bytes = progress.total_bytes;
+        }
+        self.store.save(s).await?;
+        fault::point("after-copy-complete");
+        retry_busy("rename the destination", || dst_io.rename_image(&partial, &final_name)).await?;
+        fault::point("after-rename");
+        self.enter(s, Phase::Copied { snapshot }).await?;
+        fault::point("after-copied-recorded");
+        Ok(())
+    }
+
+    async fn step_switch(&self, s: &mut Stored, snapshot: String) -> Result<()> {
+        let r = &s.record;
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.backing != r.destination {
+            let marked = self.marked_volume(r);
+            let switched = Volume {
+                backing: r.destination.clone(),
+                size: r.original_volume.size,
+                status: r.original_volume.status,
+                ..marked.clone()
+            };
+            // The commit point: one atomic change of the catalog.
+            self.catalog
+                .compare_and_swap(Cas {
+                    expect_volumes: vec![marked],
+                    put_volumes: vec![switched],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    let why = format!("the switch of volume `{}` was refused: {e}", r.volume_id);
+                    e.message(why)
+                })?;
+            info!(volume = %r.volume_id, to = %r.destination, "switched");
+        }
+        fault::point("after-switch");
+        self.enter(s, Phase::Switched { snapshot }).await?;
+        fault::point("after-switched-recorded");
+        Ok(())
+    }
+
+    async fn step_cleanup(&self, s: &mut Stored, snapshot: String) -> Result<()> {
+        let r = s.record.clone();
+        let (src_io, dst_io) = self.ioctxs(&r).await?;
+        let src_name = &r.source.image.image;
+        if src_io.image_exists(src_name).await? {
+            let img = retry_busy("open the source", || src_io.open_image(src_name)).await?;
+            if snapshot_exists(&img, &snapshot).await? {
+                retry_busy("remove the snapshot", || img.snap_remove(&snapshot)).await?;
+            }
+            img.close().await;
+            fault::point("after-snapshot-removed");
+            if let RetirePolicy::Trash { delay_secs } = r.policy {
+                retry_busy("move the source to the trash", || {
+                    src_io.trash_move(src_name, delay_secs)
+                })
+                .await?;
+            }
+        }
+        fault::point("after-source-retired");
+        if made_by_job(&dst_io, &r.destination.image.image, &r.id).await? {
+            let img = dst_io.open_image(&r.destination.image.image).await?;
+            img.metadata_remove(JOB_META_KEY).await?;
+            img.close().await;
+        }
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.migration.as_deref() == Some(r.id.as_str()) {
+            let released = Volume {
+                migration: None,
+                ..current.clone()
+            };
+            self.catalog
+                .compare_and_swap(Cas {
+                    expect_volumes: vec![current],
+                    put_volumes: vec![released],
+                    ..Default::default()
+                })
+                .await?;
+        }
+        fault::point("after-release");
+        self.enter(s, Phase::Done).await?;
+        info!(volume = %r.volume_id, "migration done");
+        Ok(())
+    }
+
+    async fn step_abort(
+        &self,
+        s: &mut Stored,
+        reason: String,
+        snapshot: Option<String>,
+        images: Vec<String>,
+    ) -> Result<()> {
+        let r = s.record.clone();
+        let (src_io, dst_io) = self.ioctxs(&r).await?;
+        for image in &images {
+            if made_by_job(&dst_io, image, &r.id).await? {
+                retry_busy("remove a destination image", || dst_io.remove_image(image)).await?;
+            }
+        }
+        fault::point("abort-after-images");
+        if let Some(snap) = &snapshot {
+            if src_io.image_exists(&r.source.image.image).await? {
+                let img = retry_busy("open the source", || src_io.open_image(&r.source.image.image)).await?;
+                if snapshot_exists(&img, snap).await? {
+                    retry_busy("remove the snapshot", || img.snap_remove(snap)).await?;
+                }
+                img.close().await;
+            }
+        }
+        fault::point("abort-after-snapshot");
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.migration.as_deref() == Some(r.id.as_str()) {
+            self.catalog
+                .compare_and_swap(Cas {
+                    expect_volumes: vec![current],
+                    put_volumes: vec![r.original_volume.clone()],
+                    ..Default::default()
+                })
+                .await?;
+        }
+        fault::point("abort-after-catalog");
+        self.enter(s, Phase::Aborted { reason }).await?;
+        Ok(())
+    }
+}
+
+/// The source snapshot a job reads from.
+pub fn snapshot_name(job: &str) -> String {
+    format!("livemig-job-{job}")
+}

@@ -1,0 +1,202 @@
+//! Where job records live: one guarded RADOS object per job
+//! (`livemig.job.<id>`, omap key `record`), an index object listing job ids
+//! (`livemig.jobs`), and the lease, a RADOS lock with expiry on the job's
+//! object, renewed by its holder while it works.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::record::{decode, encode, JobRecord};
+use crate::ceph::IoCtx;
+use crate::error::{Error, ErrorKind, Result};
+
+const INDEX_OBJECT: &str = "livemig.jobs";
+const LEASE_NAME: &str = "livemig.lease";
+const RECORD_KEY: &str = "record";
+
+fn job_object(id: &str) -> String {
+    format!("livemig.job.{id}")
+}
+
+/// Job records in a pool (normally the catalog's).
+#[derive(Clone)]
+pub struct JobStore {
+    io: IoCtx,
+}
+
+/// A loaded record and the generation it was read at (for the next save).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The record.
+    pub record: JobRecord,
+    /// Generation of its object when read.
+    pub generation: u64,
+}
+
+impl JobStore {
+    /// Job records in `io`'s pool/namespace.
+    pub fn new(io: IoCtx) -> Self {
+        JobStore { io }
+    }
+
+    /// Writes a new record and adds it to the index.
+    pub async fn create(&self, record: &JobRecord) -> Result<Stored> {
+        let generation = self
+            .io
+            .write_guarded(
+                &job_object(&record.id),
+                None,
+                vec![(RECORD_KEY.into(), encode(record))],
+                vec![],
+            )
+            .await?;
+        loop {
+            let index = self.io.read_guarded(INDEX_OBJECT).await?;
+            let expected = index.as_ref().map(|i| i.generation);
+            let entry = vec![(record.id.clone(), record.volume_id.clone().into_bytes())];
+            match self.io.write_guarded(INDEX_OBJECT, expected, entry, vec![]).await {
+                Ok(_) => {
+                    return Ok(Stored {
+                        record: record.clone(),
+                        generation,
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a record.
+    pub async fn load(&self, id: &str) -> Result<Stored> {
+        let obj = self.io.read_guarded(&job_object(id)).await?.ok_or_else(|| {
+            Error::new(ErrorKind::NotInCatalog, "load job")
+                .target(id.to_owned())
+                .message(format!("there is no job `{id}` (see `migrate list`)"))
+        })?;
+        let raw = obj.omap.get(RECORD_KEY).ok_or_else(|| {
+            Error::new(ErrorKind::CorruptRecord, "load job")
+                .target(id.to_owned())
+                .message(format!("job object of `{id}` holds no record"))
+        })?;
+        Ok(Stored {
+            record: decode(id, raw)?,
+            generation: obj.generation,
+        })
+    }
+
+    /// Writes `stored.record` if nobody wrote since it was read; updates the generation.
+    pub async fn save(&self, stored: &mut Stored) -> Result<()> {
+        stored.generation = self
+            .io
+            .write_guarded(
+                &job_object(&stored.record.id),
+                Some(stored.generation),
+                vec![(RECORD_KEY.into(), encode(&stored.record))],
+                vec![],
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::Conflict => e.message(format!(
+                    "job `{}` was changed by another process; stopping",
+                    stored.record.id
+                )),
+                _ => e,
+            })?;
+        Ok(())
+    }
+
+    /// Ids of all jobs, oldest first by id order.
+    pub async fn ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .io
+            .read_guarded(INDEX_OBJECT)
+            .await?
+            .map(|i| i.omap.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    /// Stores a raw record (tests: fixtures of older or newer formats).
+    pub async fn put_raw(&self, id: &str, volume_id: &str, raw: Vec<u8>) -> Result<()> {
+        let expected = self.io.read_guarded(&job_object(id)).await?.map(|o| o.generation);
+        self.io
+            .write_guarded(&job_object(id), expected, vec![(RECORD_KEY.into(), raw)], vec![])
+            .await?;
+        let index = self.io.read_guarded(INDEX_OBJECT).await?;
+        self.io
+            .write_guarded(
+                INDEX_OBJECT,
+                index.map(|i| i.generation),
+                vec![(id.to_owned(), volume_id.as_bytes().to_vec())],
+                vec![],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the job's lease for `duration` and keeps renewing it until the
+    /// returned guard is dropped. If a renewal fails, `lost` is cancelled.
+    pub async fn lease(&self, id: &str, duration: Duration, lost: CancellationToken) -> Result<Lease> {
+        let cookie = uuid::Uuid::new_v4().simple().to_string();
+        let oid = job_object(id);
+        self.io.lease_acquire(&oid, LEASE_NAME, &cookie, duration, false).await.map_err(|e| match e.kind() {
+            ErrorKind::Busy => e.message(format!(
+                "job `{id}` is being driven by another process (its lease lasts up to {}s after that process stops); retry later",
+                duration.as_secs()
+            )),
+            _ => e,
+        })?;
+        let stop = CancellationToken::new();
+        let (io, oid2, cookie2, stop2) = (self.io.clone(), oid.clone(), cookie.clone(), stop.clone());
+        let renewer = tokio::spawn(async move {
+            let every = (duration / 3).max(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = io.lease_acquire(&oid2, LEASE_NAME, &cookie2, duration, true).await {
+                    warn!(error = %e, "lost the job lease");
+                    lost.cancel();
+                    return;
+                }
+            }
+        });
+        Ok(Lease {
+            io: self.io.clone(),
+            oid,
+            cookie,
+            stop,
+            renewer: Some(renewer),
+        })
+    }
+}
+
+/// A held job lease; renewed in the background until released.
+pub struct Lease {
+    io: IoCtx,
+    oid: String,
+    cookie: String,
+    stop: CancellationToken,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Stops renewing and releases the lease.
+    pub async fn release(mut self) -> Result<()> {
+        self.stop.cancel();
+        if let Some(r) = self.renewer.take() {
+            let _ = r.await;
+        }
+        self.io.lease_release(&self.oid, LEASE_NAME, &self.cookie).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Not released explicitly: stop renewing; the lease expires on its own.
+        self.stop.cancel();
+    }
+}
