@@ -258,6 +258,15 @@ impl Migrator {
                     )))
                 }
                 _ => {
+                    // The catalog is the truth: a crash may fall between the
+                    // switch and its record.
+                    let current = self.catalog.volume(&s.record.volume_id).await?;
+                    if current.backing == s.record.destination && current.migration.as_deref() == Some(id) {
+                        return Err(Error::new(ErrorKind::JobFinished, "abort").target(id.to_owned()).message(format!(
+                            "job `{id}` is past the switch: the catalog already names `{}`; `migrate resume {id}` finishes it",
+                            s.record.destination
+                        )));
+                    }
                     let (snapshot, images) = self.leftovers(&s.record);
                     self.enter(&mut s, Phase::Aborting { reason: reason.to_owned(), snapshot, images }).await?;
                     fault::point("abort-after-recorded");

@@ -340,7 +340,10 @@ impl Copier {
         debug!(chunk, budget, total_bytes, resume_from, "transfer starts");
 
         let started = Instant::now();
-        let mut extents = src.diff(None, resume_from, info.size.saturating_sub(resume_from), true);
+        // Enumerate from the object holding the resume point (librbd's
+        // whole-object diff wants object-aligned ranges); extents are clipped below.
+        let diff_start = resume_from.min(info.size) - resume_from.min(info.size) % info.object_size.max(1);
+        let mut extents = src.diff(None, diff_start, info.size - diff_start, true);
         let mut extents_done = false;
         // Where the extents not yet pulled from the diff begin; every chunk
         // queued or in flight lies below it.

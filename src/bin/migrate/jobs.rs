@@ -275,15 +275,28 @@ pub async fn status(store: &JobStore, id: Option<&str>, json: bool) -> Result<se
         Some(id) => vec![id.to_owned()],
         None => store.ids().await?,
     };
+    let one = id.is_some();
     let mut records = Vec::new();
+    let mut unreadable = Vec::new();
     for id in ids {
-        let r = store.load(&id).await?.record;
-        if !json {
-            println!("{}", describe(&r));
+        match store.load(&id).await {
+            Ok(s) => {
+                if !json {
+                    println!("{}", describe(&s.record));
+                }
+                records.push(s.record);
+            }
+            // Listing all jobs: one record this release cannot read must not hide the others.
+            Err(e) if !one && matches!(e.kind(), ErrorKind::RecordTooNew | ErrorKind::CorruptRecord) => {
+                if !json {
+                    println!("{id:<13} unreadable: {e}");
+                }
+                unreadable.push(serde_json::json!({"id": id, "kind": e.kind(), "error": e.to_string()}));
+            }
+            Err(e) => return Err(e),
         }
-        records.push(r);
     }
-    Ok(serde_json::json!({"jobs": records}))
+    Ok(serde_json::json!({"jobs": records, "unreadable": unreadable}))
 }
 
 /// Compares a migrated volume's current image with its retained source.
@@ -297,7 +310,12 @@ pub async fn verify_volume(
     let v = catalog.volume(volume).await?;
     let mut last: Option<JobRecord> = None;
     for id in store.ids().await? {
-        let r = store.load(&id).await?.record;
+        let r = match store.load(&id).await {
+            Ok(s) => s.record,
+            // Records of other releases or damaged ones cannot be this volume's to check.
+            Err(e) if matches!(e.kind(), ErrorKind::RecordTooNew | ErrorKind::CorruptRecord) => continue,
+            Err(e) => return Err(e),
+        };
         if r.volume_id == volume && r.phase == Phase::Done && last.as_ref().is_none_or(|l| l.updated_at <= r.updated_at)
         {
             last = Some(r);

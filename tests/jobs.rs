@@ -1,0 +1,528 @@
+//! Migration jobs end to end against the real cluster: the whole flow,
+//! SIGKILL at every kill point then resume (from another process) or abort,
+//! random kills mid-copy, leases, and record versions.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use livemig::catalog::{Backing, Cas, Catalog, RadosCatalog, Volume, VolumeStatus};
+use livemig::ceph::{CreateOptions, IoCtx};
+use livemig::job::{JobStore, Phase};
+use livemig::spec::ImageSpec;
+
+const SRC: &str = "jobs-src";
+const DST: &str = "jobs-dst";
+const CATALOG: &str = "jobs-catalog";
+const LEASE: &str = "3";
+
+struct Env {
+    src_io: IoCtx,
+    dst_io: IoCtx,
+    catalog: RadosCatalog,
+    store: JobStore,
+    volume: String,
+    original: Volume,
+    digest: u64,
+    metadata: Vec<(String, String)>,
+}
+
+/// A registered, detached 24 MiB volume with 12 MiB of data and image-meta.
+async fn setup(tag: &str) -> Env {
+    for p in [SRC, DST, CATALOG] {
+        cluster().ensure_pool(p);
+    }
+    let c = cluster().connect().await;
+    let src_io = c.ioctx(SRC, "").await.unwrap();
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    let catalog_io = c.ioctx(CATALOG, "").await.unwrap();
+    let volume = unique(tag);
+    src_io
+        .create_image(&volume, 24 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&volume).await.unwrap();
+    write_at(&img, 1 << 20, random_bytes(3, 12 << 20)).await;
+    img.metadata_set("tenant", "t1").await.unwrap();
+    let metadata = img.metadata_list().await.unwrap();
+    let digest = digest(&img, 24 << 20).await;
+    img.close().await;
+    let catalog = RadosCatalog::new(catalog_io.clone());
+    let original = Volume {
+        id: volume.clone(),
+        size: 24 << 20,
+        status: VolumeStatus::Available,
+        migration: None,
+        backing: Backing {
+            cluster: "local".into(),
+            image: ImageSpec::new(SRC, &volume),
+        },
+        location: "slow".into(),
+    };
+    catalog
+        .compare_and_swap(Cas {
+            expect_no_volumes: vec![volume.clone()],
+            put_volumes: vec![original.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Env {
+        src_io,
+        dst_io,
+        catalog,
+        store: JobStore::new(catalog_io),
+        volume,
+        original,
+        digest,
+        metadata,
+    }
+}
+
+fn migrate(args: &[&str]) -> Command {
+    let mut cmd = Command::new(migrate_bin());
+    cmd.arg(args[0])
+        .arg("--conf")
+        .arg(&cluster().conf)
+        .args(["--catalog-pool", CATALOG])
+        .args(&args[1..]);
+    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    migrate(args).output().expect("run migrate")
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Env {
+    fn start_args(&self) -> Vec<String> {
+        ["start", &self.volume, "--to", DST, "--lease-secs", LEASE, "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Runs `migrate start` that kills itself at `point`; returns the job id.
+    async fn start_killed_at(&self, point: &str) -> String {
+        let args = self.start_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = migrate(&args)
+            .env(livemig::job::fault::KILL_AT_ENV, point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "not killed at {point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.job_id().await
+    }
+
+    /// The (only) job of this volume.
+    async fn job_id(&self) -> String {
+        for id in self.store.ids().await.unwrap() {
+            if self.store.load(&id).await.unwrap().record.volume_id == self.volume {
+                return id;
+            }
+        }
+        panic!("no job for volume {}", self.volume);
+    }
+
+    async fn phase(&self, job: &str) -> Phase {
+        self.store.load(job).await.unwrap().record.phase
+    }
+
+    async fn images_named_like_the_volume(&self, io: &IoCtx) -> Vec<String> {
+        io.list_images()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.volume))
+            .collect()
+    }
+
+    /// The migration finished: the catalog names the complete destination,
+    /// statuses agree, the source is retired and nothing temporary is left.
+    async fn assert_finished(&self, job: &str) {
+        assert_eq!(self.phase(job).await, Phase::Done);
+        let v = self.catalog.volume(&self.volume).await.unwrap();
+        let expected = Volume {
+            backing: Backing {
+                cluster: "local".into(),
+                image: ImageSpec::new(DST, &self.volume),
+            },
+            ..self.original.clone()
+        };
+        assert_eq!(v, expected, "catalog after the migration");
+        assert_eq!(
+            self.images_named_like_the_volume(&self.dst_io).await,
+            vec![self.volume.clone()],
+            "destination pool"
+        );
+        let dst = self.dst_io.open_image_read_only(&self.volume, None).await.unwrap();
+        assert_eq!(digest(&dst, 24 << 20).await, self.digest, "destination content");
+        assert_eq!(
+            dst.metadata_list().await.unwrap(),
+            self.metadata,
+            "destination image-meta (no livemig keys left)"
+        );
+        assert!(dst.snap_list().await.unwrap().is_empty());
+        dst.close().await;
+        assert!(
+            self.images_named_like_the_volume(&self.src_io).await.is_empty(),
+            "the source went to the trash"
+        );
+    }
+
+    /// Rolled back: the catalog exactly as before, the source untouched and
+    /// without snapshots, nothing in the destination pool.
+    async fn assert_rolled_back(&self, job: &str) {
+        assert!(
+            matches!(self.phase(job).await, Phase::Aborted { .. }),
+            "{:?}",
+            self.phase(job).await
+        );
+        assert_eq!(
+            self.catalog.volume(&self.volume).await.unwrap(),
+            self.original,
+            "catalog after abort"
+        );
+        assert!(
+            self.images_named_like_the_volume(&self.dst_io).await.is_empty(),
+            "destination leftovers"
+        );
+        let src = self.src_io.open_image_read_only(&self.volume, None).await.unwrap();
+        assert!(src.snap_list().await.unwrap().is_empty(), "snapshot leftovers");
+        assert_eq!(digest(&src, 24 << 20).await, self.digest);
+        assert_eq!(src.metadata_list().await.unwrap(), self.metadata);
+        src.close().await;
+    }
+
+    fn resume(&self, job: &str) -> Output {
+        run(&[
+            "resume",
+            job,
+            "--wait",
+            "60",
+            "--lease-secs",
+            LEASE,
+            "--json",
+            "--no-progress",
+        ])
+    }
+
+    fn abort(&self, job: &str) -> Output {
+        run(&["abort", job, "--wait", "60", "--lease-secs", LEASE, "--json"])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_moves_a_detached_volume() {
+    let env = setup("flow").await;
+    let args = env.start_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    assert_ok(&out, "start");
+    let job = env.job_id().await;
+    env.assert_finished(&job).await;
+    // The record tells the story.
+    let record = env.store.load(&job).await.unwrap().record;
+    let phases: Vec<&str> = record.history.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(phases, ["created", "marked", "copying", "copied", "switched", "done"]);
+    // verify VOLUME compares with the source retained in the trash.
+    let v = run(&["verify", &env.volume, "--json"]);
+    assert_ok(&v, "verify");
+    // A second migration back works too (the volume is free again).
+    let back = run(&[
+        "start",
+        &env.volume,
+        "--to",
+        SRC,
+        "--keep-source",
+        "--lease-secs",
+        LEASE,
+        "--json",
+    ]);
+    assert_ok(&back, "migrate back");
+    assert_eq!(env.catalog.volume(&env.volume).await.unwrap().backing.image.pool, SRC);
+    assert!(
+        env.dst_io.image_exists(&env.volume).await.unwrap(),
+        "--keep-source keeps the old image"
+    );
+}
+
+/// Kill at `point`, then finish from another process with `resume`.
+async fn killed_then_resumed(point: &str) {
+    let env = setup("crash").await;
+    let job = env.start_killed_at(point).await;
+    let out = env.resume(&job);
+    assert_ok(&out, &format!("resume after a kill at {point}"));
+    env.assert_finished(&job).await;
+}
+
+/// Kill at `point`, then roll back with `abort`.
+async fn killed_then_aborted(point: &str) {
+    let env = setup("crashab").await;
+    let job = env.start_killed_at(point).await;
+    let out = env.abort(&job);
+    assert_ok(&out, &format!("abort after a kill at {point}"));
+    env.assert_rolled_back(&job).await;
+}
+
+macro_rules! kill_cases {
+    ($($name:ident: $point:literal => $then:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $then($point).await;
+            }
+        )*
+    };
+}
+
+kill_cases! {
+    kill_after_create_then_resume: "after-create" => killed_then_resumed;
+    kill_after_mark_then_resume: "after-mark" => killed_then_resumed;
+    kill_after_marked_recorded_then_resume: "after-marked-recorded" => killed_then_resumed;
+    kill_after_copying_recorded_then_resume: "after-copying-recorded" => killed_then_resumed;
+    kill_after_snapshot_then_resume: "after-snapshot" => killed_then_resumed;
+    kill_after_partial_created_then_resume: "after-partial-created" => killed_then_resumed;
+    kill_after_first_progress_then_resume: "after-first-progress" => killed_then_resumed;
+    kill_after_copy_complete_then_resume: "after-copy-complete" => killed_then_resumed;
+    kill_after_rename_then_resume: "after-rename" => killed_then_resumed;
+    kill_after_copied_recorded_then_resume: "after-copied-recorded" => killed_then_resumed;
+    kill_after_switch_then_resume: "after-switch" => killed_then_resumed;
+    kill_after_switched_recorded_then_resume: "after-switched-recorded" => killed_then_resumed;
+    kill_after_snapshot_removed_then_resume: "after-snapshot-removed" => killed_then_resumed;
+    kill_after_source_retired_then_resume: "after-source-retired" => killed_then_resumed;
+    kill_after_release_then_resume: "after-release" => killed_then_resumed;
+    kill_after_create_then_abort: "after-create" => killed_then_aborted;
+    kill_after_mark_then_abort: "after-mark" => killed_then_aborted;
+    kill_after_snapshot_then_abort: "after-snapshot" => killed_then_aborted;
+    kill_after_partial_created_then_abort: "after-partial-created" => killed_then_aborted;
+    kill_after_first_progress_then_abort: "after-first-progress" => killed_then_aborted;
+    kill_after_rename_then_abort: "after-rename" => killed_then_aborted;
+    kill_after_copied_recorded_then_abort: "after-copied-recorded" => killed_then_aborted;
+}
+
+/// An abort killed at `point`, then finished by a second abort (or a resume).
+async fn abort_killed_at(point: &str, finish_with_resume: bool) {
+    let env = setup("abortcrash").await;
+    let job = env.start_killed_at("after-partial-created").await;
+    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
+        .env(livemig::job::fault::KILL_AT_ENV, point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "abort not killed at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = if finish_with_resume {
+        env.resume(&job)
+    } else {
+        env.abort(&job)
+    };
+    assert_ok(&out, &format!("finishing an abort killed at {point}"));
+    env.assert_rolled_back(&job).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_abort_after_recorded_then_abort_again() {
+    abort_killed_at("abort-after-recorded", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_abort_after_images_then_resume_finishes_the_abort() {
+    abort_killed_at("abort-after-images", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_abort_after_snapshot_then_abort_again() {
+    abort_killed_at("abort-after-snapshot", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_abort_after_catalog_then_abort_again() {
+    abort_killed_at("abort-after-catalog", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_the_switch_is_refused_and_resume_rolls_forward() {
+    let env = setup("noabort").await;
+    let job = env.start_killed_at("after-switch").await;
+    let out = env.abort(&job);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("past the switch"));
+    assert_ok(&env.resume(&job), "resume");
+    env.assert_finished(&job).await;
+}
+
+/// SIGKILL at random moments of a throttled copy, each time resumed by a new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_during_the_copy_then_resume() {
+    use rand::{Rng, SeedableRng};
+    let env = setup("randkill").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
+    let mut args = env.start_args();
+    args.extend(["--bwlimit".to_string(), "2M".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = migrate(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    let mut watermarks = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        let job = env.job_id().await;
+        if let Phase::Copying { watermark, .. } = env.phase(&job).await {
+            watermarks.push(watermark);
+        }
+        child = migrate(&[
+            "resume",
+            &job,
+            "--wait",
+            "60",
+            "--lease-secs",
+            LEASE,
+            "--bwlimit",
+            "2M",
+            "--no-progress",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(kills >= 2, "the copy finished before the kills");
+    // Progress was persisted and resumed, not restarted.
+    assert!(
+        watermarks.windows(2).all(|w| w[0] <= w[1]),
+        "watermarks went back: {watermarks:?}"
+    );
+    assert!(
+        watermarks.last().copied().unwrap_or(0) > 0,
+        "no progress persisted: {watermarks:?}"
+    );
+    env.assert_finished(&env.job_id().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_keeps_out_a_second_driver_until_the_holder_dies() {
+    let env = setup("lease").await;
+    let mut args = env.start_args();
+    args.extend(["--bwlimit".to_string(), "1M".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut holder = migrate(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the job holds the volume.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.catalog.volume(&env.volume).await.unwrap().migration.is_none() {
+        assert!(Instant::now() < deadline, "the job never marked the volume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = env.job_id().await;
+    // A second start of the same volume is refused.
+    let again = run(&["start", &env.volume, "--to", DST, "--json"]);
+    assert_eq!(
+        again.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let err: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&again.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(err["kind"], "already_migrating");
+    // A resume while the holder lives is refused: the lease is held.
+    let busy = run(&["resume", &job, "--lease-secs", LEASE, "--json"]);
+    assert_eq!(busy.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("being driven by another process"));
+    // The holder dies; after its lease expires, resume takes over and finishes.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_ok(&env.resume(&job), "resume after the holder died");
+    env.assert_finished(&job).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_format_record_is_read_and_a_newer_one_refused() {
+    let raw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/job-record-v1.json"
+    ))
+    .unwrap();
+    let record = livemig::job::decode("a1b2c3d4e5f6", &raw).unwrap();
+    assert_eq!(
+        record.policy,
+        livemig::job::RetirePolicy::Trash { delay_secs: 24 * 3600 },
+        "format 1 meant: trash, 24 h"
+    );
+    assert!(
+        matches!(record.phase, Phase::Copying { watermark: 0, .. }),
+        "format 1 had no watermark: {:?}",
+        record.phase
+    );
+    assert_eq!(record.source_image_id, None);
+    assert_eq!(record.original_volume.location, "slow-hdd");
+
+    let env = setup("format").await;
+    let old_id = unique("v1job");
+    env.store.put_raw(&old_id, &env.volume, raw).await.unwrap();
+    let status = run(&["status", &old_id, "--json"]);
+    assert_ok(&status, "status of a format-1 record");
+
+    // A record from a future release that this one cannot read.
+    let new_id = unique("v9job");
+    let future = br#"{"format": 9, "readable_by": 7, "record": {"id": "x", "something": "new"}}"#.to_vec();
+    env.store.put_raw(&new_id, &env.volume, future.clone()).await.unwrap();
+    let catalog_before = env.catalog.raw_state().await.unwrap();
+    for args in [
+        vec!["status", new_id.as_str(), "--json"],
+        vec!["resume", new_id.as_str(), "--json"],
+        vec!["abort", new_id.as_str(), "--json"],
+    ] {
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(err["kind"], "record_too_new", "{args:?}");
+    }
+    assert_eq!(
+        env.catalog.raw_state().await.unwrap(),
+        catalog_before,
+        "refusing changed the catalog"
+    );
+    let raw_after = env.store.load(&new_id).await.unwrap_err();
+    assert_eq!(raw_after.kind(), livemig::ErrorKind::RecordTooNew);
+}
