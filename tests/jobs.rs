@@ -526,3 +526,83 @@ async fn an_older_format_record_is_read_and_a_newer_one_refused() {
     let raw_after = env.store.load(&new_id).await.unwrap_err();
     assert_eq!(raw_after.kind(), livemig::ErrorKind::RecordTooNew);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_pauses_the_job_and_resume_finishes_it() {
+    let env = setup("pause").await;
+    let mut args = env.start_args();
+    args.extend(["--bwlimit".to_string(), "2M".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = migrate(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let copying = match env.store.ids().await {
+            Ok(ids) if !ids.is_empty() => {
+                let mut found = false;
+                for id in ids {
+                    if let Ok(s) = env.store.load(&id).await {
+                        if s.record.volume_id == env.volume {
+                            found = matches!(s.record.phase, Phase::Copying { done_bytes, .. } if done_bytes > 0);
+                        }
+                    }
+                }
+                found
+            }
+            _ => false,
+        };
+        if copying {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("paused") && stderr.contains("migrate resume"),
+        "{stderr}"
+    );
+    let job = env.job_id().await;
+    assert!(
+        matches!(env.phase(&job).await, Phase::Copying { .. }),
+        "not paused while copying"
+    );
+    // Paused means: still held, nothing lost, resumable at once (the lease was released).
+    assert_eq!(
+        env.catalog.volume(&env.volume).await.unwrap().migration.as_deref(),
+        Some(job.as_str())
+    );
+    let out = run(&["resume", &job, "--lease-secs", LEASE, "--json", "--no-progress"]);
+    assert_ok(&out, "resume after pause");
+    env.assert_finished(&job).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_volume_reports_a_difference_from_the_retained_source() {
+    let env = setup("verify").await;
+    let args = env.start_args();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--keep-source");
+    assert_ok(&run(&args), "start");
+    assert_ok(&run(&["verify", &env.volume]), "verify of an intact copy");
+    // Damage the destination: one 4 KiB block.
+    let dst = env.dst_io.open_image(&env.volume).await.unwrap();
+    write_at(&dst, 5 << 20, vec![0x5a; 4096]).await;
+    dst.close().await;
+    let out = run(&["verify", &env.volume, "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(report["identical"], false);
+    let mismatches = report["report"]["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    let (off, len) = (mismatches[0][0].as_u64().unwrap(), mismatches[0][1].as_u64().unwrap());
+    assert!(off >= 5 << 20 && off + len <= (5 << 20) + 4096, "reported {off}+{len}");
+}
