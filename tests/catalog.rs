@@ -104,12 +104,16 @@ impl Fixture {
     /// Runs the precheck to `to`; asserts it fails on `rule` with `kind`, and
     /// that the catalog and the images are exactly as before.
     async fn assert_rule_fails(&self, to: &str, rule: &str, kind: ErrorKind) {
+        self.assert_rule_fails_for(&self.name, to, rule, kind).await
+    }
+
+    async fn assert_rule_fails_for(&self, volume: &str, to: &str, rule: &str, kind: ErrorKind) {
         let before_catalog = self.catalog.raw_state().await.unwrap();
         let before_images = pool_state(&[&self.io, &self.dst_io], &self.name).await;
         let report = precheck(
             &self.catalog,
             &Clusters::local(self.c.clone()),
-            &self.name,
+            volume,
             &Destination::parse("local", to).unwrap(),
         )
         .await
@@ -257,15 +261,8 @@ async fn precheck_passes_for_a_healthy_move_and_reports_the_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precheck_unknown_volume() {
     let f = fixture("unknownvol").await;
-    let report = precheck(
-        &f.catalog,
-        &Clusters::local(f.c.clone()),
-        "no-such-volume",
-        &Destination::parse("local", DST_POOL).unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.into_result().unwrap_err().kind(), ErrorKind::NotInCatalog);
+    f.assert_rule_fails_for("no-such-volume", DST_POOL, "volume_registered", ErrorKind::NotInCatalog)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,6 +185,26 @@ impl Env {
             self.images_named_like_the_volume(&self.src_io).await.is_empty(),
             "the source went to the trash"
         );
+        // ... without the job's snapshot, and intact.
+        let source_id = self
+            .store
+            .load(job)
+            .await
+            .unwrap()
+            .record
+            .source_image_id
+            .expect("recorded");
+        let trashed = self.src_io.open_image_by_id_read_only(&source_id).await.unwrap();
+        assert!(
+            trashed.snap_list().await.unwrap().is_empty(),
+            "snapshot left on the retired source"
+        );
+        assert_eq!(
+            digest(&trashed, 24 << 20).await,
+            self.digest,
+            "the retired source is intact"
+        );
+        trashed.close().await;
     }
 
     /// Rolled back: the catalog exactly as before, the source untouched and

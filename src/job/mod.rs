@@ -333,30 +333,40 @@ impl Migrator {
                 phase: s.record.phase.name().into(),
                 copy: None,
             });
-            match s.record.phase.clone() {
-                Phase::Done | Phase::Aborted { .. } => return Ok(s.record),
-                Phase::Created => self.step_mark(&mut s).await?,
-                Phase::Marked => {
-                    let partial = format!("{}{PARTIAL_SUFFIX}", s.record.destination.image.image);
-                    let copying = Phase::Copying {
-                        snapshot: snapshot_name(id),
-                        partial,
-                        watermark: 0,
-                        done_bytes: 0,
-                        total_bytes: 0,
-                    };
-                    self.enter(&mut s, copying).await?;
-                    fault::point("after-copying-recorded");
-                }
-                Phase::Copying { .. } => self.step_copy(&mut s).await?,
-                Phase::Copied { snapshot } => self.step_switch(&mut s, snapshot).await?,
-                Phase::Switched { snapshot } => self.step_cleanup(&mut s, snapshot).await?,
-                Phase::Aborting {
-                    reason,
-                    snapshot,
-                    images,
-                } => self.step_abort(&mut s, reason, snapshot, images).await?,
+            let phase = s.record.phase.clone();
+            if phase.is_final() {
+                return Ok(s.record);
             }
+            let span = info_span!("phase", phase = phase.name());
+            async {
+                match phase {
+                    Phase::Done | Phase::Aborted { .. } => Ok(()),
+                    Phase::Created => self.step_mark(&mut s).await,
+                    Phase::Marked => {
+                        let partial = format!("{}{PARTIAL_SUFFIX}", s.record.destination.image.image);
+                        let copying = Phase::Copying {
+                            snapshot: snapshot_name(id),
+                            partial,
+                            watermark: 0,
+                            done_bytes: 0,
+                            total_bytes: 0,
+                        };
+                        self.enter(&mut s, copying).await?;
+                        fault::point("after-copying-recorded");
+                        Ok(())
+                    }
+                    Phase::Copying { .. } => self.step_copy(&mut s).await,
+                    Phase::Copied { snapshot } => self.step_switch(&mut s, snapshot).await,
+                    Phase::Switched { snapshot } => self.step_cleanup(&mut s, snapshot).await,
+                    Phase::Aborting {
+                        reason,
+                        snapshot,
+                        images,
+                    } => self.step_abort(&mut s, reason, snapshot, images).await,
+                }
+            }
+            .instrument(span)
+            .await?;
         }
     }
 
@@ -485,8 +495,10 @@ impl Migrator {
         let mut last_save = Instant::now();
         let mut first = true;
         let outcome = loop {
+            // Progress first: a value published just before the transfer
+            // ends is still recorded (and reaches the test kill point).
             tokio::select! {
-                r = &mut transfer => break r,
+                biased;
                 changed = rx.changed() => {
                     if changed.is_err() { continue; }
                     let p = rx.borrow_and_update().clone();
@@ -506,6 +518,7 @@ impl Migrator {
                         }
                     }
                 }
+                r = &mut transfer => break r,
             }
         };
         // The transfer holds image handles; they must go before closing.

@@ -26,7 +26,13 @@ fn repo() -> PathBuf {
 fn start_cluster(tag: &str) -> TestCluster {
     let dir = std::env::temp_dir().join(format!("livemig-test-{tag}-{}", std::process::id()));
     let script = repo().join("scripts/dev-cluster");
-    let out = Command::new(&script).arg("up").arg(&dir).output();
+    // Crash tests wait for killed clients' watches to expire: keep that short.
+    let timeout = std::env::var("LIVEMIG_WATCH_TIMEOUT").unwrap_or_else(|_| "10".into());
+    let out = Command::new(&script)
+        .arg("up")
+        .arg(&dir)
+        .env("LIVEMIG_WATCH_TIMEOUT", timeout)
+        .output();
     let ok = matches!(&out, Ok(o) if o.status.success());
     if !ok {
         let detail = match out {

@@ -17,11 +17,6 @@ pub struct CatalogArgs {
 }
 
 impl CatalogArgs {
-    /// The job records, kept in the catalog pool.
-    pub async fn store(&self, cluster: &Cluster) -> Result<livemig::job::JobStore, Error> {
-        Ok(livemig::job::JobStore::new(self.open(cluster).await?.ioctx().clone()))
-    }
-
     pub async fn open(&self, cluster: &Cluster) -> Result<RadosCatalog, Error> {
         let io = cluster.ioctx(&self.catalog_pool, "").await.map_err(|e| {
             if e.kind() == ErrorKind::PoolNotFound {

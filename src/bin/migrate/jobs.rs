@@ -190,6 +190,27 @@ pub async fn start(m: Migrator, volume: &str, to: &str, json: bool, quiet: bool)
     Ok(summary(&done))
 }
 
+/// Drives (or aborts) a job, retrying for up to `wait_secs` while another
+/// process still holds its lease.
+async fn drive_when_free(
+    m: &Migrator,
+    id: &str,
+    json: bool,
+    quiet: bool,
+    abort: Option<&str>,
+    wait_secs: u64,
+) -> Result<JobRecord, Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        match drive(m, id, json, quiet, abort).await {
+            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn resume(
     m: Migrator,
     id: &str,
@@ -197,15 +218,7 @@ pub async fn resume(
     quiet: bool,
     wait_secs: u64,
 ) -> Result<serde_json::Value, Error> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
-    let done = loop {
-        match drive(&m, id, json, quiet, None).await {
-            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            other => break other?,
-        }
-    };
+    let done = drive_when_free(&m, id, json, quiet, None, wait_secs).await?;
     if !json {
         println!("job {id}: {}", done.phase.name());
     }
@@ -219,15 +232,7 @@ pub async fn abort(
     json: bool,
     wait_secs: u64,
 ) -> Result<serde_json::Value, Error> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
-    let done = loop {
-        match drive(&m, id, json, true, Some(reason)).await {
-            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            other => break other?,
-        }
-    };
+    let done = drive_when_free(&m, id, json, true, Some(reason), wait_secs).await?;
     if !json {
         println!(
             "job {id}: {}; volume {} is back on {}",
@@ -346,26 +351,9 @@ pub async fn verify_volume(
         .open_image_read_only(&dst.image, None)
         .await?;
     let report = compare_images(&source, &current).await?;
-    if !json {
-        println!(
-            "volume {volume}: {} (now) vs retained source {} (job {}): {} compared, {} differing range(s)",
-            v.backing,
-            job.source,
-            job.id,
-            human_bytes(report.compared_bytes as f64),
-            report.mismatches.len()
-        );
-        for (off, len) in report.mismatches.iter().take(20) {
-            println!("  differs at offset {off}, {len} bytes");
-        }
-    }
-    let out = serde_json::json!({"event": "done", "identical": report.identical(), "job": job.id, "report": report});
-    if !report.identical() {
-        if json {
-            println!("{out}");
-        }
-        return Err(Error::new(ErrorKind::Mismatch, "verify")
-            .message(format!("volume `{volume}` differs from its retained source")));
-    }
-    Ok(out)
+    let title = format!(
+        "volume {volume}: {} (now) vs retained source {} (job {})",
+        v.backing, job.source, job.id
+    );
+    crate::comparison_outcome(&title, serde_json::json!({"job": job.id}), report, json)
 }

@@ -317,17 +317,29 @@ async fn connect(
     Ok((source, dest))
 }
 
-/// Ctrl-C pauses a job at its next safe point.
-fn jobs_pause() -> CancellationToken {
+/// A token cancelled (after saying `what` on stderr) when Ctrl-C arrives.
+fn on_ctrl_c(what: &'static str) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("migrate: pausing the job at a safe point...");
+            eprintln!("migrate: {what}...");
             t.cancel();
         }
     });
     token
+}
+
+/// The catalog's cluster, the catalog and the job store, as the job commands need them.
+async fn open_jobs(
+    source: &SourceClusterArgs,
+    catalog: &CatalogArgs,
+    timeout: u64,
+) -> Result<(Cluster, livemig::catalog::RadosCatalog, livemig::job::JobStore), Error> {
+    let (cluster, _) = connect(source, &no_dest(), timeout).await?;
+    let cat = catalog.open(&cluster).await?;
+    let store = livemig::job::JobStore::new(cat.ioctx().clone());
+    Ok((cluster, cat, store))
 }
 
 /// No separate destination cluster.
@@ -471,16 +483,9 @@ async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json
         bandwidth_limit: args.bwlimit,
         ..Default::default()
     };
-    let cancel = CancellationToken::new();
+    let cancel = on_ctrl_c("cancelling (removing the partial destination)");
     let (tx, rx) = watch::channel(Progress::default());
     let shower = tokio::spawn(show_progress(rx, output));
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("migrate: cancelling (removing the partial destination)...");
-            on_signal.cancel();
-        }
-    });
     let copier = Copier::new(options).progress(tx).cancel_on(cancel);
     let result = copier.run(&src_cluster, &src, &dst_cluster, &dst).await;
     drop(copier);
@@ -503,9 +508,8 @@ async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json
 
 async fn run_verify(args: VerifyArgs, json: bool, timeout: u64) -> Result<serde_json::Value, Error> {
     let Some(b) = &args.b else {
-        let (cluster, _) = connect(&args.source, &no_dest(), timeout).await?;
-        let cat = args.catalog.open(&cluster).await?;
-        return jobs::verify_volume(&cat, &args.catalog.store(&cluster).await?, &cluster, &args.a, json).await;
+        let (cluster, cat, store) = open_jobs(&args.source, &args.catalog, timeout).await?;
+        return jobs::verify_volume(&cat, &store, &cluster, &args.a, json).await;
     };
     let a: ImageSpec = args.a.parse()?;
     let b: ImageSpec = b.parse()?;
@@ -521,9 +525,20 @@ async fn run_verify(args: VerifyArgs, json: bool, timeout: u64) -> Result<serde_
         .open_image_read_only(&b.image, None)
         .await?;
     let report = compare_images(&ia, &ib).await?;
+    comparison_outcome(&format!("compared {a} and {b}"), serde_json::json!({}), report, json)
+}
+
+/// Prints a comparison (unless `json`) and turns a difference into a
+/// `Mismatch` error; `extra` fields go into the JSON result.
+pub(crate) fn comparison_outcome(
+    title: &str,
+    mut extra: serde_json::Value,
+    report: livemig::mirror::CompareReport,
+    json: bool,
+) -> Result<serde_json::Value, Error> {
     if !json {
         println!(
-            "compared {a} and {b}: sizes {} / {}, {} compared, {} differing range(s)",
+            "{title}: sizes {} / {}, {} compared, {} differing range(s)",
             report.size_a,
             report.size_b,
             human_bytes(report.compared_bytes as f64),
@@ -533,14 +548,17 @@ async fn run_verify(args: VerifyArgs, json: bool, timeout: u64) -> Result<serde_
             println!("  differs at offset {off}, {len} bytes");
         }
     }
-    if !report.identical() {
-        let out = serde_json::json!({"event": "done", "identical": false, "report": report});
+    let identical = report.identical();
+    extra["event"] = "done".into();
+    extra["identical"] = identical.into();
+    extra["report"] = serde_json::to_value(&report).expect("serializable");
+    if !identical {
         if json {
-            println!("{out}");
+            println!("{extra}");
         }
-        return Err(Error::new(ErrorKind::Mismatch, "verify").message(format!("{a} and {b} differ")));
+        return Err(Error::new(ErrorKind::Mismatch, "verify").message(format!("{title}: the images differ")));
     }
-    Ok(serde_json::json!({"event": "done", "identical": true, "report": report}))
+    Ok(extra)
 }
 
 fn main() -> ExitCode {
@@ -574,34 +592,40 @@ fn main() -> ExitCode {
                 catalog::run_check(&a.volume, &a.to, &cat, &cluster, json).await
             }
             Command::Start(a) => {
-                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
-                let cat = a.catalog.open(&cluster).await?;
-                let store = a.catalog.store(&cluster).await?;
-                let m = jobs::migrator(&cat, &cluster, store, &a.run, jobs_pause());
+                let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                let m = jobs::migrator(
+                    &cat,
+                    &cluster,
+                    store,
+                    &a.run,
+                    on_ctrl_c("pausing the job at a safe point"),
+                );
                 jobs::start(m, &a.volume, &a.to, json, a.run.no_progress_flag()).await
             }
             Command::Resume(a) => {
-                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
-                let cat = a.catalog.open(&cluster).await?;
-                let store = a.catalog.store(&cluster).await?;
-                let m = jobs::migrator(&cat, &cluster, store, &a.run, jobs_pause());
+                let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                let m = jobs::migrator(
+                    &cat,
+                    &cluster,
+                    store,
+                    &a.run,
+                    on_ctrl_c("pausing the job at a safe point"),
+                );
                 jobs::resume(m, &a.job, json, a.run.no_progress_flag(), a.wait).await
             }
             Command::Abort(a) => {
-                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
-                let cat = a.catalog.open(&cluster).await?;
-                let store = a.catalog.store(&cluster).await?;
+                let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
                 let run = RunArgs::for_abort(a.lease_secs);
                 let m = jobs::migrator(&cat, &cluster, store, &run, CancellationToken::new());
                 jobs::abort(m, &a.job, &a.reason, json, a.wait).await
             }
             Command::Status(a) => {
-                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
-                jobs::status(&a.catalog.store(&cluster).await?, a.job.as_deref(), json).await
+                let (_, _, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                jobs::status(&store, a.job.as_deref(), json).await
             }
             Command::List(a) => {
-                let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
-                jobs::status(&a.catalog.store(&cluster).await?, None, json).await
+                let (_, _, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                jobs::status(&store, None, json).await
             }
             Command::Catalog(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
