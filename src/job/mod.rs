@@ -227,7 +227,9 @@ impl Migrator {
 
     /// Drives a job to its end (or continues an abort), under its lease.
     pub async fn resume(&self, id: &str) -> Result<JobRecord> {
-        let lost = CancellationToken::new();
+        // Cancelled when the lease is lost, and (as a child) when paused: a
+        // running copy stops on either.
+        let lost = self.pause.child_token();
         let lease = self.store.lease(id, self.options.lease, lost.clone()).await?;
         let result = self.drive(id, &lost).instrument(info_span!("job", job = %id)).await;
         if let Err(e) = &result {
@@ -244,7 +246,7 @@ impl Migrator {
 
     /// Rolls a job back to the pre-migration state (before the switch only).
     pub async fn abort(&self, id: &str, reason: &str) -> Result<JobRecord> {
-        let lost = CancellationToken::new();
+        let lost = self.pause.child_token();
         let lease = self.store.lease(id, self.options.lease, lost.clone()).await?;
         let result = async {
             let mut s = self.store.load(id).await?;
@@ -317,10 +319,8 @@ impl Migrator {
     async fn drive(&self, id: &str, lost: &CancellationToken) -> Result<JobRecord> {
         let mut s = self.store.load(id).await?;
         loop {
-            if lost.is_cancelled() {
-                return Err(Error::new(ErrorKind::Busy, "migration")
-                    .target(id.to_owned())
-                    .message("lost the job lease; another process may be driving it"));
+            if lost.is_cancelled() && !self.pause.is_cancelled() {
+                return Err(self.lease_lost(id));
             }
             if self.pause.is_cancelled()
                 && !matches!(s.record.phase, Phase::Aborting { .. })
@@ -355,7 +355,7 @@ impl Migrator {
                         fault::point("after-copying-recorded");
                         Ok(())
                     }
-                    Phase::Copying { .. } => self.step_copy(&mut s).await,
+                    Phase::Copying { .. } => self.step_copy(&mut s, lost).await,
                     Phase::Copied { snapshot } => self.step_switch(&mut s, snapshot).await,
                     Phase::Switched { snapshot } => self.step_cleanup(&mut s, snapshot).await,
                     Phase::Aborting {
@@ -429,7 +429,13 @@ impl Migrator {
         Ok((src_io, dst_io))
     }
 
-    async fn step_copy(&self, s: &mut Stored) -> Result<()> {
+    fn lease_lost(&self, id: &str) -> Error {
+        Error::new(ErrorKind::Busy, "migration")
+            .target(id.to_owned())
+            .message("lost the job lease; another process may be driving it")
+    }
+
+    async fn step_copy(&self, s: &mut Stored, lost: &CancellationToken) -> Result<()> {
         let Phase::Copying {
             snapshot,
             partial,
@@ -489,7 +495,7 @@ impl Migrator {
         let (tx, mut rx) = watch::channel(Progress::default());
         let copier = Copier::new(self.options.copy.clone())
             .progress(tx)
-            .cancel_on(self.pause.child_token());
+            .cancel_on(lost.child_token());
         let (src_c, dst_c) = (src_snap.clone(), dst.clone());
         let mut transfer = Box::pin(async move { copier.transfer(&src_c, &dst_c, watermark).await });
         let mut last_save = Instant::now();
@@ -529,7 +535,11 @@ impl Migrator {
             Err(e) => {
                 dst.close().await;
                 if e.kind() == ErrorKind::Cancelled {
-                    return Err(self.paused(&id));
+                    return Err(if self.pause.is_cancelled() {
+                        self.paused(&id)
+                    } else {
+                        self.lease_lost(&id)
+                    });
                 }
                 return Err(e);
             }

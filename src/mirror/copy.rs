@@ -340,13 +340,17 @@ impl Copier {
         debug!(chunk, budget, total_bytes, resume_from, "transfer starts");
 
         let started = Instant::now();
-        // Enumerate from the object holding the resume point (librbd's
-        // whole-object diff wants object-aligned ranges); extents are clipped below.
-        let diff_start = resume_from.min(info.size) - resume_from.min(info.size) % info.object_size.max(1);
+        // librbd enumerates whole-object extents one stripe period (object
+        // size x stripe count) at a time (16.2 with fast-diff merges a period
+        // into one in-order extent). Not to depend on the order within a
+        // period, the diff starts at the period holding the resume point
+        // (extents are clipped below) and the frontier only advances to the
+        // start of the period being read: a resume re-copies at most one period.
+        let period = info.object_size.max(1) * info.stripe_count.max(1);
+        let diff_start = resume_from.min(info.size) - resume_from.min(info.size) % period;
         let mut extents = src.diff(None, diff_start, info.size - diff_start, true);
         let mut extents_done = false;
-        // Where the extents not yet pulled from the diff begin; every chunk
-        // queued or in flight lies below it.
+        // Extents not yet pulled from the diff all lie at or above this.
         let mut frontier = resume_from;
         let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
         let mut tasks = FuturesUnordered::new();
@@ -399,7 +403,7 @@ impl Copier {
                         progress.done_bytes += chunk.len;
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
-                        progress.watermark = [in_flight_offsets.first().copied(), queue.front().map(|q| q.0)]
+                        progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.0).min()]
                             .into_iter()
                             .flatten()
                             .fold(frontier, u64::min);
@@ -425,7 +429,7 @@ impl Copier {
                         if e.exists && end > start {
                             split_into_chunks(start, end - start, chunk, &mut queue);
                         }
-                        frontier = frontier.max(end);
+                        frontier = frontier.max(e.offset - e.offset % period).max(resume_from);
                     }
                 },
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
