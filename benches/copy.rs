@@ -88,7 +88,7 @@ impl Tool {
             Tool::Livemig => "livemig (migrate copy)",
             Tool::RbdCp => "rbd cp",
             Tool::RbdDeepCp => "rbd deep cp",
-            Tool::RbdMigration => "rbd migration prepare/execute/commit",
+            Tool::RbdMigration => "rbd migration (import-only)",
             Tool::ExportImportDiff => "rbd export-diff | import-diff",
         }
     }
@@ -102,7 +102,10 @@ struct Env {
 impl Env {
     /// An rbd command line; `--no-progress` goes only where rbd accepts it.
     fn rbd(&self, args: &str) -> String {
-        let quiet = if args.starts_with("migration prepare") || args.starts_with("create") {
+        let quiet = if ["migration prepare", "create", "snap create"]
+            .iter()
+            .any(|p| args.starts_with(p))
+        {
             ""
         } else {
             "--no-progress "
@@ -142,42 +145,51 @@ impl Env {
         self.timed(script).map(|_| ())
     }
 
-    /// The timed command for one tool copying `src` to `dst`, and untimed preparation.
-    fn tool_commands(&self, tool: Tool, ds: &Dataset, dst: &str) -> (Option<String>, String) {
+    /// For one tool copying `src` to `dst`: untimed preparation, the timed
+    /// command, and untimed cleanup.
+    fn tool_commands(&self, tool: Tool, ds: &Dataset, dst: &str) -> (Option<String>, String, Option<String>) {
         let src = format!("{SRC_POOL}/{}", ds.image);
         let dst = format!("{DST_POOL}/{dst}");
         match tool {
-            Tool::Livemig => (
-                None,
-                format!(
+            Tool::Livemig => {
+                let cmd = format!(
                     "'{}' copy --conf '{}' --no-progress {src} {dst}",
                     self.migrate.display(),
                     self.conf.display()
-                ),
-            ),
-            Tool::RbdCp => (None, self.rbd(&format!("cp {src} {dst}"))),
-            Tool::RbdDeepCp => (None, self.rbd(&format!("deep cp {src} {dst}"))),
+                );
+                (None, cmd, None)
+            }
+            Tool::RbdCp => (None, self.rbd(&format!("cp {src} {dst}")), None),
+            Tool::RbdDeepCp => (None, self.rbd(&format!("deep cp {src} {dst}")), None),
             Tool::RbdMigration => {
-                let scratch = format!("{SRC_POOL}/{}-scratch", ds.image);
+                // Import-only mode reads the source at a snapshot and leaves
+                // it as it is (a normal migration would consume the source).
+                let spec = format!(
+                    r#"{{"type":"native","pool_name":"{SRC_POOL}","image_name":"{}","snap_name":"bench-base"}}"#,
+                    ds.image
+                );
+                let cmd = format!(
+                    "{} && {} && {}",
+                    self.rbd(&format!("migration prepare --import-only --source-spec '{spec}' {dst}")),
+                    self.rbd(&format!("migration execute {dst}")),
+                    self.rbd(&format!("migration commit {dst}"))
+                );
+                let snap = format!("{src}@bench-base");
                 (
-                    Some(self.rbd(&format!("deep cp {src} {scratch}"))),
-                    format!(
-                        "{} && {} && {}",
-                        self.rbd(&format!("migration prepare {scratch} {dst}")),
-                        self.rbd(&format!("migration execute {dst}")),
-                        self.rbd(&format!("migration commit {dst}"))
-                    ),
+                    Some(self.rbd(&format!("snap create {snap}"))),
+                    cmd,
+                    Some(self.rbd(&format!("snap rm {snap}"))),
                 )
             }
-            Tool::ExportImportDiff => (
-                None,
-                format!(
+            Tool::ExportImportDiff => {
+                let cmd = format!(
                     "{} && {} | {}",
                     self.rbd(&format!("create --size {}M {dst}", ds.size >> 20)),
                     self.rbd(&format!("export-diff {src} -")),
                     self.rbd(&format!("import-diff - {dst}"))
-                ),
-            ),
+                );
+                (None, cmd, None)
+            }
         }
     }
 }
@@ -242,12 +254,15 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Row {
-    dataset: &'static str,
-    tool: Tool,
+    dataset: String,
+    tool: String,
     secs: f64,
     mbps: f64,
     cpu_per_gib: f64,
+    /// Peak RSS of livemig's copy (MiB), on its row.
+    peak_rss_mib: Option<u64>,
 }
 
 async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize) -> Result<Vec<Row>> {
@@ -264,16 +279,17 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
             let tool = TOOLS[t];
             let dst = format!("{}-copy", ds.image);
             // Leftovers of an interrupted earlier run would make the tools fail.
-            for (io, name) in [(&dst_io, dst.clone()), (&src_io, format!("{}-scratch", ds.image))] {
-                if io.image_exists(&name).await? {
-                    io.remove_image(&name).await?;
-                }
+            if dst_io.image_exists(&dst).await? {
+                dst_io.remove_image(&dst).await?;
             }
-            let (prep, cmd) = env.tool_commands(tool, ds, &dst);
+            let (prep, cmd, cleanup) = env.tool_commands(tool, ds, &dst);
             if let Some(p) = prep {
                 env.run(&p)?;
             }
             let (wall, cpu) = env.timed(&cmd)?;
+            if let Some(c) = cleanup {
+                env.run(&c)?;
+            }
             let copy = dst_io.open_image_read_only(&dst, None).await?;
             let cmp = compare_images(&src_img, &copy).await?;
             copy.close().await;
@@ -307,8 +323,9 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
         .map(|(tool, (walls, cpus))| {
             let secs = median(walls);
             Row {
-                dataset: ds.name,
-                tool: *tool,
+                dataset: ds.name.to_string(),
+                tool: tool.name().to_string(),
+                peak_rss_mib: None,
                 secs,
                 mbps: ds.data_bytes() as f64 / 1e6 / secs,
                 cpu_per_gib: median(cpus) / gib,
@@ -349,77 +366,87 @@ async fn main() -> Result<()> {
             ))?;
         }
     }
-    let mut rows = Vec::new();
-    let mut peaks = Vec::new();
+    // Each dataset's rows go to target/bench/rows-<dataset>.json, so that
+    // scripts/bench can run every dataset on a fresh cluster; the table is
+    // made from all rows present.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir)?;
     for ds in datasets() {
         if only.as_deref().is_some_and(|o| !ds.image.contains(o)) {
             continue;
         }
-        rows.extend(bench_dataset(&env, &cluster, &ds, rounds).await?);
+        let mut rows = bench_dataset(&env, &cluster, &ds, rounds).await?;
         let peak = livemig_peak_rss_mib(&env, &ds, "peak-rss")?;
         cluster.ioctx(DST_POOL, "").await?.remove_image("peak-rss").await?;
-        peaks.push((ds.name, peak));
+        rows[0].peak_rss_mib = Some(peak);
         cluster.ioctx(SRC_POOL, "").await?.remove_image(ds.image).await?;
+        std::fs::write(
+            dir.join(format!("rows-{}.json", ds.image)),
+            serde_json::to_vec_pretty(&rows)?,
+        )?;
     }
-
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Copy benchmark: median of {rounds} rounds after a warm-up, tools alternating; MB/s of source data (10^6 B/s);\n\
-         speedup = tool's time / livemig's time; CPU = client user+sys seconds per GiB of data. Every copy verified identical.\n\n"
-    ));
-    out.push_str("| dataset | tool | median s | MB/s | livemig speedup | CPU s/GiB |\n|---|---|---:|---:|---:|---:|\n");
-    for r in &rows {
-        let base = rows
-            .iter()
-            .find(|b| b.dataset == r.dataset && b.tool == Tool::Livemig)
-            .unwrap();
-        out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0} | {:.2}x | {:.2} |\n",
-            r.dataset,
-            r.tool.name(),
-            r.secs,
-            r.mbps,
-            r.secs / base.secs,
-            r.cpu_per_gib
-        ));
-    }
-    out.push('\n');
-    let by = |ds: &str, t: Tool| rows.iter().find(|r| r.dataset.starts_with(ds) && r.tool == t);
-    for ds in ["dense", "zeros", "sparse"] {
-        if let Some(l) = by(ds, Tool::Livemig) {
-            let fastest = TOOLS[1..]
-                .iter()
-                .filter_map(|t| by(ds, *t))
-                .min_by(|a, b| a.secs.partial_cmp(&b.secs).unwrap());
-            if let Some(f) = fastest {
-                out.push_str(&format!(
-                    "- {ds}: livemig {:.2}x the fastest Ceph tool ({})\n",
-                    f.secs / l.secs,
-                    f.tool.name()
-                ));
-            }
+    let mut rows: Vec<Row> = Vec::new();
+    for ds in datasets() {
+        if let Ok(raw) = std::fs::read(dir.join(format!("rows-{}.json", ds.image))) {
+            rows.extend(serde_json::from_slice::<Vec<Row>>(&raw)?);
         }
     }
-    if let (Some(dense), Some(sparse)) = (by("dense", Tool::Livemig), by("sparse", Tool::Livemig)) {
-        // The dense dataset holds 2 GiB; its time per GiB is the reference.
-        let per_gib = dense.secs / 2.0;
-        out.push_str(&format!(
-            "- sparse 64 GiB image (1 GiB data): {:.2} s = {:.2}x the time of 1 GiB of dense data ({:.2} s)\n",
-            sparse.secs,
-            sparse.secs / per_gib,
-            per_gib
-        ));
-    }
-    for (ds, peak) in peaks {
-        out.push_str(&format!(
-            "- livemig peak RSS, {ds}: {peak} MiB (in-flight budget 128 MiB)\n"
-        ));
-    }
+    let out = table(&rows, rounds);
     println!("{out}");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("copy.md"), &out)?;
     drop(cluster);
     livemig::ceph::wait_for_releases(Duration::from_secs(30));
     Ok(())
+}
+
+fn table(rows: &[Row], rounds: usize) -> String {
+    let livemig = Tool::Livemig.name();
+    let mut out = format!(
+        "Copy benchmark: median of {rounds} rounds after a warm-up, tools alternating; MB/s of source data (10^6 B/s);\n\
+         speedup = tool's time / livemig's time; CPU = client user+sys seconds per GiB of data. Every copy verified identical.\n\n"
+    );
+    out.push_str("| dataset | tool | median s | MB/s | livemig speedup | CPU s/GiB |\n|---|---|---:|---:|---:|---:|\n");
+    let base = |ds: &str| rows.iter().find(|b| b.dataset == ds && b.tool == livemig);
+    for r in rows {
+        let speedup = base(&r.dataset)
+            .map(|b| format!("{:.2}x", r.secs / b.secs))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {speedup} | {:.2} |\n",
+            r.dataset, r.tool, r.secs, r.mbps, r.cpu_per_gib
+        ));
+    }
+    out.push('\n');
+    let by = |ds: &str, tool: &str| rows.iter().find(|r| r.dataset.starts_with(ds) && r.tool == tool);
+    for ds in ["dense", "zeros", "sparse"] {
+        let Some(l) = by(ds, livemig) else { continue };
+        let fastest = rows
+            .iter()
+            .filter(|r| r.dataset.starts_with(ds) && r.tool != livemig)
+            .min_by(|a, b| a.secs.partial_cmp(&b.secs).unwrap());
+        if let Some(f) = fastest {
+            out.push_str(&format!(
+                "- {ds}: livemig {:.2}x the fastest Ceph tool ({})\n",
+                f.secs / l.secs,
+                f.tool
+            ));
+        }
+    }
+    if let (Some(dense), Some(sparse)) = (by("dense", livemig), by("sparse", livemig)) {
+        // The dense dataset holds 2 GiB; its time per GiB is the reference.
+        let per_gib = dense.secs / 2.0;
+        out.push_str(&format!(
+            "- sparse 64 GiB image (1 GiB data): {:.2} s = {:.2}x the time of 1 GiB of dense data ({per_gib:.2} s)\n",
+            sparse.secs,
+            sparse.secs / per_gib
+        ));
+    }
+    for r in rows.iter().filter(|r| r.peak_rss_mib.is_some()) {
+        out.push_str(&format!(
+            "- livemig peak RSS, {}: {} MiB (in-flight budget 128 MiB)\n",
+            r.dataset,
+            r.peak_rss_mib.unwrap_or(0)
+        ));
+    }
+    out
 }

@@ -321,6 +321,24 @@ impl Copier {
     /// carries a watermark below which everything is copied; a copy that
     /// died can be resumed from its last recorded watermark.
     pub async fn transfer(&self, src: &Image, dst: &Image, resume_from: u64) -> Result<Progress> {
+        self.move_extents(src, dst, None, resume_from).await
+    }
+
+    /// Applies to `dst` what changed in `src` since its snapshot `since`
+    /// (`src` being opened at a later snapshot): changed data is written,
+    /// and ranges that became zero or were discarded are zeroed with
+    /// write-zeroes, which deallocates, so the destination stays thin. `dst`
+    /// must hold `src`'s content as of `since`; afterwards it holds `src`'s.
+    pub async fn replay(&self, src: &Image, dst: &Image, since: &str) -> Result<Progress> {
+        self.move_extents(src, dst, Some(since), 0).await
+    }
+
+    async fn move_extents(&self, src: &Image, dst: &Image, since: Option<&str>, resume_from: u64) -> Result<Progress> {
+        // A full copy lands on a fresh image (zeros need not be written) and
+        // may use whole-object extents; a delta overwrites, so it needs the
+        // exact changed ranges and must zero what became zero.
+        let overwrite = since.is_some();
+        let whole_object = !overwrite;
         let info = src.info().await?;
         let chunk = match self.options.chunk_size {
             Some(c) => c.clamp(4096, 64 << 20),
@@ -328,7 +346,7 @@ impl Copier {
         };
         let budget = self.options.in_flight_bytes.max(BUFFERS_PER_CHUNK * chunk);
         let zero_block = self.options.zero_block.max(512);
-        let (total_bytes, already) = allocated_around(src, info.size, resume_from).await?;
+        let (total_bytes, already) = extent_bytes(src, since, info.size, resume_from, whole_object).await?;
         let mut progress = Progress {
             total_bytes,
             done_bytes: already,
@@ -337,7 +355,7 @@ impl Copier {
             ..Progress::default()
         };
         self.publish(&progress);
-        debug!(chunk, budget, total_bytes, resume_from, "transfer starts");
+        debug!(chunk, budget, total_bytes, resume_from, ?since, "transfer starts");
 
         let started = Instant::now();
         // librbd enumerates whole-object extents one stripe period (object
@@ -348,11 +366,11 @@ impl Copier {
         // start of the period being read: a resume re-copies at most one period.
         let period = info.object_size.max(1) * info.stripe_count.max(1);
         let diff_start = resume_from.min(info.size) - resume_from.min(info.size) % period;
-        let mut extents = src.diff(None, diff_start, info.size - diff_start, true);
+        let mut extents = src.diff(since, diff_start, info.size - diff_start, whole_object);
         let mut extents_done = false;
         // Extents not yet pulled from the diff all lie at or above this.
         let mut frontier = resume_from;
-        let mut queue: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut queue: VecDeque<(u64, u64, Fill)> = VecDeque::new();
         let mut tasks = FuturesUnordered::new();
         let mut in_flight_offsets = BTreeSet::new();
         let mut free_buffers: Vec<Vec<u8>> = Vec::new();
@@ -363,9 +381,10 @@ impl Copier {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
             let mut rate_wait = None;
             // Issue chunks while the byte budget and the rate limit allow.
-            while let Some(&(offset, len)) = queue.front().filter(|_| !stopping) {
-                let cost = BUFFERS_PER_CHUNK * len;
-                if in_flight > 0 && in_flight + cost > budget {
+            while let Some(&(offset, len, fill)) = queue.front().filter(|_| !stopping) {
+                // Zeroing holds no buffer; it is bounded by the operation count.
+                let cost = if fill == Fill::Data { BUFFERS_PER_CHUNK * len } else { 0 };
+                if (in_flight > 0 && in_flight + cost > budget) || tasks.len() >= MAX_OPS {
                     break;
                 }
                 if let Some(limit) = self.options.bandwidth_limit.filter(|l| *l > 0) {
@@ -379,15 +398,19 @@ impl Copier {
                 in_flight_offsets.insert(offset);
                 in_flight += cost;
                 issued += len;
-                let buffer = free_buffers.pop().unwrap_or_default();
-                tasks.push(copy_chunk(
-                    src.clone(),
-                    dst.clone(),
+                let buffer = if fill == Fill::Data {
+                    free_buffers.pop().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let op = ChunkOp {
                     offset,
-                    len as usize,
-                    buffer,
+                    len: len as usize,
+                    fill,
+                    overwrite,
                     zero_block,
-                ));
+                };
+                tasks.push(copy_chunk(src.clone(), dst.clone(), op, buffer));
             }
             if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
                 break;
@@ -397,17 +420,20 @@ impl Copier {
                 biased;
                 _ = self.cancel.cancelled(), if !stopping => {}
                 Some(done) = tasks.next(), if !tasks.is_empty() => match done {
-                    Ok(chunk) => {
-                        in_flight_offsets.remove(&chunk.offset);
-                        in_flight -= BUFFERS_PER_CHUNK * chunk.len;
-                        progress.done_bytes += chunk.len;
+                    Ok(mut chunk) => {
+                        in_flight_offsets.remove(&chunk.op.offset);
+                        let len = chunk.op.len as u64;
+                        if chunk.op.fill == Fill::Data {
+                            in_flight -= BUFFERS_PER_CHUNK * len;
+                            free_buffers.push(std::mem::take(&mut chunk.buffer));
+                        }
+                        progress.done_bytes += len;
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
                         progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.0).min()]
                             .into_iter()
                             .flatten()
                             .fold(frontier, u64::min);
-                        free_buffers.push(chunk.buffer);
                         self.publish(&progress);
                     }
                     Err(e) => {
@@ -426,8 +452,13 @@ impl Copier {
                         // Whole-object extents may begin before the resume point.
                         let start = e.offset.max(resume_from);
                         let end = e.offset + e.len;
-                        if e.exists && end > start {
-                            split_into_chunks(start, end - start, chunk, &mut queue);
+                        let fill = match (e.exists, overwrite) {
+                            (true, _) => Some(Fill::Data),
+                            (false, true) => Some(Fill::Zero),
+                            (false, false) => None,
+                        };
+                        if let Some(fill) = fill.filter(|_| end > start) {
+                            split_into_chunks(start, end - start, chunk, fill, &mut queue);
                         }
                         frontier = frontier.max(e.offset - e.offset % period).max(resume_from);
                     }
@@ -456,44 +487,84 @@ impl Copier {
     }
 }
 
-/// A chunk that has been copied.
-struct ChunkDone {
+/// Most operations in flight at once (zeroing holds no buffer).
+const MAX_OPS: usize = 256;
+
+/// What a chunk puts on the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// The source's data there.
+    Data,
+    /// Zeros (the range was discarded on the source).
+    Zero,
+}
+
+/// One chunk to move.
+#[derive(Debug, Clone, Copy)]
+struct ChunkOp {
     offset: u64,
+    len: usize,
+    fill: Fill,
+    /// The destination may hold old data: zero what is zero in the source.
+    overwrite: bool,
+    zero_block: usize,
+}
+
+/// A chunk that has been moved.
+struct ChunkDone {
+    op: ChunkOp,
     buffer: Vec<u8>,
-    len: u64,
     written: u64,
 }
 
-/// Reads one chunk of the source and writes its non-zero runs to the destination.
-async fn copy_chunk(
-    src: Image,
-    dst: Image,
-    offset: u64,
-    len: usize,
-    buffer: Vec<u8>,
-    zero_block: usize,
-) -> Result<ChunkDone> {
+/// Moves one chunk: reads it from the source and writes its non-zero runs
+/// to the destination; when overwriting, zeroes the rest. A `Fill::Zero`
+/// chunk is only zeroed.
+async fn copy_chunk(src: Image, dst: Image, op: ChunkOp, buffer: Vec<u8>) -> Result<ChunkDone> {
+    let ChunkOp {
+        offset,
+        len,
+        fill,
+        overwrite,
+        zero_block,
+    } = op;
+    if fill == Fill::Zero {
+        dst.write_zeroes(offset, len as u64).await?;
+        return Ok(ChunkDone { op, buffer, written: 0 });
+    }
     let mut buffer = src.read(offset, len, buffer).await?;
     let mut written = 0u64;
+    let mut zeroed_to = 0usize;
     for run in nonzero_runs(&buffer[..len], zero_block) {
+        if overwrite && run.start > zeroed_to {
+            dst.write_zeroes(offset + zeroed_to as u64, (run.start - zeroed_to) as u64)
+                .await?;
+        }
+        zeroed_to = run.end;
         written += run.len() as u64;
         buffer = dst.write(offset + run.start as u64, buffer, run).await?;
     }
-    Ok(ChunkDone {
-        offset,
-        buffer,
-        len: len as u64,
-        written,
-    })
+    if overwrite && zeroed_to < len {
+        dst.write_zeroes(offset + zeroed_to as u64, (len - zeroed_to) as u64)
+            .await?;
+    }
+    Ok(ChunkDone { op, buffer, written })
 }
 
-/// Allocated bytes of `img` in total, and below `split`.
-async fn allocated_around(img: &Image, size: u64, split: u64) -> Result<(u64, u64)> {
-    let mut diff = img.diff(None, 0, size, true);
+/// Bytes to move in all, and below `split`: allocated extents (or, against
+/// a snapshot, changed extents, discarded ones included).
+async fn extent_bytes(
+    img: &Image,
+    since: Option<&str>,
+    size: u64,
+    split: u64,
+    whole_object: bool,
+) -> Result<(u64, u64)> {
+    let mut diff = img.diff(since, 0, size, whole_object);
     let (mut total, mut below) = (0, 0);
     while let Some(e) = diff.next().await {
         let e = e?;
-        if e.exists {
+        if e.exists || since.is_some() {
             total += e.len;
             below += split.min(e.offset + e.len).saturating_sub(e.offset);
         }
@@ -502,13 +573,13 @@ async fn allocated_around(img: &Image, size: u64, split: u64) -> Result<(u64, u6
 }
 
 /// Splits `[offset, offset+len)` at multiples of `chunk` and queues the pieces.
-fn split_into_chunks(offset: u64, len: u64, chunk: u64, queue: &mut VecDeque<(u64, u64)>) {
+fn split_into_chunks(offset: u64, len: u64, chunk: u64, fill: Fill, queue: &mut VecDeque<(u64, u64, Fill)>) {
     let end = offset + len;
     let mut pos = offset;
     while pos < end {
         let next = ((pos / chunk) + 1) * chunk;
         let piece_end = next.min(end);
-        queue.push_back((pos, piece_end - pos));
+        queue.push_back((pos, piece_end - pos, fill));
         pos = piece_end;
     }
 }
@@ -566,16 +637,16 @@ mod tests {
     #[test]
     fn chunks_follow_the_grid_and_cover_the_extent() {
         let mut q = VecDeque::new();
-        split_into_chunks(3, 10, 4, &mut q);
+        split_into_chunks(3, 10, 4, Fill::Data, &mut q);
         assert_eq!(
-            q.iter().copied().collect::<Vec<_>>(),
+            q.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
             vec![(3, 1), (4, 4), (8, 4), (12, 1)]
         );
         q.clear();
-        split_into_chunks(8, 8, 4, &mut q);
-        assert_eq!(q.iter().copied().collect::<Vec<_>>(), vec![(8, 4), (12, 4)]);
+        split_into_chunks(8, 8, 4, Fill::Data, &mut q);
+        assert_eq!(q.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), vec![(8, 4), (12, 4)]);
         q.clear();
-        split_into_chunks(5, 0, 4, &mut q);
+        split_into_chunks(5, 0, 4, Fill::Data, &mut q);
         assert!(q.is_empty());
     }
 

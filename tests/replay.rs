@@ -1,0 +1,111 @@
+//! Replaying the changes between two snapshots onto the destination (the
+//! building block of the live native engine), against the real cluster.
+
+mod common;
+
+use common::*;
+use livemig::ceph::{CreateOptions, Image};
+use livemig::mirror::{compare_images, Copier, CopyOptions};
+
+const SRC: &str = "replay-src";
+const DST: &str = "replay-dst";
+
+async fn allocated_in(img: &Image, offset: u64, len: u64) -> u64 {
+    let mut diff = img.diff(None, offset, len, false);
+    let mut total = 0;
+    while let Some(e) = diff.next().await {
+        let e = e.unwrap();
+        if e.exists {
+            total += e.len;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
+    cluster().ensure_pool(SRC);
+    cluster().ensure_pool(DST);
+    let c = cluster().connect().await;
+    let src_io = c.ioctx(SRC, "").await.unwrap();
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    let name = unique("delta");
+    src_io
+        .create_image(&name, 32 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let src = src_io.open_image(&name).await.unwrap();
+    write_at(&src, 0, random_bytes(1, 20 << 20)).await;
+    src.snap_create("s0").await.unwrap();
+    let info = src.info().await.unwrap();
+
+    // Round 0: the full copy of s0.
+    dst_io
+        .create_image(&name, info.size, &CreateOptions::like(&info))
+        .await
+        .unwrap();
+    let dst = dst_io.open_image(&name).await.unwrap();
+    let s0 = src_io.open_image_read_only(&name, Some("s0")).await.unwrap();
+    Copier::new(CopyOptions::default())
+        .transfer(&s0, &dst, 0)
+        .await
+        .unwrap();
+    assert!(compare_images(&s0, &dst).await.unwrap().identical());
+
+    // The writer keeps going: unaligned new data, zeros written over data,
+    // a discard, and data where there was none.
+    write_at(&src, 4096 * 3 + 17, random_bytes(2, 300_000)).await;
+    write_at(&src, 8 << 20, vec![0u8; 1 << 20]).await;
+    src.discard(12 << 20, 4 << 20).await.unwrap();
+    write_at(&src, 30 << 20, random_bytes(3, 70_000)).await;
+    src.snap_create("s1").await.unwrap();
+    let s1 = src_io.open_image_read_only(&name, Some("s1")).await.unwrap();
+    let round1 = Copier::new(CopyOptions::default())
+        .replay(&s1, &dst, "s0")
+        .await
+        .unwrap();
+    let report = compare_images(&s1, &dst).await.unwrap();
+    assert!(report.identical(), "after round 1: {report:?}");
+    // Only the changes moved, not the image.
+    assert!(
+        round1.done_bytes < 12 << 20,
+        "round 1 moved {} bytes",
+        round1.done_bytes
+    );
+    assert!(
+        round1.done_bytes >= 300_000 + (5 << 20),
+        "round 1 missed changes: {} bytes",
+        round1.done_bytes
+    );
+    // The discarded range is not allocated on the destination.
+    assert_eq!(
+        allocated_in(&dst, 12 << 20, 4 << 20).await,
+        0,
+        "discard not replayed as a deallocation"
+    );
+
+    // Round 2 on top of round 1.
+    write_at(&src, 1 << 20, random_bytes(4, 5000)).await;
+    src.discard(0, 64 << 10).await.unwrap();
+    src.snap_create("s2").await.unwrap();
+    let s2 = src_io.open_image_read_only(&name, Some("s2")).await.unwrap();
+    let round2 = Copier::new(CopyOptions::default())
+        .replay(&s2, &dst, "s1")
+        .await
+        .unwrap();
+    assert!(round2.done_bytes < 4 << 20, "round 2 moved {} bytes", round2.done_bytes);
+    let report = compare_images(&s2, &dst).await.unwrap();
+    assert!(report.identical(), "after round 2: {report:?}");
+    // A replay with nothing changed moves nothing.
+    src.snap_create("s3").await.unwrap();
+    let s3 = src_io.open_image_read_only(&name, Some("s3")).await.unwrap();
+    let idle = Copier::new(CopyOptions::default())
+        .replay(&s3, &dst, "s2")
+        .await
+        .unwrap();
+    assert_eq!(idle.done_bytes, 0);
+
+    for img in [s0, s1, s2, s3, dst, src] {
+        img.close().await;
+    }
+}
