@@ -562,6 +562,12 @@ impl Migrator {
             *total_bytes = progress.total_bytes;
         }
         self.store.save(s).await?;
+        // A transfer can publish its last progress and finish in one poll,
+        // before the loop above sees that value: the first persisted
+        // progress with data moved is then this save.
+        if first && progress.done_bytes > progress.resumed_bytes {
+            fault::point("after-first-progress");
+        }
         fault::point("after-copy-complete");
         retry_busy("rename the destination", || dst_io.rename_image(&partial, &final_name)).await?;
         fault::point("after-rename");
