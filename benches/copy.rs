@@ -296,6 +296,8 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
             if !cmp.identical() {
                 bail!("{} produced a copy that differs from the source: {cmp:?}", tool.name());
             }
+            // Some tools copy the source's snapshots too (rbd migration does).
+            env.run(&env.rbd(&format!("snap purge {DST_POOL}/{dst}")))?;
             dst_io.remove_image(&dst).await?;
             let label = if round == 0 {
                 "warm-up".to_string()
@@ -413,7 +415,11 @@ fn table(rows: &[Row], rounds: usize) -> String {
             .unwrap_or_default();
         out.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} | {speedup} | {:.2} |\n",
-            r.dataset, r.tool, r.secs, r.mbps, r.cpu_per_gib
+            r.dataset,
+            r.tool.replace('|', "\\|"),
+            r.secs,
+            r.mbps,
+            r.cpu_per_gib
         ));
     }
     out.push('\n');
