@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::catalog::{Cas, Catalog, Volume, VolumeStatus};
-use crate::ceph::{CreateOptions, Image, IoCtx};
+use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mirror::copy::{PARTIAL_META_KEY, PARTIAL_SUFFIX};
+use crate::mirror::copy::{create_partial, finish_partial, PARTIAL_SUFFIX};
 use crate::mirror::{Copier, CopyOptions, Progress};
 use crate::precheck::{precheck, Clusters, Destination};
 
@@ -475,15 +475,7 @@ impl Migrator {
         let src_snap = src_io.open_image_read_only(&src_name, Some(&snapshot)).await?;
         let info = src_snap.info().await?;
         if !dst_io.image_exists(&partial).await? {
-            dst_io
-                .create_image(&partial, info.size, &CreateOptions::like(&info))
-                .await?;
-            let p = dst_io.open_image(&partial).await?;
-            p.metadata_set(
-                PARTIAL_META_KEY,
-                &format!("{} {}@{snapshot}", src_io.cluster().fsid(), s.record.source.image),
-            )
-            .await?;
+            let p = create_partial(&dst_io, &partial, &info, &src_io, &s.record.source.image, &snapshot).await?;
             p.metadata_set(JOB_META_KEY, &id).await?;
             p.close().await;
             watermark = 0;
@@ -544,11 +536,7 @@ impl Migrator {
                 return Err(e);
             }
         };
-        for (k, v) in &metadata {
-            dst.metadata_set(k, v).await?;
-        }
-        dst.metadata_remove(PARTIAL_META_KEY).await?;
-        dst.flush().await?;
+        finish_partial(&dst, &metadata).await?;
         dst.close().await;
         if let Phase::Copying {
             watermark,

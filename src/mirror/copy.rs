@@ -281,23 +281,14 @@ impl Copier {
         partial: &str,
     ) -> Result<CopyReport> {
         let src_snap = src_io.open_image_read_only(&src.image, Some(snap)).await?;
-        dst_io
-            .create_image(partial, info.size, &CreateOptions::like(info))
-            .await?;
-        let dst_img = dst_io.open_image(partial).await?;
+        let dst_img = create_partial(dst_io, partial, info, src_io, src, snap).await?;
         debug!("destination created");
         let result = async {
-            let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
-            dst_img.metadata_set(PARTIAL_META_KEY, &marker).await?;
             let progress = self
                 .transfer(&src_snap, &dst_img, 0)
                 .instrument(info_span!("transfer"))
                 .await?;
-            for (k, v) in metadata {
-                dst_img.metadata_set(k, v).await?;
-            }
-            dst_img.metadata_remove(PARTIAL_META_KEY).await?;
-            dst_img.flush().await?;
+            finish_partial(&dst_img, metadata).await?;
             Ok(CopyReport {
                 source: String::new(),
                 destination: String::new(),
@@ -582,6 +573,40 @@ fn split_into_chunks(offset: u64, len: u64, chunk: u64, fill: Fill, queue: &mut 
         queue.push_back((pos, piece_end - pos, fill));
         pos = piece_end;
     }
+}
+
+/// Creates the partial destination `partial` with `info`'s layout, marks it
+/// as the copy of `src`@`snap` ([`PARTIAL_META_KEY`]: whoever finds it after
+/// a crash can reclaim it and that snapshot), and returns it open.
+pub async fn create_partial(
+    dst_io: &IoCtx,
+    partial: &str,
+    info: &ImageInfo,
+    src_io: &IoCtx,
+    src: &ImageSpec,
+    snap: &str,
+) -> Result<Image> {
+    dst_io
+        .create_image(partial, info.size, &CreateOptions::like(info))
+        .await?;
+    let img = dst_io.open_image(partial).await?;
+    let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
+    if let Err(e) = img.metadata_set(PARTIAL_META_KEY, &marker).await {
+        // Closed before returning, so that the caller can remove it.
+        img.close().await;
+        return Err(e);
+    }
+    Ok(img)
+}
+
+/// Completes a fully copied partial destination: the source's image-meta,
+/// the partial marker removed, everything flushed.
+pub async fn finish_partial(dst: &Image, metadata: &[(String, String)]) -> Result<()> {
+    for (k, v) in metadata {
+        dst.metadata_set(k, v).await?;
+    }
+    dst.metadata_remove(PARTIAL_META_KEY).await?;
+    dst.flush().await
 }
 
 /// Removes a partial destination left by a copy that died (and, when it
