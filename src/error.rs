@@ -64,6 +64,11 @@ pub enum ErrorKind {
     /// The catalog's state does not allow the operation (wrong status,
     /// attached twice, already migrating, ...).
     InvalidState,
+    /// The writer changes the volume faster than the copy converges, and
+    /// the live policy says to stop rather than cut over with a large delta.
+    NotConverging,
+    /// The instance's hypervisor hook failed or cannot be reached.
+    Hypervisor,
     /// Any other I/O or librados/librbd failure.
     Io,
 }
@@ -96,6 +101,8 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::NotInCatalog => "not_in_catalog",
             ErrorKind::InvalidState => "invalid_state",
+            ErrorKind::NotConverging => "not_converging",
+            ErrorKind::Hypervisor => "hypervisor",
             ErrorKind::Io => "io",
         }
     }
@@ -135,6 +142,10 @@ impl ErrorKind {
             ErrorKind::Conflict => "another process changed it meanwhile; look at the current state and retry",
             ErrorKind::NotInCatalog => "list what is registered with `migrate catalog list`",
             ErrorKind::InvalidState => "see `migrate catalog show` for the current statuses",
+            ErrorKind::NotConverging => {
+                "throttle the writer, raise --bwlimit or --cutover-bytes, or resume with --on-stall cutover"
+            }
+            ErrorKind::Hypervisor => "check that the instance is running and its control socket is reachable",
             ErrorKind::Io => "see the cause; the cluster logs (`ceph -s`, `ceph health detail`) may say more",
         }
     }

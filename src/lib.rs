@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod ceph;
 pub mod error;
+pub mod hypervisor;
 pub mod job;
 pub mod mirror;
 pub mod precheck;

@@ -166,6 +166,28 @@ impl Cluster {
         .await
     }
 
+    /// This connection's global client id (as image watchers report it).
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: the handle is connected for the life of `self`.
+        unsafe { sys::rados_get_instance_id(self.raw()) }
+    }
+
+    /// Blocklists a client address (as image watchers report it) for
+    /// `expire_secs`: the OSDs refuse its operations from then on.
+    pub async fn blocklist_add(&self, addr: &str, expire_secs: u32) -> Result<()> {
+        let cluster = self.clone();
+        let addr = addr.to_owned();
+        blocking(move || {
+            let a = cstring(&addr, "client address")?;
+            // SAFETY: connected handle; a is a valid C string librados only reads.
+            let ret = unsafe { sys::rados_blocklist_add(cluster.raw(), a.as_ptr() as *mut c_char, expire_secs) };
+            check("rados_blocklist_add", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(addr.clone()))
+        })
+        .await
+    }
+
     /// Sends a monitor command (JSON) and returns its output buffer.
     pub async fn mon_command(&self, command: serde_json::Value) -> Result<Vec<u8>> {
         let cluster = self.clone();

@@ -517,6 +517,55 @@ impl Image {
         .await
     }
 
+    /// The clients owning the image's exclusive lock (empty if none).
+    pub async fn lock_owners(&self) -> Result<Vec<String>> {
+        self.call(|img| {
+            let mut max: usize = 4;
+            loop {
+                let mut mode: sys::rbd_lock_mode_t = 0;
+                let mut owners: Vec<*mut c_char> = vec![ptr::null_mut(); max];
+                let mut count = max;
+                // SAFETY: image open; owners has room for `count` pointers,
+                // filled by librbd and freed by the cleanup call below.
+                let ret = unsafe { sys::rbd_lock_get_owners(img.raw(), &mut mode, owners.as_mut_ptr(), &mut count) };
+                if ret == -libc::ERANGE && count > max {
+                    max = count;
+                    continue;
+                }
+                if ret == -libc::ENOENT {
+                    return Ok(Vec::new());
+                }
+                check("rbd_lock_get_owners", ret).map_err(|e| e.target(img.spec()))?;
+                let out = owners[..count]
+                    .iter()
+                    // SAFETY: each of the first `count` entries is a NUL-terminated string from librbd.
+                    .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
+                    .collect();
+                // SAFETY: entries filled by rbd_lock_get_owners, cleaned once.
+                unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), count) };
+                return Ok(out);
+            }
+        })
+        .await
+    }
+
+    /// Breaks `owner`'s exclusive lock; with Ceph's default
+    /// `rbd_blocklist_on_break_lock`, the owner is blocklisted, so none of
+    /// its writes can land afterwards.
+    pub async fn lock_break(&self, owner: &str) -> Result<()> {
+        let owner = owner.to_owned();
+        self.call(move |img| {
+            let o = cstring(&owner, "lock owner")?;
+            // SAFETY: image open; o a valid C string.
+            let ret =
+                unsafe { sys::rbd_lock_break(img.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE, o.as_ptr()) };
+            check("rbd_lock_break", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
     /// Releases a lock taken with [`Image::lock_acquire_exclusive`].
     pub async fn lock_release(&self) -> Result<()> {
         self.call(|img| {

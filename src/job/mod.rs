@@ -9,13 +9,20 @@
 //! only rolling forward is allowed.
 //!
 //! Phases: created -> marked -> copying -> copied -> switched -> done, and
-//! aborting -> aborted.
+//! aborting -> aborted. A volume attached to a running instance (live, see
+//! [`live`]) goes copied -> replaying (rounds) -> cutting_over -> switched
+//! -> repointed -> done.
 
 pub mod fault;
+mod live;
 mod record;
 mod store;
 
-pub use record::{decode, encode, JobRecord, Phase, RetirePolicy, FORMAT, READABLE_BY};
+pub use live::round_snapshot;
+pub use record::{
+    decode, encode, CutoverReport, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall, Phase, RetirePolicy,
+    RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
+};
 pub use store::{JobStore, Lease, Stored};
 
 use std::sync::Arc;
@@ -28,6 +35,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::catalog::{Cas, Catalog, Volume, VolumeStatus};
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
+use crate::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
 use crate::mirror::copy::{create_partial, finish_partial, PARTIAL_SUFFIX};
 use crate::mirror::{Copier, CopyOptions, Progress};
 use crate::precheck::{precheck, Clusters, Destination};
@@ -47,6 +55,9 @@ pub struct MigrateOptions {
     pub policy: RetirePolicy,
     /// How often copy progress is persisted.
     pub save_every: Duration,
+    /// When a live migration cuts over: changes to the default policy for a
+    /// new job, or to the recorded one when resuming.
+    pub live: LivePolicyPatch,
 }
 
 impl Default for MigrateOptions {
@@ -56,6 +67,7 @@ impl Default for MigrateOptions {
             lease: Duration::from_secs(30),
             policy: RetirePolicy::default(),
             save_every: Duration::from_secs(1),
+            live: LivePolicyPatch::default(),
         }
     }
 }
@@ -67,8 +79,11 @@ pub struct JobProgress {
     pub job: String,
     /// Current phase name.
     pub phase: String,
-    /// Copy progress while copying.
+    /// Copy progress while copying or replaying.
     pub copy: Option<Progress>,
+    /// The replay round, while replaying or cutting over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
 }
 
 fn now() -> u64 {
@@ -86,6 +101,12 @@ pub struct Migrator {
     options: MigrateOptions,
     progress: watch::Sender<JobProgress>,
     pause: CancellationToken,
+    hypervisors: Arc<dyn HypervisorRegistry>,
+    /// The source image whose exclusive lock this process holds during a
+    /// live cutover (released at cleanup or abort, or when the process dies).
+    fence: tokio::sync::Mutex<Option<Image>>,
+    /// The first replay round of this run (stalls are counted from it).
+    first_round: std::sync::Mutex<Option<u32>>,
 }
 
 /// Retries an operation that fails with `Busy` while a dead client's watch
@@ -143,7 +164,17 @@ impl Migrator {
             options,
             progress,
             pause: CancellationToken::new(),
+            hypervisors: Arc::new(BuiltinHypervisors::default()),
+            fence: tokio::sync::Mutex::new(None),
+            first_round: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Uses the control plane's hypervisor hooks for attached volumes
+    /// instead of the built-in ones.
+    pub fn hypervisors(mut self, registry: Arc<dyn HypervisorRegistry>) -> Self {
+        self.hypervisors = registry;
+        self
     }
 
     /// Progress of the job being driven.
@@ -170,12 +201,27 @@ impl Migrator {
             .into_result()?;
         let volume = self.catalog.volume(volume_id).await?;
         let attachments = self.catalog.attachments(volume_id).await?;
-        if !attachments.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidState, "start migration").target(volume_id.to_owned()).message(format!(
-                "volume `{volume_id}` is attached to `{}`; this release migrates detached volumes only (live migration of attached volumes is not available yet): detach it first",
-                attachments[0].instance_id
-            )));
-        }
+        // An attached volume moves live: its instance must be reachable.
+        let live = match attachments.as_slice() {
+            [] => None,
+            [attachment] => {
+                self.hypervisors.for_attachment(attachment)?;
+                Some(LiveRecord {
+                    attachment: attachment.clone(),
+                    policy: self.options.live.apply(&LivePolicy::default()),
+                    rounds: Vec::new(),
+                    cutover: None,
+                })
+            }
+            [a, b, ..] => {
+                return Err(Error::new(ErrorKind::AttachedTwice, "start migration")
+                    .target(volume_id.to_owned())
+                    .message(format!(
+                        "volume `{volume_id}` is attached to `{}` and `{}`; a live migration holds one writer",
+                        a.instance_id, b.instance_id
+                    )))
+            }
+        };
         let destination = report
             .destination
             .clone()
@@ -200,8 +246,16 @@ impl Migrator {
             .await?
             .open_image_read_only(&src.image, None)
             .await?;
-        let source_image_id = src_img.info().await?.id;
+        let src_info = src_img.info().await?;
         src_img.close().await;
+        if live.is_some() && src_info.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 {
+            return Err(Error::new(ErrorKind::InvalidState, "start migration")
+                .target(volume.backing.to_string())
+                .message(format!(
+                    "image `{src}` lacks the exclusive-lock feature, which a live migration needs to fence the source: `rbd feature enable {src} exclusive-lock` (with the instance's agreement), or detach the volume"
+                )));
+        }
+        let source_image_id = src_info.id;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let t = now();
         let record = JobRecord {
@@ -218,6 +272,7 @@ impl Migrator {
             updated_at: t,
             history: vec![("created".into(), t)],
             last_error: None,
+            live,
         };
         let stored = self.store.create(&record).await?;
         fault::point("after-create");
@@ -231,7 +286,24 @@ impl Migrator {
         // running copy stops on either.
         let lost = self.pause.child_token();
         let lease = self.store.lease(id, self.options.lease, lost.clone()).await?;
+        *self.first_round.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.options.live != LivePolicyPatch::default() {
+            let mut s = self.store.load(id).await?;
+            if let Some(live) = s.record.live.as_mut() {
+                let changed = self.options.live.apply(&live.policy);
+                if changed != live.policy {
+                    info!(job = %id, ?changed, "live policy changed for this run");
+                    live.policy = changed;
+                    self.store.save(&mut s).await?;
+                }
+            }
+        }
         let result = self.drive(id, &lost).instrument(info_span!("job", job = %id)).await;
+        // A fence this run still holds (after an error) goes with the run.
+        if let Some(img) = self.fence.lock().await.take() {
+            let _ = img.lock_release().await;
+            img.close().await;
+        }
         if let Err(e) = &result {
             if e.kind() != ErrorKind::Cancelled {
                 if let Ok(mut s) = self.store.load(id).await {
@@ -288,6 +360,7 @@ impl Migrator {
         let partial = format!("{}{PARTIAL_SUFFIX}", record.destination.image.image);
         match record.phase {
             Phase::Created | Phase::Marked => (None, vec![]),
+            // Only the live phases' round snapshots; abort sweeps them all by prefix.
             _ => (snap, vec![partial, record.destination.image.image.clone()]),
         }
     }
@@ -302,7 +375,7 @@ impl Migrator {
         self.progress.send_replace(JobProgress {
             job: s.record.id.clone(),
             phase: s.record.phase.name().into(),
-            copy: None,
+            ..Default::default()
         });
         info!(phase = s.record.phase.name(), "job phase");
         Ok(())
@@ -331,7 +404,7 @@ impl Migrator {
             self.progress.send_replace(JobProgress {
                 job: id.to_owned(),
                 phase: s.record.phase.name().into(),
-                copy: None,
+                ..Default::default()
             });
             let phase = s.record.phase.clone();
             if phase.is_final() {
@@ -356,8 +429,25 @@ impl Migrator {
                         Ok(())
                     }
                     Phase::Copying { .. } => self.step_copy(&mut s, lost).await,
+                    Phase::Copied { snapshot } if s.record.live.is_some() => {
+                        self.enter(
+                            &mut s,
+                            Phase::Replaying {
+                                base: snapshot,
+                                round: 1,
+                            },
+                        )
+                        .await
+                    }
                     Phase::Copied { snapshot } => self.step_switch(&mut s, snapshot).await,
-                    Phase::Switched { snapshot } => self.step_cleanup(&mut s, snapshot).await,
+                    Phase::Replaying { base, round } => self.step_round(&mut s, base, round, lost).await,
+                    Phase::CuttingOver { base, round } => self.step_cutover(&mut s, base, round, lost).await,
+                    Phase::Switched { snapshot } if s.record.live.is_some() => {
+                        self.step_repoint(&mut s, snapshot).await
+                    }
+                    Phase::Switched { snapshot } | Phase::Repointed { snapshot } => {
+                        self.step_cleanup(&mut s, snapshot).await
+                    }
                     Phase::Aborting {
                         reason,
                         snapshot,
@@ -500,7 +590,7 @@ impl Migrator {
                 changed = rx.changed() => {
                     if changed.is_err() { continue; }
                     let p = rx.borrow_and_update().clone();
-                    self.progress.send_replace(JobProgress { job: id.clone(), phase: "copying".into(), copy: Some(p.clone()) });
+                    self.progress.send_replace(JobProgress { job: id.clone(), phase: "copying".into(), copy: Some(p.clone()), round: None });
                     if last_save.elapsed() >= self.options.save_every || first {
                         if let Phase::Copying { watermark, done_bytes, total_bytes, .. } = &mut s.record.phase {
                             *watermark = p.watermark;
@@ -595,16 +685,18 @@ impl Migrator {
         Ok(())
     }
 
-    async fn step_cleanup(&self, s: &mut Stored, snapshot: String) -> Result<()> {
+    async fn step_cleanup(&self, s: &mut Stored, _snapshot: String) -> Result<()> {
         let r = s.record.clone();
         let (src_io, dst_io) = self.ioctxs(&r).await?;
         let src_name = &r.source.image.image;
         if src_io.image_exists(src_name).await? {
             let img = retry_busy("open the source", || src_io.open_image(src_name)).await?;
-            if snapshot_exists(&img, &snapshot).await? {
-                retry_busy("remove the snapshot", || img.snap_remove(&snapshot)).await?;
+            if r.live.is_some() {
+                self.evict_stale_writers(s, &img).await?;
             }
+            sweep_snapshots(&img, &r.id, None).await?;
             img.close().await;
+            self.release_fence().await;
             fault::point("after-snapshot-removed");
             if let RetirePolicy::Trash { delay_secs } = r.policy {
                 retry_busy("move the source to the trash", || {
@@ -647,6 +739,15 @@ impl Migrator {
         images: Vec<String>,
     ) -> Result<()> {
         let r = s.record.clone();
+        // A held instance runs again, on the source (the catalog still
+        // names it), before anything else; the fence goes first so that its
+        // writes do not fail.
+        if let Some(live) = &r.live {
+            self.release_fence().await;
+            let hook = self.hypervisors.for_attachment(&live.attachment)?;
+            hook.resume(&live.attachment).await?;
+            fault::point("abort-after-instance-resumed");
+        }
         let (src_io, dst_io) = self.ioctxs(&r).await?;
         for image in &images {
             if made_by_job(&dst_io, image, &r.id).await? {
@@ -654,14 +755,10 @@ impl Migrator {
             }
         }
         fault::point("abort-after-images");
-        if let Some(snap) = &snapshot {
-            if src_io.image_exists(&r.source.image.image).await? {
-                let img = retry_busy("open the source", || src_io.open_image(&r.source.image.image)).await?;
-                if snapshot_exists(&img, snap).await? {
-                    retry_busy("remove the snapshot", || img.snap_remove(snap)).await?;
-                }
-                img.close().await;
-            }
+        if snapshot.is_some() && src_io.image_exists(&r.source.image.image).await? {
+            let img = retry_busy("open the source", || src_io.open_image(&r.source.image.image)).await?;
+            sweep_snapshots(&img, &r.id, None).await?;
+            img.close().await;
         }
         fault::point("abort-after-snapshot");
         let current = self.catalog.volume(&r.volume_id).await?;
@@ -680,7 +777,21 @@ impl Migrator {
     }
 }
 
-/// The source snapshot a job reads from.
+/// The source snapshot a job reads from (the live rounds' snapshots add `.N`).
 pub fn snapshot_name(job: &str) -> String {
     format!("livemig-job-{job}")
+}
+
+/// Removes the job's snapshots (the bulk copy's and every round's) from the
+/// source, except `keep`.
+async fn sweep_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<()> {
+    let base = snapshot_name(job);
+    let round_prefix = format!("{base}.");
+    for snap in img.snap_list().await? {
+        let ours = snap.name == base || snap.name.starts_with(&round_prefix);
+        if ours && keep != Some(snap.name.as_str()) {
+            retry_busy("remove a job snapshot", || img.snap_remove(&snap.name)).await?;
+        }
+    }
+    Ok(())
 }

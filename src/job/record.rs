@@ -9,14 +9,21 @@
 //! - 1: first release; no retire policy (meant: trash, 24 h) and no copy watermark.
 //! - 2: adds the retire policy, the copy watermark (resume mid-copy) and
 //!   the source image id.
+//! - 3: adds live migration (attached volumes): the `live` section and the
+//!   phases `replaying`, `cutting_over` and `repointed`. A record of a
+//!   detached volume is still readable by format 1 readers; a live one needs 3.
 
 use crate::catalog::{Attachment, Backing, Volume};
 use crate::error::{Error, ErrorKind, Result};
+use crate::mirror::fence::FenceReport;
 
 /// The format this release writes.
-pub const FORMAT: u32 = 2;
-/// The oldest reader that can read what this release writes.
+pub const FORMAT: u32 = 3;
+/// The oldest reader that can read what this release writes for a detached
+/// volume; records of live migrations need [`READABLE_BY_LIVE`].
 pub const READABLE_BY: u32 = 1;
+/// The oldest reader that can read a live migration's record.
+pub const READABLE_BY_LIVE: u32 = 3;
 
 /// What happens to the source image once the destination is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,8 +73,29 @@ pub enum Phase {
         /// Snapshot of the source (removed at cleanup).
         snapshot: String,
     },
+    /// Live: the writes made since snapshot `base` are applied in rounds
+    /// (round `round` is next) until the delta is small enough.
+    Replaying {
+        /// The snapshot the destination holds the content of.
+        base: String,
+        /// The next round's number.
+        round: u32,
+    },
+    /// Live: the instance is held (or being held), the source fenced, and
+    /// the last changes since `base` applied; ends with the switch.
+    CuttingOver {
+        /// The snapshot the destination holds the content of.
+        base: String,
+        /// This round's number.
+        round: u32,
+    },
     /// Commit point passed: the catalog names the destination.
     Switched {
+        /// Snapshot of the source (removed at cleanup).
+        snapshot: String,
+    },
+    /// Live: the instance uses the destination and runs again.
+    Repointed {
         /// Snapshot of the source (removed at cleanup).
         snapshot: String,
     },
@@ -97,7 +125,10 @@ impl Phase {
             Phase::Marked => "marked",
             Phase::Copying { .. } => "copying",
             Phase::Copied { .. } => "copied",
+            Phase::Replaying { .. } => "replaying",
+            Phase::CuttingOver { .. } => "cutting_over",
             Phase::Switched { .. } => "switched",
+            Phase::Repointed { .. } => "repointed",
             Phase::Done => "done",
             Phase::Aborting { .. } => "aborting",
             Phase::Aborted { .. } => "aborted",
@@ -111,8 +142,131 @@ impl Phase {
 
     /// Whether the commit point has been passed.
     pub fn is_switched(&self) -> bool {
-        matches!(self, Phase::Switched { .. } | Phase::Done)
+        matches!(self, Phase::Switched { .. } | Phase::Repointed { .. } | Phase::Done)
     }
+}
+
+/// What a live migration does when the copy does not converge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStall {
+    /// Hold the instance anyway: the final delta (and so the pause) is larger.
+    Cutover,
+    /// Stop the job with [`crate::ErrorKind::NotConverging`]; it stays
+    /// resumable and abortable, the instance untouched.
+    Pause,
+}
+
+/// When a live migration stops replaying rounds and cuts over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LivePolicy {
+    /// Cut over once a round's changed bytes are at most this.
+    pub cutover_bytes: u64,
+    /// A round that changed no fewer bytes than the one before is a stall;
+    /// after this many stalls in a row the copy is not converging.
+    pub stall_rounds: u32,
+    /// Rounds at most before the copy counts as not converging.
+    pub max_rounds: u32,
+    /// What then.
+    pub on_stall: OnStall,
+    /// Milliseconds the source's lock owner has to hand the lock over
+    /// before it is broken and blocklisted.
+    pub fence_timeout_ms: u64,
+}
+
+impl Default for LivePolicy {
+    fn default() -> Self {
+        LivePolicy {
+            cutover_bytes: 8 << 20,
+            stall_rounds: 3,
+            max_rounds: 20,
+            on_stall: OnStall::Cutover,
+            fence_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// Changes to a [`LivePolicy`]: `None` keeps the current value. A new job
+/// applies them to the default policy; resuming a job applies them to the
+/// policy in its record (so `resume --on-stall cutover` changes only that).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LivePolicyPatch {
+    /// See [`LivePolicy::cutover_bytes`].
+    pub cutover_bytes: Option<u64>,
+    /// See [`LivePolicy::stall_rounds`].
+    pub stall_rounds: Option<u32>,
+    /// See [`LivePolicy::max_rounds`].
+    pub max_rounds: Option<u32>,
+    /// See [`LivePolicy::on_stall`].
+    pub on_stall: Option<OnStall>,
+    /// See [`LivePolicy::fence_timeout_ms`].
+    pub fence_timeout_ms: Option<u64>,
+}
+
+impl LivePolicyPatch {
+    /// `policy` with these changes.
+    pub fn apply(&self, policy: &LivePolicy) -> LivePolicy {
+        LivePolicy {
+            cutover_bytes: self.cutover_bytes.unwrap_or(policy.cutover_bytes),
+            stall_rounds: self.stall_rounds.unwrap_or(policy.stall_rounds),
+            max_rounds: self.max_rounds.unwrap_or(policy.max_rounds),
+            on_stall: self.on_stall.unwrap_or(policy.on_stall),
+            fence_timeout_ms: self.fence_timeout_ms.unwrap_or(policy.fence_timeout_ms),
+        }
+    }
+}
+
+/// One replay round of a live migration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoundReport {
+    /// Round number (the full copy is round 0).
+    pub round: u32,
+    /// Bytes of changed extents read from the source.
+    pub changed_bytes: u64,
+    /// Bytes written to the destination (the rest were zeros).
+    pub written_bytes: u64,
+    /// Milliseconds the round took.
+    pub millis: u64,
+    /// Whether this was the final delta, applied with the instance held.
+    #[serde(default)]
+    pub cutover: bool,
+}
+
+/// The cutover of a live migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CutoverReport {
+    /// Why the rounds stopped (converged, or the policy's verdict).
+    pub reason: String,
+    /// Unix milliseconds when the hold was requested (0: not yet).
+    pub held_at_ms: u64,
+    /// Unix milliseconds when the instance ran again on the destination.
+    pub resumed_at_ms: Option<u64>,
+    /// How the source was fenced.
+    #[serde(default)]
+    pub fence: FenceReport,
+}
+
+impl CutoverReport {
+    /// Milliseconds from hold to resume, once resumed.
+    pub fn downtime_ms(&self) -> Option<u64> {
+        self.resumed_at_ms.map(|r| r.saturating_sub(self.held_at_ms))
+    }
+}
+
+/// The live part of a job: the attachment being held, the policy, and what
+/// the rounds and the cutover did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveRecord {
+    /// The attachment whose instance keeps writing.
+    pub attachment: Attachment,
+    /// When to cut over.
+    pub policy: LivePolicy,
+    /// Rounds done so far.
+    #[serde(default)]
+    pub rounds: Vec<RoundReport>,
+    /// Set when the cutover begins.
+    #[serde(default)]
+    pub cutover: Option<CutoverReport>,
 }
 
 /// One migration.
@@ -149,6 +303,9 @@ pub struct JobRecord {
     /// The last error that stopped a run, if any.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Set for a volume attached to a running instance (live migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveRecord>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -162,7 +319,11 @@ struct Envelope {
 pub fn encode(record: &JobRecord) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
-        readable_by: READABLE_BY,
+        readable_by: if record.live.is_some() {
+            READABLE_BY_LIVE
+        } else {
+            READABLE_BY
+        },
         record: serde_json::to_value(record).expect("job records serialize"),
     })
     .expect("job records serialize")

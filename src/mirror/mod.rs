@@ -2,10 +2,12 @@
 //!
 //! [`copy`] is the bulk copy from a point-in-time snapshot (sparse, bounded,
 //! parallel, zero-skipping); [`compare`] checks two images by content;
+//! [`fence`] takes a source image away from its writers for the cutover;
 //! [`zero`] finds the non-zero runs of a buffer so the destination stays thin.
 
 pub mod compare;
 pub mod copy;
+pub mod fence;
 pub mod zero;
 
 pub use compare::{compare_images, CompareReport};

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use livemig::catalog::{Catalog, RadosCatalog};
 use livemig::ceph::Cluster;
-use livemig::job::{JobProgress, JobRecord, JobStore, MigrateOptions, Migrator, Phase, RetirePolicy};
+use livemig::job::{
+    JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
+};
 use livemig::mirror::{compare_images, CopyOptions};
 use livemig::precheck::{Clusters, Destination};
 use livemig::{Error, ErrorKind};
@@ -38,6 +40,26 @@ pub struct RunArgs {
     /// Do not show progress.
     #[arg(long)]
     no_progress: bool,
+    /// Live (attached volume): cut over once a replay round changes at most
+    /// this much, e.g. 8M [default: 8M; on resume: as recorded].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cutover_bytes: Option<u64>,
+    /// Live: rounds without a smaller delta before the copy counts as not
+    /// converging [default: 3].
+    #[arg(long, value_name = "N")]
+    stall_rounds: Option<u32>,
+    /// Live: replay rounds at most before the copy counts as not converging [default: 20].
+    #[arg(long, value_name = "N")]
+    max_rounds: Option<u32>,
+    /// Live: when the copy does not converge, `cutover` holds the instance
+    /// anyway (a longer pause), `pause` stops the job (resumable) without
+    /// holding it [default: cutover].
+    #[arg(long, value_name = "WHAT", value_parser = ["cutover", "pause"])]
+    on_stall: Option<String>,
+    /// Live: seconds the source's lock owner has to hand the lock over before
+    /// it is broken and blocklisted [default: 20].
+    #[arg(long, value_name = "SECS")]
+    fence_timeout: Option<u64>,
 }
 
 impl RunArgs {
@@ -50,6 +72,11 @@ impl RunArgs {
             keep_source: false,
             trash_delay: 0,
             no_progress: true,
+            cutover_bytes: None,
+            stall_rounds: None,
+            max_rounds: None,
+            on_stall: None,
+            fence_timeout: None,
         }
     }
 
@@ -71,6 +98,16 @@ impl RunArgs {
                 RetirePolicy::Trash {
                     delay_secs: self.trash_delay,
                 }
+            },
+            live: LivePolicyPatch {
+                cutover_bytes: self.cutover_bytes,
+                stall_rounds: self.stall_rounds,
+                max_rounds: self.max_rounds,
+                on_stall: self.on_stall.as_deref().map(|w| match w {
+                    "pause" => OnStall::Pause,
+                    _ => OnStall::Cutover,
+                }),
+                fence_timeout_ms: self.fence_timeout.map(|s| s.saturating_mul(1000)),
             },
             ..Default::default()
         }
@@ -109,7 +146,10 @@ async fn show(mut rx: watch::Receiver<JobProgress>, json: bool, quiet: bool) {
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     let mut last_phase = String::new();
     while rx.changed().await.is_ok() {
-        let p = rx.borrow_and_update().clone();
+        let mut p = rx.borrow_and_update().clone();
+        if let Some(round) = p.round {
+            p.phase = format!("{} round {round}", p.phase);
+        }
         if let Some(bar) = &bar {
             bar.set_message(p.phase.clone());
             if let Some(c) = &p.copy {
@@ -130,7 +170,7 @@ async fn show(mut rx: watch::Receiver<JobProgress>, json: bool, quiet: bool) {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"event": "progress", "job": p.job, "phase": p.phase, "copy": p.copy})
+                serde_json::json!({"event": "progress", "job": p.job, "phase": p.phase, "round": p.round, "copy": p.copy})
             );
         } else {
             match &p.copy {
@@ -181,11 +221,28 @@ pub async fn start(m: Migrator, volume: &str, to: &str, json: bool, quiet: bool)
             "job {}: moving volume {} from {} to {}",
             r.id, r.volume_id, r.source, r.destination
         );
+        if let Some(live) = &r.live {
+            println!(
+                "job {}: live: instance {} keeps writing; it is held only for the final delta",
+                r.id, live.attachment.instance_id
+            );
+        }
     }
     let id = r.id.clone();
     let done = drive(&m, &id, json, quiet, None).await?;
     if !json {
-        println!("job {id}: done; volume {} now on {}", done.volume_id, done.destination);
+        match &done.phase {
+            Phase::Aborted { reason } => println!(
+                "job {id}: rolled back; volume {} stays on {}: {reason}",
+                done.volume_id, done.source
+            ),
+            _ => println!(
+                "job {id}: done; volume {} now on {}{}",
+                done.volume_id,
+                done.destination,
+                live_summary(&done)
+            ),
+        }
     }
     Ok(summary(&done))
 }
@@ -244,6 +301,27 @@ pub async fn abort(
     Ok(summary(&done))
 }
 
+/// Rounds and downtime of a live job, for one line.
+fn live_summary(r: &JobRecord) -> String {
+    let Some(live) = &r.live else {
+        return String::new();
+    };
+    let replayed: u64 = live.rounds.iter().filter(|r| !r.cutover).map(|r| r.changed_bytes).sum();
+    let last = live.rounds.iter().find(|r| r.cutover);
+    let mut out = format!(
+        "; {} replay round(s), {} replayed",
+        live.rounds.iter().filter(|r| !r.cutover).count(),
+        human_bytes(replayed as f64)
+    );
+    if let Some(f) = last {
+        out += &format!(", final delta {}", human_bytes(f.changed_bytes as f64));
+    }
+    if let Some(ms) = live.cutover.as_ref().and_then(|c| c.downtime_ms()) {
+        out += &format!(", instance held {ms} ms");
+    }
+    out
+}
+
 fn describe(r: &JobRecord) -> String {
     let detail = match &r.phase {
         Phase::Copying {
@@ -258,8 +336,9 @@ fn describe(r: &JobRecord) -> String {
             )
         }
         Phase::Aborted { reason } | Phase::Aborting { reason, .. } => format!(" ({reason})"),
+        Phase::Replaying { round, .. } | Phase::CuttingOver { round, .. } => format!(" round {round}"),
         _ => String::new(),
-    };
+    } + &live_summary(r);
     let err = r
         .last_error
         .as_ref()
@@ -330,6 +409,12 @@ pub async fn verify_volume(
         Error::new(ErrorKind::NotInCatalog, "verify")
             .message(format!("volume `{volume}` has no finished migration to verify"))
     })?;
+    if job.live.is_some() {
+        return Err(Error::new(ErrorKind::InvalidState, "verify").target(volume.to_owned()).message(format!(
+            "volume `{volume}` was migrated live (job {}): its instance kept writing after the switch, so its image no longer equals the retained source; the live tests verify every acknowledged write instead",
+            job.id
+        )));
+    }
     let src = &job.source.image;
     let src_io = cluster.ioctx(&src.pool, &src.namespace).await?;
     let source = match (

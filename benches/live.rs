@@ -1,0 +1,277 @@
+//! Live migration bench: a test instance writes a steady 2,000 x 4 KiB
+//! writes/s to its volume while `migrate start` moves it to another pool.
+//! Reports, per run and as medians: the downtime (hold to resume, from the
+//! job record), the replay rounds before the cutover, the writer's p99 write
+//! latency without a migration and during one, and the largest gap between
+//! two acknowledged writes the writer saw. Every run is verified: each
+//! acknowledged write is on the destination.
+//!
+//! Run with `scripts/bench` (LIVEMIG_BENCH_ONLY=live for this one alone).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const SRC: &str = "bench-live-src";
+const DST: &str = "bench-live-dst";
+const CATALOG: &str = "bench-live-catalog";
+
+fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn migrate_bin() -> PathBuf {
+    std::env::var_os("LIVEMIG_MIGRATE_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_migrate")), PathBuf::from)
+}
+
+fn instance_bin() -> PathBuf {
+    std::env::var_os("LIVEMIG_INSTANCE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_livemig-test-instance")),
+        PathBuf::from,
+    )
+}
+
+fn migrate(args: &[&str]) -> Result<String> {
+    let mut full = vec![args[0], "--catalog-pool", CATALOG];
+    full.extend_from_slice(&args[1..]);
+    sh(migrate_bin().to_str().unwrap(), &full)
+}
+
+fn control(socket: &Path, line: &str) -> Result<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    match reply.trim().strip_prefix("ok") {
+        Some(rest) => Ok(rest.trim().to_owned()),
+        None => bail!("instance refused {line}: {reply}"),
+    }
+}
+
+fn status(socket: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&control(socket, "status")?)?)
+}
+
+fn spawn_instance(image: &str, socket: &Path, log: &Path, args: &[&str]) -> Result<Child> {
+    let mut child = Command::new(instance_bin())
+        .args(["--image", image, "--control"])
+        .arg(socket)
+        .arg("--log")
+        .arg(log)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("test instance did not start");
+    }
+    Ok(child)
+}
+
+fn stop(socket: &Path, mut child: Child) -> Result<()> {
+    control(socket, "stop")?;
+    child.wait()?;
+    Ok(())
+}
+
+struct Run {
+    downtime_ms: u64,
+    rounds: usize,
+    final_bytes: u64,
+    seconds: f64,
+    p99_idle_us: u64,
+    p99_during_us: u64,
+    max_gap_during_us: u64,
+}
+
+fn one_run(i: usize, dir: &Path) -> Result<Run> {
+    let volume = format!("live{i}-{}", std::process::id());
+    let image = format!("{SRC}/{volume}");
+    let socket = dir.join(format!("{volume}.sock"));
+    let log = dir.join(format!("{volume}.log"));
+    sh("rbd", &["create", "--size", "1G", &image])?;
+    // 256 MiB of data first (large writes as fast as possible), logged too.
+    let filler = spawn_instance(
+        &image,
+        &socket,
+        &log,
+        &[
+            "--rate",
+            "0",
+            "--depth",
+            "16",
+            "--min-size",
+            "4194304",
+            "--max-size",
+            "4194304",
+            "--discard-percent",
+            "0",
+        ],
+    )?;
+    while status(&socket)?["acked_total"].as_u64().unwrap_or(0) < 64 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(&socket, filler)?;
+    let writer = spawn_instance(
+        &image,
+        &socket,
+        &log,
+        &[
+            "--rate",
+            "2000",
+            "--depth",
+            "8",
+            "--min-size",
+            "4096",
+            "--max-size",
+            "4096",
+            "--discard-percent",
+            "0",
+            "--seed",
+            &i.to_string(),
+        ],
+    )?;
+    migrate(&["catalog", "add-volume", &volume, "--image", &image])?;
+    migrate(&["catalog", "add-instance", &format!("vm-{volume}")])?;
+    migrate(&[
+        "catalog",
+        "attach",
+        &volume,
+        &format!("vm-{volume}"),
+        "--test-instance",
+        socket.to_str().unwrap(),
+    ])?;
+    std::thread::sleep(Duration::from_secs(2));
+    control(&socket, "stats-reset")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = status(&socket)?;
+    control(&socket, "stats-reset")?;
+    let t = Instant::now();
+    let out = migrate(&["start", &volume, "--to", DST, "--json", "--no-progress"])?;
+    let seconds = t.elapsed().as_secs_f64();
+    let during = status(&socket)?;
+    stop(&socket, writer)?;
+    let verified = sh(
+        instance_bin().to_str().unwrap(),
+        &[
+            "--verify",
+            "--image",
+            &format!("{DST}/{volume}"),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    )?;
+    eprintln!("run {i}: {}", verified.trim());
+    let done: serde_json::Value = serde_json::from_str(out.lines().last().context("no output from migrate start")?)?;
+    let live = &done["job"]["live"];
+    let rounds = live["rounds"].as_array().context("no rounds")?;
+    let cutover = &live["cutover"];
+    let downtime_ms = cutover["resumed_at_ms"].as_u64().context("no resume")? - cutover["held_at_ms"].as_u64().unwrap();
+    Ok(Run {
+        downtime_ms,
+        rounds: rounds.iter().filter(|r| r["cutover"] == false).count(),
+        final_bytes: rounds
+            .iter()
+            .find(|r| r["cutover"] == true)
+            .map_or(0, |r| r["changed_bytes"].as_u64().unwrap()),
+        seconds,
+        p99_idle_us: idle["p99_us"].as_u64().unwrap(),
+        p99_during_us: during["p99_us"].as_u64().unwrap(),
+        max_gap_during_us: during["max_gap_us"].as_u64().unwrap(),
+    })
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    std::env::var("CEPH_CONF").context("CEPH_CONF must name the cluster (scripts/bench sets it)")?;
+    let runs: usize = std::env::var("LIVEMIG_BENCH_LIVE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let existing = sh("ceph", &["osd", "pool", "ls"])?;
+    for pool in [SRC, DST, CATALOG] {
+        if !existing.lines().any(|l| l == pool) {
+            sh("ceph", &["osd", "pool", "create", pool, "32", "32"])?;
+            sh("rbd", &["pool", "init", pool])?;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("livemig-bench-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut all = Vec::new();
+    for i in 0..runs {
+        let r = one_run(i, &dir)?;
+        eprintln!(
+            "run {i}: downtime {} ms, {} rounds, final delta {} KiB, {:.1} s, writer p99 {} us idle / {} us during, largest gap {} ms",
+            r.downtime_ms,
+            r.rounds,
+            r.final_bytes >> 10,
+            r.seconds,
+            r.p99_idle_us,
+            r.p99_during_us,
+            r.max_gap_during_us / 1000
+        );
+        all.push(r);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut out = String::new();
+    out += &format!(
+        "Live migration, 1 GiB volume with 256 MiB of data, writer at a steady 2,000 x 4 KiB writes/s (8 in flight), {runs} runs; every acknowledged write verified on the destination.\n\n"
+    );
+    out += "| | median | max |\n|---|---:|---:|\n";
+    let row = |name: &str, v: Vec<u64>| format!("| {name} | {} | {} |\n", median(v.clone()), v.iter().max().unwrap());
+    out += &row(
+        "downtime, hold to resume (ms; target: median < 100)",
+        all.iter().map(|r| r.downtime_ms).collect(),
+    );
+    out += &row(
+        "replay rounds before the cutover",
+        all.iter().map(|r| r.rounds as u64).collect(),
+    );
+    out += &row(
+        "final delta applied while held (KiB)",
+        all.iter().map(|r| r.final_bytes >> 10).collect(),
+    );
+    out += &row(
+        "whole migration (ms)",
+        all.iter().map(|r| (r.seconds * 1000.0) as u64).collect(),
+    );
+    out += &row(
+        "writer p99 latency without migration (us)",
+        all.iter().map(|r| r.p99_idle_us).collect(),
+    );
+    out += &row(
+        "writer p99 latency during migration (us)",
+        all.iter().map(|r| r.p99_during_us).collect(),
+    );
+    out += &row(
+        "largest gap between acknowledged writes during migration (ms)",
+        all.iter().map(|r| r.max_gap_during_us / 1000).collect(),
+    );
+    let idle = median(all.iter().map(|r| r.p99_idle_us).collect()).max(1);
+    let during = median(all.iter().map(|r| r.p99_during_us).collect());
+    out += &format!("\nwriter p99 during / without: {:.2}x\n", during as f64 / idle as f64);
+    println!("\n{out}");
+    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&bench_dir)?;
+    std::fs::write(bench_dir.join("live.md"), &out)?;
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! The live part of a job: replay rounds, the fenced cutover and the
+//! re-point, for a volume that a running instance writes to.
+//!
+//! After the bulk copy of snapshot 0, each round takes snapshot N and
+//! applies what changed since N-1 to the destination; the destination then
+//! holds snapshot N's content, which the record says (`base`). When a round
+//! is small enough (or the policy gives up waiting for that), the cutover
+//! holds the instance, fences the source (its exclusive lock, taken by
+//! livemig), applies what changed since `base` straight from the fenced
+//! source (no snapshot: nothing can change it), and commits the switch. The
+//! instance is then re-pointed to the destination and resumed.
+//!
+//! Crash safety: every step may run again. Round snapshots are named by
+//! round number, so a round redone reuses its snapshot; the cutover is
+//! redone from the hold (idempotent) when it died before the switch; the
+//! re-point and resume are idempotent. The time of the hold is recorded
+//! before the hold, so an abort knows the instance may be held and resumes it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::*;
+use crate::catalog::Attachment;
+use crate::hypervisor::Hypervisor;
+use crate::mirror::fence::fence;
+
+/// The snapshot of replay round `round` of `job`.
+pub fn round_snapshot(job: &str, round: u32) -> String {
+    format!("{}.{round}", snapshot_name(job))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What to do after a round.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Another round.
+    Continue,
+    /// Cut over, for this reason.
+    Cutover(String),
+    /// Stop: the copy does not converge.
+    Stall(String),
+}
+
+/// Decides from the rounds so far (those of this run from `first_round` on
+/// count toward the stall limits).
+fn decide(policy: &LivePolicy, rounds: &[RoundReport], first_round: u32) -> Verdict {
+    let Some(last) = rounds.last() else {
+        return Verdict::Continue;
+    };
+    if last.changed_bytes <= policy.cutover_bytes {
+        return Verdict::Cutover(format!(
+            "converged: round {} changed {} bytes (at most {} to cut over)",
+            last.round, last.changed_bytes, policy.cutover_bytes
+        ));
+    }
+    let this_run: Vec<&RoundReport> = rounds.iter().filter(|r| r.round >= first_round && !r.cutover).collect();
+    // Rounds since the smallest delta of this run: deltas fluctuate, so
+    // "not shrinking" means no new low.
+    let best = this_run
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, r)| (r.changed_bytes, std::cmp::Reverse(*i)))
+        .map_or(0, |(i, _)| i);
+    let stalls = (this_run.len() - 1 - best) as u32;
+    let why = if stalls >= policy.stall_rounds.max(1) {
+        format!(
+            "not converging: {stalls} rounds without a smaller delta than round {}'s {} bytes (last: {} bytes)",
+            this_run[best].round, this_run[best].changed_bytes, last.changed_bytes
+        )
+    } else if this_run.len() as u32 >= policy.max_rounds.max(1) {
+        format!(
+            "not converging: {} rounds and the last still changed {} bytes (more than {})",
+            this_run.len(),
+            last.changed_bytes,
+            policy.cutover_bytes
+        )
+    } else {
+        return Verdict::Continue;
+    };
+    match policy.on_stall {
+        OnStall::Cutover => Verdict::Cutover(format!("{why}; cutting over as the policy says")),
+        OnStall::Pause => Verdict::Stall(why),
+    }
+}
+
+impl Migrator {
+    fn live_hook(&self, r: &JobRecord) -> Result<(Attachment, Arc<dyn Hypervisor>)> {
+        let live = r.live.as_ref().expect("a live phase has a live record");
+        let hook = self.hypervisors.for_attachment(&live.attachment)?;
+        Ok((live.attachment.clone(), hook))
+    }
+
+    fn live_mut<'a>(&self, s: &'a mut Stored) -> &'a mut LiveRecord {
+        s.record.live.as_mut().expect("a live phase has a live record")
+    }
+
+    /// Applies the changes since `base` in `src` (a snapshot, or the
+    /// fenced source itself) to the destination, publishing progress.
+    async fn apply_delta(
+        &self,
+        s: &Stored,
+        src: &Image,
+        base: &str,
+        round: u32,
+        lost: &CancellationToken,
+    ) -> Result<RoundReport> {
+        let (_, dst_io) = self.ioctxs(&s.record).await?;
+        let dst_name = &s.record.destination.image.image;
+        let dst = retry_busy("open the destination", || dst_io.open_image(dst_name)).await?;
+        let (tx, mut rx) = watch::channel(Progress::default());
+        let copier = Copier::new(self.options.copy.clone())
+            .progress(tx)
+            .cancel_on(lost.child_token());
+        let started = Instant::now();
+        let (src_c, dst_c, base_c) = (src.clone(), dst.clone(), base.to_owned());
+        let mut replay = Box::pin(async move { copier.replay(&src_c, &dst_c, &base_c).await });
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                changed = rx.changed() => {
+                    if changed.is_ok() {
+                        let p = rx.borrow_and_update().clone();
+                        self.progress.send_replace(JobProgress {
+                            job: s.record.id.clone(),
+                            phase: s.record.phase.name().into(),
+                            copy: Some(p),
+                            round: Some(round),
+                        });
+                    }
+                }
+                r = &mut replay => break r,
+            }
+        };
+        // The replay holds image handles; they must go before closing.
+        drop(replay);
+        dst.close().await;
+        let p = match outcome {
+            Ok(p) => p,
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                return Err(if self.pause.is_cancelled() {
+                    self.paused(&s.record.id)
+                } else {
+                    self.lease_lost(&s.record.id)
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(RoundReport {
+            round,
+            changed_bytes: p.total_bytes,
+            written_bytes: p.written_bytes,
+            millis: started.elapsed().as_millis() as u64,
+            cutover: false,
+        })
+    }
+
+    /// One replay round: snapshot, apply the changes since `base`, decide.
+    pub(super) async fn step_round(
+        &self,
+        s: &mut Stored,
+        base: String,
+        round: u32,
+        lost: &CancellationToken,
+    ) -> Result<()> {
+        let first_round = *self
+            .first_round
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(round);
+        let id = s.record.id.clone();
+        let (src_io, _) = self.ioctxs(&s.record).await?;
+        let src_name = s.record.source.image.image.clone();
+        let snap = round_snapshot(&id, round);
+        let src = retry_busy("open the source", || src_io.open_image(&src_name)).await?;
+        // A round redone after a crash reuses its snapshot: it is newer than
+        // `base`, which is all the delta needs.
+        if !snapshot_exists(&src, &snap).await? {
+            src.snap_create(&snap).await?;
+        }
+        fault::point("live-after-round-snapshot");
+        let at_snap = src_io.open_image_read_only(&src_name, Some(&snap)).await?;
+        let report = self.apply_delta(s, &at_snap, &base, round, lost).await;
+        at_snap.close().await;
+        let report = report?;
+        fault::point("live-after-round-applied");
+        info!(
+            round,
+            changed = report.changed_bytes,
+            written = report.written_bytes,
+            ms = report.millis,
+            "replay round"
+        );
+        let live = self.live_mut(s);
+        live.rounds.push(report);
+        let verdict = decide(&live.policy, &live.rounds, first_round);
+        let next_base = snap.clone();
+        // Right before a cutover, removing the old snapshots (a monitor
+        // round trip each) would only let the final delta grow: cleanup
+        // removes them.
+        let sweep_now = !matches!(verdict, Verdict::Cutover(_));
+        let stalled = match verdict {
+            Verdict::Continue => {
+                self.enter(
+                    s,
+                    Phase::Replaying {
+                        base: next_base,
+                        round: round + 1,
+                    },
+                )
+                .await?;
+                None
+            }
+            Verdict::Cutover(reason) => {
+                info!(%reason, "cutting over");
+                self.live_mut(s).cutover = Some(CutoverReport {
+                    reason,
+                    ..Default::default()
+                });
+                self.enter(
+                    s,
+                    Phase::CuttingOver {
+                        base: next_base,
+                        round: round + 1,
+                    },
+                )
+                .await?;
+                None
+            }
+            Verdict::Stall(reason) => {
+                self.enter(
+                    s,
+                    Phase::Replaying {
+                        base: next_base,
+                        round: round + 1,
+                    },
+                )
+                .await?;
+                Some(reason)
+            }
+        };
+        fault::point("live-after-round-recorded");
+        // The previous base (and any snapshot of a crashed attempt) goes.
+        if sweep_now {
+            sweep_snapshots(&src, &id, Some(&snap)).await?;
+        }
+        src.close().await;
+        if let Some(reason) = stalled {
+            warn!(%reason, "pausing: the writer outpaces the copy");
+            return Err(Error::new(ErrorKind::NotConverging, "replay").target(id.clone()).message(format!(
+                "job `{id}` paused: {reason}; the instance was not held. `migrate resume {id} --on-stall cutover` cuts over anyway, `migrate abort {id}` rolls back"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes the source's exclusive lock (kept until cleanup or abort).
+    async fn ensure_fenced(&self, s: &mut Stored) -> Result<()> {
+        let mut fence_slot = self.fence.lock().await;
+        if fence_slot.is_some() {
+            return Ok(());
+        }
+        let (src_io, _) = self.ioctxs(&s.record).await?;
+        let src_name = &s.record.source.image.image;
+        let src = retry_busy("open the source", || src_io.open_image(src_name)).await?;
+        let timeout = Duration::from_millis(self.live_mut(s).policy.fence_timeout_ms);
+        let report = fence(&src, timeout).await?;
+        if let Some(c) = self.live_mut(s).cutover.as_mut() {
+            c.fence.blocklisted.extend(report.blocklisted);
+        }
+        *fence_slot = Some(src);
+        Ok(())
+    }
+
+    /// Gives up the source's lock if this process holds it.
+    pub(super) async fn release_fence(&self) {
+        if let Some(img) = self.fence.lock().await.take() {
+            if let Err(e) = img.lock_release().await {
+                warn!(error = %e, "releasing the source's lock");
+            }
+            img.close().await;
+        }
+    }
+
+    /// Hold, fence, apply the last changes, switch.
+    pub(super) async fn step_cutover(
+        &self,
+        s: &mut Stored,
+        base: String,
+        round: u32,
+        lost: &CancellationToken,
+    ) -> Result<()> {
+        let (attachment, hook) = self.live_hook(&s.record)?;
+        let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
+        if cutover.held_at_ms == 0 {
+            // Recorded before the hold: whoever finds this record knows the
+            // instance may be held.
+            cutover.held_at_ms = now_ms();
+            self.store.save(s).await?;
+        }
+        fault::point("live-after-cutover-recorded");
+        hook.hold(&attachment).await?;
+        fault::point("live-after-hold");
+        let applied = async {
+            self.ensure_fenced(s).await?;
+            fault::point("live-after-fence");
+            let fenced = self.fence.lock().await.clone().expect("fenced above");
+            let mut report = self.apply_delta(s, &fenced, &base, round, lost).await?;
+            report.cutover = true;
+            Ok::<_, Error>(report)
+        }
+        .await;
+        let report = match applied {
+            Ok(r) => r,
+            Err(e) => {
+                // Not switched: the instance goes on with the source, the
+                // job back to replaying (resume retries, abort rolls back).
+                self.release_fence().await;
+                if let Err(re) = hook.resume(&attachment).await {
+                    warn!(error = %re, "resuming the instance after a failed cutover");
+                    return Err(e);
+                }
+                self.live_mut(s).cutover = None;
+                self.enter(s, Phase::Replaying { base, round }).await?;
+                return Err(e);
+            }
+        };
+        fault::point("live-after-final-applied");
+        info!(
+            changed = report.changed_bytes,
+            ms = report.millis,
+            "final delta applied with the instance held"
+        );
+        self.live_mut(s).rounds.push(report);
+
+        // The commit point.
+        let r = &s.record;
+        let marked = self.marked_volume(r);
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.backing != r.destination {
+            let switched = Volume {
+                backing: r.destination.clone(),
+                size: r.original_volume.size,
+                status: r.original_volume.status,
+                ..marked.clone()
+            };
+            let cas = Cas {
+                expect_volumes: vec![marked],
+                expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
+                put_volumes: vec![switched],
+                ..Default::default()
+            };
+            if let Err(e) = self.catalog.compare_and_swap(cas).await {
+                // Refused: roll back (the abort resumes the instance on the source).
+                let reason = format!("the catalog refused the switch of volume `{}`: {e}", r.volume_id);
+                warn!(%reason, "rolling back");
+                let (snapshot, images) = self.leftovers(&s.record);
+                self.enter(
+                    s,
+                    Phase::Aborting {
+                        reason,
+                        snapshot,
+                        images,
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+            info!(volume = %s.record.volume_id, to = %s.record.destination, "switched");
+        }
+        fault::point("live-after-switch");
+        self.enter(s, Phase::Switched { snapshot: base }).await?;
+        fault::point("live-after-switched-recorded");
+        Ok(())
+    }
+
+    /// Re-points the held instance to the destination and resumes it.
+    pub(super) async fn step_repoint(&self, s: &mut Stored, snapshot: String) -> Result<()> {
+        let (attachment, hook) = self.live_hook(&s.record)?;
+        let destination = s.record.destination.clone();
+        hook.repoint(&attachment, &destination).await?;
+        fault::point("live-after-repoint");
+        let current = self.catalog.attachments(&s.record.volume_id).await?;
+        if current.iter().any(|a| a.connection != destination) {
+            let moved: Vec<Attachment> = current
+                .iter()
+                .map(|a| Attachment {
+                    connection: destination.clone(),
+                    ..a.clone()
+                })
+                .collect();
+            self.catalog
+                .compare_and_swap(Cas {
+                    expect_attachments: vec![(s.record.volume_id.clone(), current)],
+                    put_attachments: moved,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        hook.resume(&attachment).await?;
+        fault::point("live-after-resume");
+        let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
+        if cutover.resumed_at_ms.is_none() {
+            cutover.resumed_at_ms = Some(now_ms());
+        }
+        let downtime = cutover.downtime_ms();
+        info!(downtime_ms = ?downtime, "instance resumed on the destination");
+        self.enter(s, Phase::Repointed { snapshot }).await?;
+        fault::point("live-after-resumed-recorded");
+        Ok(())
+    }
+
+    /// Before the source is retired: clients other than livemig that still
+    /// have it open after the instance moved would write to an image the
+    /// catalog no longer names (a writer that ignored the hold): they are
+    /// blocklisted, so none of their writes can land.
+    pub(super) async fn evict_stale_writers(&self, s: &mut Stored, src: &Image) -> Result<()> {
+        let me = src.ioctx().cluster().instance_id() as i64;
+        let fenced_by_me = self
+            .fence
+            .lock()
+            .await
+            .as_ref()
+            .map(|f| f.ioctx().cluster().instance_id() as i64);
+        let mut evicted = Vec::new();
+        for w in src.watchers().await? {
+            if w.id == me || Some(w.id) == fenced_by_me {
+                continue;
+            }
+            warn!(client = w.id, addr = %w.addr, "a client still has the retired source open; blocklisting it");
+            src.ioctx().cluster().blocklist_add(&w.addr, 3600).await?;
+            evicted.push(format!("client.{} {}", w.id, w.addr));
+        }
+        if !evicted.is_empty() {
+            if let Some(c) = self.live_mut(s).cutover.as_mut() {
+                c.fence.blocklisted.extend(evicted);
+            }
+            self.store.save(s).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(round: u32, changed_bytes: u64) -> RoundReport {
+        RoundReport {
+            round,
+            changed_bytes,
+            written_bytes: changed_bytes,
+            millis: 1,
+            cutover: false,
+        }
+    }
+
+    #[test]
+    fn rounds_stop_when_small_or_not_shrinking() {
+        let policy = LivePolicy {
+            cutover_bytes: 100,
+            stall_rounds: 2,
+            max_rounds: 5,
+            ..Default::default()
+        };
+        assert_eq!(decide(&policy, &[], 1), Verdict::Continue);
+        assert!(matches!(decide(&policy, &[round(1, 100)], 1), Verdict::Cutover(_)));
+        assert_eq!(decide(&policy, &[round(1, 1000), round(2, 500)], 1), Verdict::Continue);
+        // One round without a new low is tolerated, two are not, even if
+        // the second shrank.
+        assert_eq!(decide(&policy, &[round(1, 500), round(2, 600)], 1), Verdict::Continue);
+        let stalled = [round(1, 500), round(2, 700), round(3, 600)];
+        assert!(matches!(decide(&policy, &stalled, 1), Verdict::Cutover(r) if r.contains("not converging")));
+        assert_eq!(
+            decide(&policy, &[round(1, 500), round(2, 700), round(3, 400)], 1),
+            Verdict::Continue
+        );
+        // Only this run's rounds count.
+        assert_eq!(decide(&policy, &stalled, 3), Verdict::Continue);
+        let pause = LivePolicy {
+            on_stall: OnStall::Pause,
+            ..policy.clone()
+        };
+        assert!(matches!(decide(&pause, &stalled, 1), Verdict::Stall(_)));
+        // Shrinking, but too many rounds.
+        let many: Vec<_> = (1..=5).map(|i| round(i, 10_000 - u64::from(i))).collect();
+        assert!(matches!(decide(&pause, &many, 1), Verdict::Stall(r) if r.contains("5 rounds")));
+    }
+}

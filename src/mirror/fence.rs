@@ -1,0 +1,64 @@
+//! Fencing a source image so that no write can land on it any more.
+//!
+//! The hypervisor's hold is a promise by the instance; the fence is Ceph's
+//! guarantee. livemig takes the image's exclusive lock explicitly: a
+//! cooperating owner's librbd flushes and hands the lock over (measured at
+//! ~0.1 s), and as long as livemig holds it, every other client's write
+//! fails (`EROFS`) instead of landing. An owner that does not hand it over
+//! within the timeout (hung, or stopped) has its lock broken, which
+//! blocklists it cluster-wide: none of its writes can land afterwards.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::ceph::Image;
+use crate::error::{ErrorKind, Result};
+
+/// What fencing took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FenceReport {
+    /// Lock owners that did not hand the lock over and were blocklisted.
+    pub blocklisted: Vec<String>,
+}
+
+/// Takes `image`'s exclusive lock (the image must be open read-write, with
+/// the exclusive-lock feature); breaks and blocklists an owner that does not
+/// hand it over within `timeout`.
+pub async fn fence(image: &Image, timeout: Duration) -> Result<FenceReport> {
+    let mut report = FenceReport::default();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // An owner that refuses the hand-over makes the acquire fail at once
+    // (it holds the lock explicitly); one that does not answer makes it
+    // wait. Either way it has until the deadline.
+    loop {
+        let acquire = image.lock_acquire_exclusive();
+        tokio::pin!(acquire);
+        tokio::select! {
+            r = &mut acquire => match r {
+                Ok(()) => return Ok(report),
+                Err(e) if matches!(e.kind(), ErrorKind::Fenced | ErrorKind::Busy) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Fenced | ErrorKind::Busy) => {}
+                Err(e) => return Err(e),
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        // The owner did not hand the lock over: break it (blocklisting the
+        // owner), then take it.
+        for owner in image.lock_owners().await? {
+            warn!(image = %image.spec(), %owner, "lock owner did not release the lock in time; breaking it (blocklists the owner)");
+            match image.lock_break(&owner).await {
+                Ok(()) => report.blocklisted.push(owner),
+                // Released or broken meanwhile.
+                Err(e) if e.kind() == ErrorKind::ImageNotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        image.lock_acquire_exclusive().await?;
+        info!(image = %image.spec(), blocklisted = report.blocklisted.len(), "source fenced");
+        return Ok(report);
+    }
+}

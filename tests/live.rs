@@ -1,0 +1,735 @@
+//! Live migration against the real cluster: a test instance (a real librbd
+//! writer) writes during the whole migration; afterwards every write it
+//! acknowledged must be on the destination (the image equals the model
+//! rebuilt from its log), the instance runs on the destination, and the
+//! job's record tells the rounds and the downtime. Also: a writer that
+//! ignores the hold is fenced, and SIGKILLs at every live kill point end
+//! consistently after resume or abort, with the instance never left held.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+use livemig::ceph::{CreateOptions, Image, IoCtx};
+use livemig::hypervisor::test_instance::{apply_log, command, LogEntry};
+use livemig::job::{JobRecord, JobStore, Phase};
+use livemig::spec::ImageSpec;
+
+const SRC: &str = "live-src";
+const DST: &str = "live-dst";
+const CATALOG: &str = "live-catalog";
+const LEASE: &str = "3";
+const SIZE: u64 = 64 << 20;
+/// The test instance writes within the first 40 MiB (see `setup`).
+const SPAN: u64 = 40 << 20;
+
+/// A running test instance.
+struct TestInstance {
+    child: Child,
+    socket: String,
+    log: PathBuf,
+}
+
+impl TestInstance {
+    fn spawn(image: &ImageSpec, tag: &str, extra: &[&str]) -> TestInstance {
+        let dir = std::env::temp_dir().join(format!("livemig-live-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("control.sock").to_string_lossy().into_owned();
+        let log = dir.join("acked.log");
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_livemig-test-instance"))
+            .args(["--image", &image.to_string(), "--control", &socket])
+            .arg("--conf")
+            .arg(&cluster().conf)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the test instance");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the test instance did not start");
+        TestInstance { child, socket, log }
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let s = command(&self.socket, "status").await.expect("instance status");
+        serde_json::from_str(&s).unwrap()
+    }
+
+    /// Waits until at least `n` more operations were acknowledged.
+    async fn wait_acks(&self, n: u64) {
+        let start = self.status().await["acked_total"].as_u64().unwrap();
+        for _ in 0..600 {
+            if self.status().await["acked_total"].as_u64().unwrap() >= start + n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the test instance acknowledged fewer than {n} writes in 30 s");
+    }
+
+    /// Drains, flushes and stops the instance; returns its log.
+    async fn stop(mut self) -> Vec<LogEntry> {
+        command(&self.socket, "stop").await.expect("stop the instance");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the test instance failed: {status:?}");
+        self.entries()
+    }
+
+    fn entries(&self) -> Vec<LogEntry> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| LogEntry::parse(l).unwrap_or_else(|| panic!("bad log line {l:?}")))
+            .collect()
+    }
+}
+
+impl Drop for TestInstance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    src_io: IoCtx,
+    dst_io: IoCtx,
+    catalog: RadosCatalog,
+    store: JobStore,
+    volume: String,
+    original: Volume,
+    /// The source's content before the instance started.
+    initial: Vec<u8>,
+    instance: Option<TestInstance>,
+}
+
+/// A 64 MiB volume with 16 MiB of data, attached to a running test
+/// instance registered in the catalog.
+async fn setup(tag: &str, instance_args: &[&str]) -> Env {
+    for p in [SRC, DST, CATALOG] {
+        cluster().ensure_pool(p);
+    }
+    let c = cluster().connect().await;
+    let src_io = c.ioctx(SRC, "").await.unwrap();
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    let catalog_io = c.ioctx(CATALOG, "").await.unwrap();
+    let volume = unique(tag);
+    src_io
+        .create_image(&volume, SIZE, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&volume).await.unwrap();
+    write_at(&img, 8 << 20, random_bytes(7, 16 << 20)).await;
+    let initial = read_all(&img).await;
+    img.close().await;
+    let spec = ImageSpec::new(SRC, &volume);
+    let mut args = vec!["--span", "41943040"];
+    args.extend_from_slice(instance_args);
+    let instance = TestInstance::spawn(&spec, &volume, &args);
+    let backing = Backing {
+        cluster: "local".into(),
+        image: spec,
+    };
+    let original = Volume {
+        id: volume.clone(),
+        size: SIZE,
+        status: VolumeStatus::InUse,
+        migration: None,
+        backing: backing.clone(),
+        location: "slow".into(),
+    };
+    let catalog = RadosCatalog::new(catalog_io.clone());
+    catalog
+        .compare_and_swap(Cas {
+            expect_no_volumes: vec![volume.clone()],
+            put_volumes: vec![original.clone()],
+            put_instances: vec![Instance {
+                id: format!("vm-{volume}"),
+                name: "test instance".into(),
+            }],
+            put_attachments: vec![Attachment {
+                volume_id: volume.clone(),
+                instance_id: format!("vm-{volume}"),
+                device: "vdb".into(),
+                access: Access::TestInstance {
+                    socket: instance.socket.clone(),
+                },
+                connection: backing,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    instance.wait_acks(20).await;
+    Env {
+        src_io,
+        dst_io,
+        catalog,
+        store: JobStore::new(catalog_io),
+        volume,
+        original,
+        initial,
+        instance: Some(instance),
+    }
+}
+
+fn migrate(args: &[&str]) -> Command {
+    let mut cmd = Command::new(migrate_bin());
+    cmd.arg(args[0])
+        .arg("--conf")
+        .arg(&cluster().conf)
+        .args(["--catalog-pool", CATALOG])
+        .args(&args[1..]);
+    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
+    cmd
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bytes in 512-byte sectors of `data` that hold anything but zeros.
+fn nonzero_bytes(data: &[u8]) -> u64 {
+    data.chunks(512)
+        .filter(|c| c.iter().any(|b| *b != 0))
+        .map(|c| c.len() as u64)
+        .sum()
+}
+
+async fn allocated(img: &Image) -> u64 {
+    img.allocated_bytes(false).await.unwrap()
+}
+
+impl Env {
+    fn instance(&self) -> &TestInstance {
+        self.instance.as_ref().unwrap()
+    }
+
+    fn start_args(&self, extra: &[&str]) -> Vec<String> {
+        [
+            "start",
+            &self.volume,
+            "--to",
+            DST,
+            "--lease-secs",
+            LEASE,
+            "--json",
+            "--no-progress",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    async fn job(&self) -> JobRecord {
+        for id in self.store.ids().await.unwrap() {
+            let r = self.store.load(&id).await.unwrap().record;
+            if r.volume_id == self.volume {
+                return r;
+            }
+        }
+        panic!("no job for volume {}", self.volume);
+    }
+
+    /// Stops the instance and returns the model of the image it wrote:
+    /// the initial content with every acknowledged operation applied.
+    async fn stop_and_model(&mut self) -> (Vec<u8>, Vec<LogEntry>) {
+        let entries = self.instance.take().unwrap().stop().await;
+        let mut model = self.initial.clone();
+        apply_log(&mut model, &entries);
+        (model, entries)
+    }
+
+    async fn content(&self, io: &IoCtx) -> Vec<u8> {
+        let img = io.open_image_read_only(&self.volume, None).await.unwrap();
+        let data = read_all(&img).await;
+        img.close().await;
+        data
+    }
+
+    /// The instance runs (not held) on `pool`'s image and the catalog agrees.
+    async fn assert_running_on(&self, pool: &str) {
+        let st = self.instance().status().await;
+        assert_eq!(st["held"], false, "the instance was left held: {st}");
+        assert_eq!(st["image"], format!("{pool}/{}", self.volume), "{st}");
+        let v = self.catalog.volume(&self.volume).await.unwrap();
+        assert_eq!(v.backing.image.pool, pool);
+        assert_eq!(v.migration, None);
+        assert_eq!(v.status, VolumeStatus::InUse);
+        let atts = self.catalog.attachments(&self.volume).await.unwrap();
+        assert_eq!(atts.len(), 1);
+        assert_eq!(atts[0].connection.image.pool, pool, "attachment connection");
+    }
+
+    /// Done: the destination equals the model of every acknowledged write,
+    /// is thin, and nothing temporary is left.
+    async fn assert_finished_live(&mut self) -> (JobRecord, Vec<LogEntry>) {
+        let job = self.job().await;
+        assert_eq!(job.phase, Phase::Done, "{job:?}");
+        self.assert_running_on(DST).await;
+        // Writes reach the destination after the resume.
+        self.instance().wait_acks(10).await;
+        let (model, entries) = self.stop_and_model().await;
+        let failed: Vec<_> = entries
+            .iter()
+            .filter(|e| matches!(e, LogEntry::Failed { .. }))
+            .collect();
+        assert!(failed.is_empty(), "the instance saw failed writes: {failed:?}");
+        let dst = self.content(&self.dst_io).await;
+        assert!(
+            dst == model,
+            "destination differs from the acknowledged writes at byte {:?}",
+            dst.iter().zip(&model).position(|(a, b)| a != b)
+        );
+        // As thin as the source (retained in the trash): the instance
+        // writes only within its span, so no object above it may be allocated.
+        let img = self.dst_io.open_image_read_only(&self.volume, None).await.unwrap();
+        assert!(img.snap_list().await.unwrap().is_empty());
+        let used_objects = img.allocated_bytes(true).await.unwrap();
+        let used = allocated(&img).await;
+        img.close().await;
+        let src = self
+            .src_io
+            .open_image_by_id_read_only(job.source_image_id.as_deref().unwrap())
+            .await
+            .unwrap();
+        let source_objects = src.allocated_bytes(true).await.unwrap();
+        src.close().await;
+        assert!(
+            used_objects <= source_objects.max(SPAN) && used_objects <= SPAN,
+            "destination not thin: {used_objects} bytes of objects allocated; the source has {source_objects}, the instance writes within {SPAN}"
+        );
+        assert!(
+            used >= nonzero_bytes(&model),
+            "fewer bytes allocated than hold data: {used}"
+        );
+        assert!(
+            self.dst_io
+                .list_images()
+                .await
+                .unwrap()
+                .iter()
+                .all(|n| !n.starts_with(&format!("{}.", self.volume))),
+            "partial leftovers"
+        );
+        (job, entries)
+    }
+
+    /// Rolled back: the instance runs on the source, which equals the model
+    /// of every acknowledged write; no snapshots, no destination, catalog as before.
+    async fn assert_rolled_back_live(&mut self) {
+        let job = self.job().await;
+        assert!(matches!(job.phase, Phase::Aborted { .. }), "{job:?}");
+        assert_eq!(self.catalog.volume(&self.volume).await.unwrap(), self.original);
+        self.assert_running_on(SRC).await;
+        self.instance().wait_acks(10).await;
+        let (model, entries) = self.stop_and_model().await;
+        assert!(!entries.iter().any(|e| matches!(e, LogEntry::Failed { .. })));
+        assert!(
+            self.content(&self.src_io).await == model,
+            "source differs from the acknowledged writes"
+        );
+        let img = self.src_io.open_image_read_only(&self.volume, None).await.unwrap();
+        assert!(img.snap_list().await.unwrap().is_empty(), "snapshots left");
+        img.close().await;
+        assert!(!self
+            .dst_io
+            .list_images()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with(&self.volume)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_volume_moves_with_every_acknowledged_write() {
+    // Random 4 KiB - 1 MiB writes and 10% discards, four in flight.
+    let mut env = setup("flow", &["--rate", "100", "--max-size", "1048576"]).await;
+    let args = env.start_args(&["--cutover-bytes", "4M"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = migrate(&args).output().unwrap();
+    assert_ok(&out, "live migration");
+    let (job, entries) = env.assert_finished_live().await;
+
+    let phases: Vec<&str> = job.history.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(&phases[..4], ["created", "marked", "copying", "copied"]);
+    assert!(phases.contains(&"replaying") && phases.contains(&"cutting_over"));
+    assert_eq!(&phases[phases.len() - 3..], ["switched", "repointed", "done"]);
+    let live = job.live.expect("a live record");
+    let rounds = live.rounds.iter().filter(|r| !r.cutover).count();
+    assert!(rounds >= 1, "{live:?}");
+    assert_eq!(live.rounds.iter().filter(|r| r.cutover).count(), 1);
+    let cutover = live.cutover.expect("cutover recorded");
+    let downtime = cutover.downtime_ms().expect("downtime recorded");
+    assert!(
+        cutover.fence.blocklisted.is_empty(),
+        "a cooperating instance is not blocklisted"
+    );
+
+    // The instance's own log agrees: writes before the hold, one hold, the
+    // re-point to the destination, writes after the resume.
+    let held = entries.iter().position(|e| matches!(e, LogEntry::Held { .. })).unwrap();
+    let repointed = entries
+        .iter()
+        .position(|e| matches!(e, LogEntry::Repointed { image, .. } if image.starts_with(DST)))
+        .unwrap();
+    let resumed = entries
+        .iter()
+        .position(|e| matches!(e, LogEntry::Resumed { .. }))
+        .unwrap();
+    assert!(held < repointed && repointed < resumed);
+    assert!(
+        entries[..held]
+            .iter()
+            .filter(|e| matches!(e, LogEntry::Write { .. }))
+            .count()
+            >= 20
+    );
+    assert!(entries[resumed..].iter().any(|e| matches!(e, LogEntry::Write { .. })));
+    let (LogEntry::Held { at_ms: h }, LogEntry::Resumed { at_ms: r }) = (&entries[held], &entries[resumed]) else {
+        unreachable!()
+    };
+    assert!(
+        r - h <= downtime,
+        "the instance was held {} ms, the job recorded {downtime} ms",
+        r - h
+    );
+    // The retired source went to the trash without the job's snapshots.
+    assert!(!env.src_io.image_exists(&env.volume).await.unwrap());
+    let trashed = env
+        .src_io
+        .open_image_by_id_read_only(job.source_image_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert!(trashed.snap_list().await.unwrap().is_empty());
+    trashed.close().await;
+    // `migrate status` shows the rounds and the downtime.
+    let status = migrate(&["status", &job.id]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("replay round") && text.contains("instance held"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_ignores_the_hold_is_fenced() {
+    let mut env = setup("rogue", &["--ignore-hold", "--rate", "200", "--max-size", "65536"]).await;
+    let args = env.start_args(&["--keep-source"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = migrate(&args).output().unwrap();
+    assert_ok(&out, "live migration with a rogue writer");
+    let job = env.job().await;
+    assert_eq!(job.phase, Phase::Done);
+    // The rogue keeps issuing writes, but none gets through any more: they
+    // fail or never complete (its lock requests are refused, then it is
+    // blocklisted).
+    let before = env.instance().status().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = env.instance().status().await; // also flushes its log
+    assert_eq!(
+        before["acked_total"], after["acked_total"],
+        "the fenced rogue still had writes acknowledged: {before} -> {after}"
+    );
+    let mut rogue = env.instance.take().unwrap();
+    let _ = rogue.child.kill();
+    let _ = rogue.child.wait();
+    let entries = rogue.entries();
+    let cutover = job.live.as_ref().unwrap().cutover.clone().unwrap();
+    let resumed_at = cutover.resumed_at_ms.unwrap();
+    let late: Vec<_> = entries
+        .iter()
+        .filter(|e| matches!(e, LogEntry::Write { at_ms, .. } | LogEntry::Discard { at_ms, .. } if *at_ms > resumed_at))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "writes acknowledged to the rogue after the cutover: {late:?}"
+    );
+    assert!(
+        entries.iter().any(|e| matches!(e, LogEntry::Held { .. })),
+        "the rogue was asked to hold"
+    );
+    // Every write acknowledged before the fence is on the destination, and
+    // nothing landed on the source after it: both equal the model.
+    let mut model = env.initial.clone();
+    apply_log(&mut model, &entries);
+    assert!(
+        env.content(&env.dst_io).await == model,
+        "destination lost an acknowledged write"
+    );
+    assert!(
+        env.content(&env.src_io).await == model,
+        "something landed on the fenced source"
+    );
+    // It cannot write after the job either: it was blocklisted.
+    assert_eq!(cutover.fence.blocklisted.len(), 1, "{cutover:?}");
+}
+
+/// `migrate start` killed at `point`; the instance keeps running (held, if
+/// the kill fell in the cutover).
+async fn start_killed_at(env: &Env, point: &str) -> String {
+    let args = env.start_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = migrate(&args)
+        .env(livemig::job::fault::KILL_AT_ENV, point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "not killed at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.job().await.id
+}
+
+const WRITER: &[&str] = &["--rate", "50", "--max-size", "262144"];
+
+/// Kill points at which the instance is held (the cutover died under it).
+const HELD_AT: &[&str] = &[
+    "live-after-hold",
+    "live-after-fence",
+    "live-after-final-applied",
+    "live-after-switch",
+    "live-after-switched-recorded",
+    "live-after-repoint",
+];
+
+async fn live_killed_then_resumed(point: &str) {
+    let mut env = setup("lkill", WRITER).await;
+    let job = start_killed_at(&env, point).await;
+    let held = env.instance().status().await["held"].as_bool().unwrap();
+    assert_eq!(held, HELD_AT.contains(&point), "instance held after a kill at {point}");
+    let out = migrate(&["resume", &job, "--wait", "60", "--lease-secs", LEASE, "--no-progress"])
+        .output()
+        .unwrap();
+    assert_ok(&out, &format!("resume after a kill at {point}"));
+    env.assert_finished_live().await;
+}
+
+async fn live_killed_then_aborted(point: &str) {
+    let mut env = setup("lkillab", WRITER).await;
+    let job = start_killed_at(&env, point).await;
+    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
+        .output()
+        .unwrap();
+    assert_ok(&out, &format!("abort after a kill at {point}"));
+    env.assert_rolled_back_live().await;
+}
+
+/// Killed inside the cutover, then killed again inside the abort, then aborted.
+async fn live_killed_in_abort(point: &str) {
+    let mut env = setup("lkillab2", WRITER).await;
+    let job = start_killed_at(&env, "live-after-hold").await;
+    assert_eq!(env.instance().status().await["held"], true, "held across the crash");
+    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
+        .env(livemig::job::fault::KILL_AT_ENV, point)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "abort not killed at {point}");
+    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
+        .output()
+        .unwrap();
+    assert_ok(&out, "abort again");
+    env.assert_rolled_back_live().await;
+}
+
+macro_rules! kill_cases {
+    ($($name:ident: $point:literal => $then:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $then($point).await;
+            }
+        )*
+    };
+}
+
+kill_cases! {
+    live_kill_after_round_snapshot_then_resume: "live-after-round-snapshot" => live_killed_then_resumed;
+    live_kill_after_round_applied_then_resume: "live-after-round-applied" => live_killed_then_resumed;
+    live_kill_after_round_recorded_then_resume: "live-after-round-recorded" => live_killed_then_resumed;
+    live_kill_after_cutover_recorded_then_resume: "live-after-cutover-recorded" => live_killed_then_resumed;
+    live_kill_after_hold_then_resume: "live-after-hold" => live_killed_then_resumed;
+    live_kill_after_fence_then_resume: "live-after-fence" => live_killed_then_resumed;
+    live_kill_after_final_applied_then_resume: "live-after-final-applied" => live_killed_then_resumed;
+    live_kill_after_switch_then_resume: "live-after-switch" => live_killed_then_resumed;
+    live_kill_after_switched_recorded_then_resume: "live-after-switched-recorded" => live_killed_then_resumed;
+    live_kill_after_repoint_then_resume: "live-after-repoint" => live_killed_then_resumed;
+    live_kill_after_resume_then_resume: "live-after-resume" => live_killed_then_resumed;
+    live_kill_after_resumed_recorded_then_resume: "live-after-resumed-recorded" => live_killed_then_resumed;
+    live_kill_after_round_recorded_then_abort: "live-after-round-recorded" => live_killed_then_aborted;
+    live_kill_after_hold_then_abort: "live-after-hold" => live_killed_then_aborted;
+    live_kill_after_fence_then_abort: "live-after-fence" => live_killed_then_aborted;
+    live_kill_after_final_applied_then_abort: "live-after-final-applied" => live_killed_then_aborted;
+    live_kill_in_abort_after_instance_resumed: "abort-after-instance-resumed" => live_killed_in_abort;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_outpaces_the_copy_pauses_the_job_when_the_policy_says_so() {
+    // A cutover threshold no round can meet, and the policy to stop rather
+    // than hold the instance with a large delta.
+    let mut env = setup("stall", &["--rate", "200", "--max-size", "262144"]).await;
+    let args = env.start_args(&[
+        "--cutover-bytes",
+        "4K",
+        "--stall-rounds",
+        "1",
+        "--max-rounds",
+        "3",
+        "--on-stall",
+        "pause",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = migrate(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not converging") && stderr.contains("--on-stall cutover"),
+        "{stderr}"
+    );
+    let job = env.job().await;
+    assert!(matches!(job.phase, Phase::Replaying { .. }), "{:?}", job.phase);
+    let live = job.live.as_ref().unwrap();
+    assert!(live.rounds.len() >= 2 && live.cutover.is_none(), "{live:?}");
+    assert!(job.last_error.as_deref().unwrap_or("").contains("not converging"));
+    // The instance was never held and still writes to the source.
+    let st = env.instance().status().await;
+    assert_eq!(st["held"], false);
+    assert_eq!(st["image"], format!("{SRC}/{}", env.volume));
+    env.instance().wait_acks(10).await;
+    // Resuming with the other policy (only that changed) cuts over.
+    let out = migrate(&[
+        "resume",
+        &job.id,
+        "--on-stall",
+        "cutover",
+        "--no-progress",
+        "--lease-secs",
+        LEASE,
+    ])
+    .output()
+    .unwrap();
+    assert_ok(&out, "resume with --on-stall cutover");
+    let (job, _) = env.assert_finished_live().await;
+    let live = job.live.unwrap();
+    assert_eq!(live.policy.cutover_bytes, 4096, "the recorded threshold was kept");
+    assert!(live.cutover.unwrap().reason.contains("not converging"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
+    for p in [SRC, DST, CATALOG] {
+        cluster().ensure_pool(p);
+    }
+    let c = cluster().connect().await;
+    let src_io = c.ioctx(SRC, "").await.unwrap();
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    let catalog = RadosCatalog::new(c.ioctx(CATALOG, "").await.unwrap());
+    // (access, image without exclusive-lock, expected message)
+    let cases = [
+        (Access::None, false, "cannot be held"),
+        (
+            Access::Qmp {
+                socket: "/nonexistent/qmp.sock".into(),
+            },
+            false,
+            "QEMU engine is not available",
+        ),
+        (
+            Access::TestInstance {
+                socket: "/nonexistent/ctl.sock".into(),
+            },
+            true,
+            "exclusive-lock",
+        ),
+    ];
+    for (access, no_lock, expected) in cases {
+        let volume = unique("refuse");
+        let opts = if no_lock {
+            CreateOptions {
+                features: Some(1), // layering only
+                ..Default::default()
+            }
+        } else {
+            CreateOptions::default()
+        };
+        src_io.create_image(&volume, 8 << 20, &opts).await.unwrap();
+        let backing = Backing {
+            cluster: "local".into(),
+            image: ImageSpec::new(SRC, &volume),
+        };
+        catalog
+            .compare_and_swap(Cas {
+                put_volumes: vec![Volume {
+                    id: volume.clone(),
+                    size: 8 << 20,
+                    status: VolumeStatus::InUse,
+                    migration: None,
+                    backing: backing.clone(),
+                    location: String::new(),
+                }],
+                put_instances: vec![Instance {
+                    id: format!("vm-{volume}"),
+                    name: String::new(),
+                }],
+                put_attachments: vec![Attachment {
+                    volume_id: volume.clone(),
+                    instance_id: format!("vm-{volume}"),
+                    device: "vdb".into(),
+                    access,
+                    connection: backing,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // The catalog object is shared with parallel tests: compare this volume's records.
+        let before = (
+            catalog.volume(&volume).await.unwrap(),
+            catalog.attachments(&volume).await.unwrap(),
+        );
+        let images_before = pool_state(&[&src_io, &dst_io], &volume).await;
+        let out = migrate(&["start", &volume, "--to", DST]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        let after = (
+            catalog.volume(&volume).await.unwrap(),
+            catalog.attachments(&volume).await.unwrap(),
+        );
+        assert_eq!(after, before, "catalog changed");
+        let store = JobStore::new(c.ioctx(CATALOG, "").await.unwrap());
+        for id in store.ids().await.unwrap() {
+            assert_ne!(
+                store.load(&id).await.unwrap().record.volume_id,
+                volume,
+                "a job was created"
+            );
+        }
+        assert_eq!(
+            pool_state(&[&src_io, &dst_io], &volume).await,
+            images_before,
+            "images changed"
+        );
+    }
+}
