@@ -744,8 +744,18 @@ impl Migrator {
         // writes do not fail.
         if let Some(live) = &r.live {
             self.release_fence().await;
-            let hook = self.hypervisors.for_attachment(&live.attachment)?;
-            hook.resume(&live.attachment).await?;
+            // Only a cutover that got as far as recording the hold may have
+            // left the instance held; otherwise it is not asked (it may be
+            // gone, which must not block the abort).
+            if live.cutover.as_ref().is_some_and(|c| c.held_at_ms != 0) {
+                let hook = self.hypervisors.for_attachment(&live.attachment)?;
+                hook.resume(&live.attachment).await.map_err(|e| {
+                    let why = format!(
+                        "the instance may still be held and could not be resumed ({e}); the abort stops here so that it is not forgotten: make the instance reachable and run the abort again"
+                    );
+                    e.message(why)
+                })?;
+            }
             fault::point("abort-after-instance-resumed");
         }
         let (src_io, dst_io) = self.ioctxs(&r).await?;

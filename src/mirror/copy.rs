@@ -418,7 +418,8 @@ impl Copier {
                             in_flight -= BUFFERS_PER_CHUNK * len;
                             free_buffers.push(std::mem::take(&mut chunk.buffer));
                         }
-                        progress.done_bytes += len;
+                        // Merged gaps are moved but were not counted as changed.
+                        progress.done_bytes = (progress.done_bytes + len).min(progress.total_bytes);
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
                         progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.0).min()]
@@ -448,8 +449,17 @@ impl Copier {
                             (false, true) => Some(Fill::Zero),
                             (false, false) => None,
                         };
-                        if let Some(fill) = fill.filter(|_| end > start) {
-                            split_into_chunks(start, end - start, chunk, fill, &mut queue);
+                        // A delta of many small writes is bound by the
+                        // operation count: nearby changed extents are moved
+                        // as one, the unchanged gap included (the
+                        // destination already holds the same bytes there).
+                        let back = queue.back_mut().filter(|&&mut (o, l, f)| {
+                            overwrite && f == Fill::Data && start >= o + l && start - (o + l) <= MERGE_GAP && end - o <= chunk
+                        });
+                        match (fill.filter(|_| end > start), back) {
+                            (Some(Fill::Data), Some(back)) => back.1 = end - back.0,
+                            (Some(fill), _) => split_into_chunks(start, end - start, chunk, fill, &mut queue),
+                            (None, _) => {}
                         }
                         frontier = frontier.max(e.offset - e.offset % period).max(resume_from);
                     }
@@ -477,6 +487,10 @@ impl Copier {
         }
     }
 }
+
+/// Changed extents of a delta this close are moved as one operation: an
+/// operation costs about as much as moving this many bytes.
+const MERGE_GAP: u64 = 128 << 10;
 
 /// Most operations in flight at once (zeroing holds no buffer).
 const MAX_OPS: usize = 256;
