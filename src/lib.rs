@@ -17,6 +17,7 @@ pub mod hypervisor;
 pub mod job;
 pub mod mirror;
 pub mod precheck;
+pub mod qemu;
 pub mod spec;
 
 pub use error::{Error, ErrorKind, Result};
