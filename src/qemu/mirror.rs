@@ -1,0 +1,355 @@
+//! The QEMU engine's mirror: QEMU copies the volume it has open to the
+//! destination (`blockdev-mirror`), keeps both in sync once ready, and
+//! pivots the guest to the destination without a pause (`job-complete`).
+//!
+//! Choices for RBD:
+//! - granularity 64 KiB: the dirty bitmap tracks guest writes at this size,
+//!   so a 4 KiB write re-copies 64 KiB, not a 4 MiB object;
+//! - buffer 32 MiB: about eight RBD objects in flight, enough to keep an
+//!   OSD busy without holding much of the guest's memory;
+//! - `auto-dismiss: false`: a job that ended (well or not) stays queryable
+//!   until livemig has seen how it ended, even across a crash of `migrate`.
+//!
+//! If the copy does not converge (the guest dirties faster than the mirror
+//! copies), the job is switched to `write-blocking` (`block-job-change`,
+//! QEMU 8.2+): each guest write then also waits for its copy, so the
+//! remaining bytes can only shrink.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::Qmp;
+use crate::error::{Error, ErrorKind, Result};
+use crate::spec::ImageSpec;
+
+/// Mirror granularity, bytes.
+pub const GRANULARITY: u64 = 64 << 10;
+/// Mirror buffer, bytes.
+pub const BUF_SIZE: u64 = 32 << 20;
+
+/// How the mirror runs.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    /// Bytes per second at most (`None`: unlimited).
+    pub speed: Option<u64>,
+    /// Switch to write-blocking when the remaining bytes have not shrunk
+    /// for this long.
+    pub stall: Duration,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        MirrorOptions {
+            speed: None,
+            stall: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the destination image is, as QEMU's rbd driver needs it.
+#[derive(Debug, Clone)]
+pub struct RbdTarget {
+    /// The image.
+    pub image: ImageSpec,
+    /// ceph.conf path as QEMU sees it.
+    pub conf: String,
+    /// Ceph client id (without `client.`), if not the default.
+    pub user: Option<String>,
+}
+
+/// A QEMU block node backed by an RBD image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdNode {
+    /// QEMU's node name.
+    pub node_name: String,
+    /// The image.
+    pub image: ImageSpec,
+}
+
+fn engine_error(why: String) -> Error {
+    Error::new(ErrorKind::Hypervisor, "qemu mirror").message(why)
+}
+
+/// The image an rbd node opens, from its `image.filename` (either
+/// `json:{...}` with pool/namespace/image, or `rbd:pool[/ns]/image[:opts]`).
+fn rbd_image_of(node: &Value) -> Option<ImageSpec> {
+    let filename = node.pointer("/image/filename")?.as_str()?;
+    if let Some(json_text) = filename.strip_prefix("json:") {
+        let v: Value = serde_json::from_str(json_text).ok()?;
+        let v = v
+            .get("file")
+            .filter(|f| f.get("driver") == Some(&json!("rbd")))
+            .unwrap_or(&v);
+        return Some(ImageSpec {
+            pool: v.get("pool")?.as_str()?.to_owned(),
+            namespace: v.get("namespace").and_then(Value::as_str).unwrap_or("").to_owned(),
+            image: v.get("image")?.as_str()?.to_owned(),
+        });
+    }
+    let spec = filename.strip_prefix("rbd:")?.split(':').next()?;
+    spec.parse().ok()
+}
+
+/// Finds the rbd node of `image` in QEMU's block graph (by what it opens,
+/// not by its name).
+pub async fn find_rbd_node(qmp: &Qmp, image: &ImageSpec) -> Result<RbdNode> {
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).await?;
+    let found: Vec<RbdNode> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n.get("drv").and_then(Value::as_str) == Some("rbd"))
+        .filter_map(|n| {
+            Some(RbdNode {
+                node_name: n.get("node-name")?.as_str()?.to_owned(),
+                image: rbd_image_of(n)?,
+            })
+        })
+        .filter(|n| n.image == *image)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::new(ErrorKind::ImageNotFound, "find rbd node").target(image.to_string()).message(format!(
+            "QEMU has no rbd block node for `{image}`: the catalog's attachment does not match what the instance has open"
+        ))),
+        many => Err(engine_error(format!(
+            "QEMU has {} rbd nodes for `{image}` ({}); refusing to guess",
+            many.len(),
+            many.iter().map(|n| n.node_name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Adds the destination as a block node (with the source's cache
+/// settings) and starts mirroring `source` into it as job `job_id`.
+pub async fn start_mirror(
+    qmp: &Qmp,
+    source: &RbdNode,
+    target: &RbdTarget,
+    target_node: &str,
+    job_id: &str,
+    options: &MirrorOptions,
+) -> Result<()> {
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).await?;
+    let src = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(source.node_name.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    let direct = src.pointer("/cache/direct").and_then(Value::as_bool).unwrap_or(false);
+    let no_flush = src.pointer("/cache/no-flush").and_then(Value::as_bool).unwrap_or(false);
+    let mut add = json!({
+        "driver": "rbd",
+        "node-name": target_node,
+        "pool": target.image.pool,
+        "image": target.image.image,
+        "conf": target.conf,
+        "cache": {"direct": direct, "no-flush": no_flush},
+        "discard": "unmap",
+    });
+    if !target.image.namespace.is_empty() {
+        add["namespace"] = json!(target.image.namespace);
+    }
+    if let Some(user) = &target.user {
+        add["user"] = json!(user);
+    }
+    qmp.execute("blockdev-add", add).await?;
+    let mut mirror = json!({
+        "job-id": job_id,
+        "device": source.node_name,
+        "target": target_node,
+        "sync": "full",
+        "granularity": GRANULARITY,
+        "buf-size": BUF_SIZE,
+        "auto-dismiss": false,
+    });
+    if let Some(speed) = options.speed {
+        mirror["speed"] = json!(speed);
+    }
+    if let Err(e) = qmp.execute("blockdev-mirror", mirror).await {
+        let _ = qmp.execute("blockdev-del", json!({"node-name": target_node})).await;
+        return Err(e);
+    }
+    info!(job = job_id, source = %source.node_name, target = target_node, "mirror started");
+    Ok(())
+}
+
+/// One job's state from `query-jobs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    /// QEMU's job status (`running`, `ready`, `concluded`, ...).
+    pub status: String,
+    /// Bytes done.
+    pub current: u64,
+    /// Bytes in all (grows as the guest dirties).
+    pub total: u64,
+    /// The job's error, once concluded with one.
+    pub error: Option<String>,
+}
+
+/// The state of job `job_id`, or `None` if QEMU has no such job.
+pub async fn job_state(qmp: &Qmp, job_id: &str) -> Result<Option<JobState>> {
+    let jobs = qmp.execute("query-jobs", json!({})).await?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j.get("id").and_then(Value::as_str) == Some(job_id))
+        .map(|j| JobState {
+            status: j.get("status").and_then(Value::as_str).unwrap_or("").to_owned(),
+            current: j.get("current-progress").and_then(Value::as_u64).unwrap_or(0),
+            total: j.get("total-progress").and_then(Value::as_u64).unwrap_or(0),
+            error: j.get("error").and_then(Value::as_str).map(str::to_owned),
+        }))
+}
+
+/// What waiting for readiness saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadyReport {
+    /// Whether the job had to be switched to write-blocking to converge.
+    pub write_blocking: bool,
+    /// Seconds until ready.
+    pub seconds: f64,
+}
+
+/// Waits until the mirror is ready (source and destination in sync),
+/// switching it to write-blocking if it stops converging. A job that ends
+/// otherwise (error, cancelled, QEMU gone) is an error; the guest keeps
+/// running on the source.
+pub async fn wait_ready(
+    qmp: &Qmp,
+    job_id: &str,
+    options: &MirrorOptions,
+    mut progress: impl FnMut(&JobState),
+) -> Result<ReadyReport> {
+    let started = Instant::now();
+    let mut report = ReadyReport::default();
+    let mut best_remaining = u64::MAX;
+    let mut best_at = Instant::now();
+    loop {
+        let Some(state) = job_state(qmp, job_id).await? else {
+            return Err(engine_error(format!(
+                "QEMU has no mirror job `{job_id}` (it was cancelled or dismissed)"
+            )));
+        };
+        progress(&state);
+        match state.status.as_str() {
+            "ready" => {
+                report.seconds = started.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+            "concluded" | "aborting" | "null" => {
+                return Err(engine_error(format!(
+                    "mirror job `{job_id}` ended before it was ready: {}",
+                    state.error.unwrap_or_else(|| "cancelled".into())
+                )))
+            }
+            _ => {}
+        }
+        let remaining = state.total.saturating_sub(state.current);
+        if remaining < best_remaining {
+            best_remaining = remaining;
+            best_at = Instant::now();
+        } else if !report.write_blocking && best_at.elapsed() >= options.stall {
+            warn!(
+                job = job_id,
+                remaining, "mirror is not converging; switching it to write-blocking"
+            );
+            qmp.execute(
+                "block-job-change",
+                json!({"id": job_id, "type": "mirror", "copy-mode": "write-blocking"}),
+            )
+            .await?;
+            report.write_blocking = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Pivots the guest to the destination (`job-complete`), waits until the
+/// job concluded without error, dismisses it and deletes the old node.
+pub async fn complete(qmp: &Qmp, job_id: &str, old_node: &str) -> Result<()> {
+    match job_state(qmp, job_id).await? {
+        Some(s) if s.status == "ready" => {
+            qmp.execute("job-complete", json!({"id": job_id})).await?;
+        }
+        // Completed already (a crash after job-complete).
+        Some(s) if s.status == "concluded" || s.status == "pending" || s.status == "waiting" => {}
+        Some(s) => {
+            return Err(engine_error(format!(
+                "mirror job `{job_id}` is `{}`, not ready: cannot pivot",
+                s.status
+            )))
+        }
+        None => {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match job_state(qmp, job_id).await? {
+            Some(s) if s.status == "concluded" => {
+                if let Some(e) = s.error {
+                    return Err(engine_error(format!("mirror job `{job_id}` failed at the pivot: {e}")));
+                }
+                qmp.execute("job-dismiss", json!({"id": job_id})).await?;
+                break;
+            }
+            None => break,
+            Some(_) if Instant::now() > deadline => {
+                return Err(engine_error(format!(
+                    "mirror job `{job_id}` did not conclude within 120 s"
+                )))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // The old node has no users left once the job is gone.
+    match qmp.execute("blockdev-del", json!({"node-name": old_node})).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") || e.to_string().contains("Cannot find") => {}
+        Err(e) => return Err(e),
+    }
+    info!(job = job_id, "pivoted to the destination; old node deleted");
+    Ok(())
+}
+
+/// Cancels the mirror and removes the destination node; the guest stays
+/// on the source.
+pub async fn cancel(qmp: &Qmp, job_id: &str, target_node: &str) -> Result<()> {
+    if let Some(s) = job_state(qmp, job_id).await? {
+        if s.status != "concluded" {
+            qmp.execute("job-cancel", json!({"id": job_id})).await?;
+        }
+        for _ in 0..600 {
+            match job_state(qmp, job_id).await? {
+                Some(s) if s.status == "concluded" => {
+                    qmp.execute("job-dismiss", json!({"id": job_id})).await?;
+                    break;
+                }
+                None => break,
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    let _ = qmp.execute("blockdev-del", json!({"node-name": target_node})).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbd_node_images_are_read_from_either_filename_form() {
+        let j = json!({"image": {"filename": "json:{\"driver\": \"rbd\", \"pool\": \"p\", \"image\": \"i\", \"conf\": \"/c\"}"}});
+        assert_eq!(rbd_image_of(&j), Some(ImageSpec::new("p", "i")));
+        let j = json!({"image": {"filename": "json:{\"driver\": \"rbd\", \"pool\": \"p\", \"namespace\": \"n\", \"image\": \"i\"}"}});
+        assert_eq!(rbd_image_of(&j).unwrap().to_string(), "p/n/i");
+        let j = json!({"image": {"filename": "rbd:p/i:conf=/etc/ceph/ceph.conf"}});
+        assert_eq!(rbd_image_of(&j), Some(ImageSpec::new("p", "i")));
+        assert_eq!(rbd_image_of(&json!({"image": {"filename": "/var/lib/x.qcow2"}})), None);
+    }
+}

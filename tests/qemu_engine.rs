@@ -1,0 +1,282 @@
+//! The QEMU engine against real QEMU (qemu-storage-daemon holding the
+//! volume through its rbd driver and exporting it over userspace NBD) and
+//! the real cluster: fio writes through QEMU during the whole mirror and
+//! pivot; afterwards fio's verify on the destination image is clean.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use livemig::ceph::CreateOptions;
+use livemig::qemu::mirror::{cancel, complete, find_rbd_node, start_mirror, wait_ready, MirrorOptions, RbdTarget};
+use livemig::qemu::Qmp;
+use livemig::spec::ImageSpec;
+use livemig::ErrorKind;
+
+const SRC: &str = "qemu-src";
+const DST: &str = "qemu-dst";
+
+struct Guest {
+    qsd: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qsd.kill();
+        let _ = self.qsd.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Guest {
+    fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    fn nbd_uri(&self) -> String {
+        format!("nbd+unix:///vol?socket={}", self.dir.join("nbd.sock").display())
+    }
+}
+
+/// A qemu-storage-daemon that opens `image` with its rbd driver (node
+/// `disk0`) and exports it over NBD.
+async fn guest(image: &ImageSpec, tag: &str) -> Guest {
+    let dir = std::env::temp_dir().join(format!("livemig-qemu-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = cluster().conf.display().to_string();
+    let qsd = Command::new("qemu-storage-daemon")
+        .arg("--chardev")
+        .arg(format!(
+            "socket,id=qmp0,path={},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ))
+        .args(["--monitor", "chardev=qmp0", "--blockdev"])
+        .arg(format!(
+            "driver=rbd,node-name=disk0,pool={},image={},conf={conf},cache.direct=on,discard=unmap",
+            image.pool, image.image
+        ))
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
+        .args(["--export", "type=nbd,id=exp0,node-name=disk0,name=vol,writable=on"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon is needed: run scripts/setup (QEMU with the rbd driver from bookworm-backports)");
+    for _ in 0..200 {
+        if dir.join("nbd.sock").exists() && dir.join("qmp.sock").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Guest { qsd, dir }
+}
+
+/// fio arguments for the guest's workload (the same job definition is
+/// verified later, so it must not change).
+fn workload(size: &str, rate_iops: &str) -> Vec<String> {
+    [
+        "--name=guest",
+        "--rw=randwrite",
+        "--bs=16k",
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--randseed=7",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--size={size}"), format!("--rate_iops={rate_iops}")])
+    .collect()
+}
+
+async fn setup(tag: &str, size: u64) -> (ImageSpec, ImageSpec) {
+    cluster().ensure_pool(SRC);
+    cluster().ensure_pool(DST);
+    let c = cluster().connect().await;
+    let name = unique(tag);
+    let io = c.ioctx(SRC, "").await.unwrap();
+    io.create_image(&name, size, &CreateOptions::default()).await.unwrap();
+    let img = io.open_image(&name).await.unwrap();
+    write_at(&img, size / 2, random_bytes(11, (size / 4) as usize)).await;
+    img.close().await;
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    dst_io
+        .create_image(&name, size, &CreateOptions::default())
+        .await
+        .unwrap();
+    (ImageSpec::new(SRC, &name), ImageSpec::new(DST, &name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
+    let (src, dst) = setup("pivot", 128 << 20).await;
+    let g = guest(&src, &src.image).await;
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    // fio writes through QEMU for the whole migration (~10 s at 400 x 16 KiB/s)
+    // and then verifies through QEMU, reading the destination by then.
+    let mut fio = Command::new("fio")
+        .arg("--ioengine=nbd")
+        .arg(format!("--uri={}", g.nbd_uri()))
+        .args(workload("64M", "400"))
+        .arg("--verify_state_save=1")
+        .current_dir(&g.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio is needed: run scripts/setup");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let node = find_rbd_node(&qmp, &src).await.unwrap();
+    assert_eq!(node.node_name, "disk0", "found by image, which is disk0");
+    let target = RbdTarget {
+        image: dst.clone(),
+        conf: cluster().conf.display().to_string(),
+        user: None,
+    };
+    let options = MirrorOptions::default();
+    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
+        .await
+        .unwrap();
+    let ready = wait_ready(&qmp, "livemig-job", &options, |_| {}).await.unwrap();
+    assert!(!ready.write_blocking);
+    complete(&qmp, "livemig-job", &node.node_name).await.unwrap();
+
+    // The source node is gone from QEMU; the destination node serves the guest.
+    let e = find_rbd_node(&qmp, &src).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ImageNotFound);
+    assert_eq!(find_rbd_node(&qmp, &dst).await.unwrap().node_name, "livemig-dst");
+
+    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("err= 0"),
+        "fio through QEMU saw an error or a disconnect: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(qmp);
+
+    // The data fio did not touch (above 64 MiB) was mirrored too.
+    let c = cluster().connect().await;
+    let s_img = c
+        .ioctx(SRC, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&src.image, None)
+        .await
+        .unwrap();
+    let d_img = c
+        .ioctx(DST, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&dst.image, None)
+        .await
+        .unwrap();
+    let upper_src = s_img.read(64 << 20, 64 << 20, Vec::new()).await.unwrap();
+    let upper_dst = d_img.read(64 << 20, 64 << 20, Vec::new()).await.unwrap();
+    assert!(
+        upper_src.iter().any(|b| *b != 0) && upper_src == upper_dst,
+        "pre-existing data not mirrored"
+    );
+    s_img.close().await;
+    d_img.close().await;
+
+    // A final verify pass reads the destination image directly.
+    let verify = Command::new("fio")
+        .args(["--ioengine=rbd", "--clientname=admin", &format!("--pool={}", dst.pool)])
+        .arg(format!("--rbdname={}", dst.image))
+        .args(workload("64M", "0"))
+        .args(["--verify_only", "--verify_state_load=1"])
+        .current_dir(&g.dir)
+        .env("CEPH_CONF", &cluster().conf)
+        .output()
+        .unwrap();
+    let vout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && vout.contains("err= 0"),
+        "fio verify on the destination image failed: {vout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_killed_mid_mirror_fails_the_job_and_leaves_the_source_intact() {
+    let (src, dst) = setup("killed", 64 << 20).await;
+    let c = cluster().connect().await;
+    let img = c
+        .ioctx(SRC, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&src.image, None)
+        .await
+        .unwrap();
+    let before = digest(&img, 64 << 20).await;
+    img.close().await;
+    let mut g = guest(&src, &src.image).await;
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    let node = find_rbd_node(&qmp, &src).await.unwrap();
+    let target = RbdTarget {
+        image: dst,
+        conf: cluster().conf.display().to_string(),
+        user: None,
+    };
+    // Slow enough to be mid-copy when QEMU dies.
+    let options = MirrorOptions {
+        speed: Some(1 << 20),
+        ..Default::default()
+    };
+    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
+        .await
+        .unwrap();
+    let waiting = {
+        let qmp = qmp.clone();
+        let options = options.clone();
+        tokio::spawn(async move { wait_ready(&qmp, "livemig-job", &options, |_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    g.qsd.kill().unwrap();
+    g.qsd.wait().unwrap();
+    let e = waiting.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Hypervisor, "{e}");
+    assert!(e.to_string().contains("gone"), "{e}");
+    let img = c
+        .ioctx(SRC, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&src.image, None)
+        .await
+        .unwrap();
+    assert_eq!(digest(&img, 64 << 20).await, before, "source changed");
+    img.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_mirror_leaves_the_guest_on_the_source() {
+    let (src, dst) = setup("cancel", 64 << 20).await;
+    let g = guest(&src, &src.image).await;
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    let node = find_rbd_node(&qmp, &src).await.unwrap();
+    let target = RbdTarget {
+        image: dst.clone(),
+        conf: cluster().conf.display().to_string(),
+        user: None,
+    };
+    let options = MirrorOptions {
+        speed: Some(1 << 20),
+        ..Default::default()
+    };
+    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
+        .await
+        .unwrap();
+    cancel(&qmp, "livemig-job", "livemig-dst").await.unwrap();
+    assert_eq!(find_rbd_node(&qmp, &src).await.unwrap().node_name, "disk0");
+    assert_eq!(
+        find_rbd_node(&qmp, &dst).await.unwrap_err().kind(),
+        ErrorKind::ImageNotFound,
+        "destination node removed"
+    );
+}
