@@ -116,7 +116,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
     let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
     // fio writes through QEMU for the whole migration (~10 s at 400 x 16 KiB/s)
     // and then verifies through QEMU, reading the destination by then.
-    let mut fio = Command::new("fio")
+    let fio = Command::new("fio")
         .arg("--ioengine=nbd")
         .arg(format!("--uri={}", g.nbd_uri()))
         .args(workload("64M", "400"))
