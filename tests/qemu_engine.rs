@@ -280,3 +280,188 @@ async fn a_cancelled_mirror_leaves_the_guest_on_the_source() {
         "destination node removed"
     );
 }
+
+const CATALOG: &str = "qemu-catalog";
+
+/// A volume registered in the catalog, attached to `g` through its QMP socket.
+async fn register(src: &ImageSpec, g: &Guest, size: u64) -> livemig::catalog::RadosCatalog {
+    use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+    cluster().ensure_pool(CATALOG);
+    let c = cluster().connect().await;
+    let catalog = RadosCatalog::new(c.ioctx(CATALOG, "").await.unwrap());
+    let backing = Backing {
+        cluster: "local".into(),
+        image: src.clone(),
+    };
+    catalog
+        .compare_and_swap(Cas {
+            put_volumes: vec![Volume {
+                id: src.image.clone(),
+                size,
+                status: VolumeStatus::InUse,
+                migration: None,
+                backing: backing.clone(),
+                location: String::new(),
+            }],
+            put_instances: vec![Instance {
+                id: format!("vm-{}", src.image),
+                name: String::new(),
+            }],
+            put_attachments: vec![Attachment {
+                volume_id: src.image.clone(),
+                instance_id: format!("vm-{}", src.image),
+                device: "vdb".into(),
+                access: Access::Qmp {
+                    socket: g.qmp_socket().display().to_string(),
+                },
+                connection: backing,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    catalog
+}
+
+fn migrate(args: &[&str]) -> Command {
+    let mut cmd = Command::new(migrate_bin());
+    cmd.arg(args[0])
+        .arg("--conf")
+        .arg(&cluster().conf)
+        .args(["--catalog-pool", CATALOG])
+        .args(&args[1..]);
+    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
+    cmd
+}
+
+/// A volume moved by a job whose `migrate start` may be killed at
+/// `kill_at` (then resumed by another process), while fio writes through
+/// QEMU: fio never errs, fio's verify on the destination image is clean,
+/// the catalog names the destination, QEMU no longer has the source open.
+async fn job_moves_a_volume_qemu_writes_to(kill_at: Option<&str>) {
+    use livemig::catalog::Catalog;
+    let size = 128 << 20;
+    let (src, dst) = setup(kill_at.map_or("qjob", |_| "qkill"), size).await;
+    // The job creates the destination itself.
+    let c = cluster().connect().await;
+    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
+    let g = guest(&src, &src.image).await;
+    let catalog = register(&src, &g, size).await;
+    let fio = Command::new("fio")
+        .arg("--ioengine=nbd")
+        .arg(format!("--uri={}", g.nbd_uri()))
+        .args(workload("64M", "400"))
+        .arg("--verify_state_save=1")
+        .current_dir(&g.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut start = migrate(&["start", &src.image, "--to", DST, "--lease-secs", "3", "--no-progress"]);
+    if let Some(point) = kill_at {
+        let out = start.env(livemig::job::fault::KILL_AT_ENV, point).output().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "not killed at {point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = livemig::job::JobStore::new(c.ioctx(CATALOG, "").await.unwrap());
+        let mut job = None;
+        for id in store.ids().await.unwrap() {
+            if store.load(&id).await.unwrap().record.volume_id == src.image {
+                job = Some(id);
+            }
+        }
+        let out = migrate(&[
+            "resume",
+            &job.unwrap(),
+            "--wait",
+            "60",
+            "--lease-secs",
+            "3",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "resume after {point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        let out = start.output().unwrap();
+        assert!(
+            out.status.success(),
+            "migrate start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("QEMU mirrors"), "{text}");
+    }
+    let v = catalog.volume(&src.image).await.unwrap();
+    assert_eq!(v.backing.image, dst);
+    assert_eq!(v.migration, None);
+    assert_eq!(catalog.attachments(&src.image).await.unwrap()[0].connection.image, dst);
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    assert_eq!(
+        find_rbd_node(&qmp, &src).await.unwrap_err().kind(),
+        ErrorKind::ImageNotFound,
+        "source node still in QEMU"
+    );
+    find_rbd_node(&qmp, &dst).await.unwrap();
+    drop(qmp);
+    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("err= 0"),
+        "fio through QEMU saw an error: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = Command::new("fio")
+        .args(["--ioengine=rbd", "--clientname=admin", &format!("--pool={}", dst.pool)])
+        .arg(format!("--rbdname={}", dst.image))
+        .args(workload("64M", "0"))
+        .args(["--verify_only", "--verify_state_load=1"])
+        .current_dir(&g.dir)
+        .env("CEPH_CONF", &cluster().conf)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("err= 0"),
+        "fio verify on the destination image failed: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // The source was retired to the trash (QEMU let go of it).
+    assert!(!c.ioctx(SRC, "").await.unwrap().image_exists(&src.image).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_moves_a_volume_attached_to_qemu() {
+    job_moves_a_volume_qemu_writes_to(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_job_killed_before_ready_then_resumed() {
+    job_moves_a_volume_qemu_writes_to(Some("qemu-after-mirror-started")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_job_killed_after_ready_then_resumed() {
+    job_moves_a_volume_qemu_writes_to(Some("qemu-after-ready")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_job_killed_between_switch_and_pivot_then_resumed() {
+    job_moves_a_volume_qemu_writes_to(Some("qemu-after-switch")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_job_killed_after_pivot_then_resumed() {
+    job_moves_a_volume_qemu_writes_to(Some("qemu-after-complete")).await;
+}

@@ -79,6 +79,10 @@ struct ClusterInner {
     handle: RadosHandle,
     fsid: String,
     describe: String,
+    /// The ceph.conf read (given, or from CEPH_CONF), for clients that
+    /// must open the same cluster themselves (QEMU's rbd driver).
+    conf_path: Option<PathBuf>,
+    client_id: Option<String>,
 }
 
 impl Drop for ClusterInner {
@@ -164,6 +168,16 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// The ceph.conf this connection read, if known.
+    pub fn conf_path(&self) -> Option<&std::path::Path> {
+        self.inner.conf_path.as_deref()
+    }
+
+    /// The client id (without `client.`) this connection uses, if not the default.
+    pub fn client_id(&self) -> Option<&str> {
+        self.inner.client_id.as_deref()
     }
 
     /// This connection's global client id (as image watchers report it).
@@ -357,7 +371,16 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
     })();
     match result {
         Ok(fsid) => Ok(Cluster {
-            inner: Arc::new(ClusterInner { handle, fsid, describe }),
+            inner: Arc::new(ClusterInner {
+                handle,
+                fsid,
+                describe,
+                conf_path: config
+                    .conf_path
+                    .clone()
+                    .or_else(|| std::env::var_os("CEPH_CONF").map(PathBuf::from)),
+                client_id: config.client_id.clone(),
+            }),
         }),
         Err(e) => {
             // SAFETY: the handle was created above and is not used again.

@@ -100,7 +100,7 @@ impl Migrator {
         Ok((live.attachment.clone(), hook))
     }
 
-    fn live_mut<'a>(&self, s: &'a mut Stored) -> &'a mut LiveRecord {
+    pub(super) fn live_mut<'a>(&self, s: &'a mut Stored) -> &'a mut LiveRecord {
         s.record.live.as_mut().expect("a live phase has a live record")
     }
 
@@ -343,39 +343,8 @@ impl Migrator {
         self.live_mut(s).rounds.push(report);
 
         // The commit point.
-        let r = &s.record;
-        let marked = self.marked_volume(r);
-        let current = self.catalog.volume(&r.volume_id).await?;
-        if current.backing != r.destination {
-            let switched = Volume {
-                backing: r.destination.clone(),
-                size: r.original_volume.size,
-                status: r.original_volume.status,
-                ..marked.clone()
-            };
-            let cas = Cas {
-                expect_volumes: vec![marked],
-                expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
-                put_volumes: vec![switched],
-                ..Default::default()
-            };
-            if let Err(e) = self.catalog.compare_and_swap(cas).await {
-                // Refused: roll back (the abort resumes the instance on the source).
-                let reason = format!("the catalog refused the switch of volume `{}`: {e}", r.volume_id);
-                warn!(%reason, "rolling back");
-                let (snapshot, images) = self.leftovers(&s.record);
-                self.enter(
-                    s,
-                    Phase::Aborting {
-                        reason,
-                        snapshot,
-                        images,
-                    },
-                )
-                .await?;
-                return Ok(());
-            }
-            info!(volume = %s.record.volume_id, to = %s.record.destination, "switched");
+        if !self.commit_switch(s).await? {
+            return Ok(());
         }
         fault::point("live-after-switch");
         self.enter(s, Phase::Switched { snapshot: base }).await?;
@@ -389,23 +358,7 @@ impl Migrator {
         let destination = s.record.destination.clone();
         hook.repoint(&attachment, &destination).await?;
         fault::point("live-after-repoint");
-        let current = self.catalog.attachments(&s.record.volume_id).await?;
-        if current.iter().any(|a| a.connection != destination) {
-            let moved: Vec<Attachment> = current
-                .iter()
-                .map(|a| Attachment {
-                    connection: destination.clone(),
-                    ..a.clone()
-                })
-                .collect();
-            self.catalog
-                .compare_and_swap(Cas {
-                    expect_attachments: vec![(s.record.volume_id.clone(), current)],
-                    put_attachments: moved,
-                    ..Default::default()
-                })
-                .await?;
-        }
+        self.connect_attachment_to_destination(s).await?;
         hook.resume(&attachment).await?;
         fault::point("live-after-resume");
         let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
@@ -431,9 +384,17 @@ impl Migrator {
             .await
             .as_ref()
             .map(|f| f.ioctx().cluster().instance_id() as i64);
+        // A client that has the destination open too is the moved instance
+        // (which may not have let go of the source yet): never evict it.
+        let (_, dst_io) = self.ioctxs(&s.record).await?;
+        let dst_img = dst_io
+            .open_image_read_only(&s.record.destination.image.image, None)
+            .await?;
+        let on_destination: Vec<String> = dst_img.watchers().await?.into_iter().map(|w| w.addr).collect();
+        dst_img.close().await;
         let mut evicted = Vec::new();
         for w in src.watchers().await? {
-            if w.id == me || Some(w.id) == fenced_by_me {
+            if w.id == me || Some(w.id) == fenced_by_me || on_destination.contains(&w.addr) {
                 continue;
             }
             warn!(client = w.id, addr = %w.addr, "a client still has the retired source open; blocklisting it");

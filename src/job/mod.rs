@@ -15,13 +15,14 @@
 
 pub mod fault;
 mod live;
+mod qemu;
 mod record;
 mod store;
 
 pub use live::round_snapshot;
 pub use record::{
-    decode, encode, CutoverReport, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall, Phase, RetirePolicy,
-    RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
+    decode, encode, CutoverReport, Engine, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall, Phase,
+    QemuMirror, RetirePolicy, RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
 };
 pub use store::{JobStore, Lease, Stored};
 
@@ -58,6 +59,9 @@ pub struct MigrateOptions {
     /// When a live migration cuts over: changes to the default policy for a
     /// new job, or to the recorded one when resuming.
     pub live: LivePolicyPatch,
+    /// QEMU engine: milliseconds without progress before the mirror is
+    /// switched to write-blocking.
+    pub qemu_stall_ms: u64,
 }
 
 impl Default for MigrateOptions {
@@ -68,6 +72,7 @@ impl Default for MigrateOptions {
             policy: RetirePolicy::default(),
             save_every: Duration::from_secs(1),
             live: LivePolicyPatch::default(),
+            qemu_stall_ms: 10_000,
         }
     }
 }
@@ -205,12 +210,23 @@ impl Migrator {
         let live = match attachments.as_slice() {
             [] => None,
             [attachment] => {
-                self.hypervisors.for_attachment(attachment)?;
+                let engine = match &attachment.access {
+                    crate::catalog::Access::Qmp { socket } => {
+                        qemu::precheck(socket, &volume.backing.image).await?;
+                        Engine::Qemu
+                    }
+                    _ => {
+                        self.hypervisors.for_attachment(attachment)?;
+                        Engine::Native
+                    }
+                };
                 Some(LiveRecord {
                     attachment: attachment.clone(),
                     policy: self.options.live.apply(&LivePolicy::default()),
                     rounds: Vec::new(),
                     cutover: None,
+                    engine,
+                    qemu: None,
                 })
             }
             [a, b, ..] => {
@@ -248,7 +264,9 @@ impl Migrator {
             .await?;
         let src_info = src_img.info().await?;
         src_img.close().await;
-        if live.is_some() && src_info.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 {
+        if live.as_ref().is_some_and(|l| l.engine == Engine::Native)
+            && src_info.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0
+        {
             return Err(Error::new(ErrorKind::InvalidState, "start migration")
                 .target(volume.backing.to_string())
                 .message(format!(
@@ -415,6 +433,12 @@ impl Migrator {
                 match phase {
                     Phase::Done | Phase::Aborted { .. } => Ok(()),
                     Phase::Created => self.step_mark(&mut s).await,
+                    Phase::Marked if s.record.is_qemu() => {
+                        self.enter(&mut s, Phase::Mirroring { job: qemu::job_id(id) }).await?;
+                        Ok(())
+                    }
+                    Phase::Mirroring { job } => self.step_mirror(&mut s, job).await,
+                    Phase::Switched { snapshot } if s.record.is_qemu() => self.step_pivot(&mut s, snapshot).await,
                     Phase::Marked => {
                         let partial = format!("{}{PARTIAL_SUFFIX}", s.record.destination.image.image);
                         let copying = Phase::Copying {
@@ -685,6 +709,70 @@ impl Migrator {
         Ok(())
     }
 
+    /// The commit point of a live job: one compare-and-swap makes the
+    /// catalog name the destination (the instance's attachment must be as
+    /// it was). `Ok(false)` if the catalog refused: the job then rolls back.
+    async fn commit_switch(&self, s: &mut Stored) -> Result<bool> {
+        let r = &s.record;
+        let marked = self.marked_volume(r);
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.backing == r.destination {
+            return Ok(true);
+        }
+        let switched = Volume {
+            backing: r.destination.clone(),
+            size: r.original_volume.size,
+            status: r.original_volume.status,
+            ..marked.clone()
+        };
+        let cas = Cas {
+            expect_volumes: vec![marked],
+            expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
+            put_volumes: vec![switched],
+            ..Default::default()
+        };
+        if let Err(e) = self.catalog.compare_and_swap(cas).await {
+            let reason = format!("the catalog refused the switch of volume `{}`: {e}", r.volume_id);
+            warn!(%reason, "rolling back");
+            let (snapshot, images) = self.leftovers(&s.record);
+            self.enter(
+                s,
+                Phase::Aborting {
+                    reason,
+                    snapshot,
+                    images,
+                },
+            )
+            .await?;
+            return Ok(false);
+        }
+        info!(volume = %s.record.volume_id, to = %s.record.destination, "switched");
+        Ok(true)
+    }
+
+    /// After the instance moved: its attachment's connection names the destination.
+    async fn connect_attachment_to_destination(&self, s: &Stored) -> Result<()> {
+        let destination = &s.record.destination;
+        let current = self.catalog.attachments(&s.record.volume_id).await?;
+        if current.iter().all(|a| a.connection == *destination) {
+            return Ok(());
+        }
+        let moved = current
+            .iter()
+            .map(|a| crate::catalog::Attachment {
+                connection: destination.clone(),
+                ..a.clone()
+            })
+            .collect();
+        self.catalog
+            .compare_and_swap(Cas {
+                expect_attachments: vec![(s.record.volume_id.clone(), current)],
+                put_attachments: moved,
+                ..Default::default()
+            })
+            .await
+    }
+
     async fn step_cleanup(&self, s: &mut Stored, _snapshot: String) -> Result<()> {
         let r = s.record.clone();
         let (src_io, dst_io) = self.ioctxs(&r).await?;
@@ -742,7 +830,9 @@ impl Migrator {
         // A held instance runs again, on the source (the catalog still
         // names it), before anything else; the fence goes first so that its
         // writes do not fail.
-        if let Some(live) = &r.live {
+        if r.is_qemu() {
+            self.cancel_mirror(&r).await?;
+        } else if let Some(live) = &r.live {
             self.release_fence().await;
             // Only a cutover that got as far as recording the hold may have
             // left the instance held; otherwise it is not asked (it may be

@@ -89,6 +89,12 @@ pub enum Phase {
         /// This round's number.
         round: u32,
     },
+    /// QEMU engine: QEMU mirrors the source into the destination; ends,
+    /// once source and destination are in sync (write-blocking), with the switch.
+    Mirroring {
+        /// QEMU's job id.
+        job: String,
+    },
     /// Commit point passed: the catalog names the destination.
     Switched {
         /// Snapshot of the source (removed at cleanup).
@@ -127,6 +133,7 @@ impl Phase {
             Phase::Copied { .. } => "copied",
             Phase::Replaying { .. } => "replaying",
             Phase::CuttingOver { .. } => "cutting_over",
+            Phase::Mirroring { .. } => "mirroring",
             Phase::Switched { .. } => "switched",
             Phase::Repointed { .. } => "repointed",
             Phase::Done => "done",
@@ -253,6 +260,31 @@ impl CutoverReport {
     }
 }
 
+/// Which engine moves a live volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// livemig copies with librbd; the instance is held for the final delta.
+    #[default]
+    Native,
+    /// The instance's QEMU mirrors the volume and pivots without a pause.
+    Qemu,
+}
+
+/// The QEMU mirror of a job, once started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QemuMirror {
+    /// QEMU's job id.
+    pub job: String,
+    /// The node QEMU opened the source with (deleted after the pivot).
+    pub source_node: String,
+    /// The node livemig added for the destination.
+    pub target_node: String,
+    /// Whether the job had to be switched to write-blocking to converge.
+    #[serde(default)]
+    pub write_blocking_forced: bool,
+}
+
 /// The live part of a job: the attachment being held, the policy, and what
 /// the rounds and the cutover did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -267,6 +299,12 @@ pub struct LiveRecord {
     /// Set when the cutover begins.
     #[serde(default)]
     pub cutover: Option<CutoverReport>,
+    /// Which engine moves the volume.
+    #[serde(default)]
+    pub engine: Engine,
+    /// The QEMU engine's mirror job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuMirror>,
 }
 
 /// One migration.
@@ -306,6 +344,13 @@ pub struct JobRecord {
     /// Set for a volume attached to a running instance (live migration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveRecord>,
+}
+
+impl JobRecord {
+    /// Whether the QEMU engine moves this volume.
+    pub fn is_qemu(&self) -> bool {
+        self.live.as_ref().is_some_and(|l| l.engine == Engine::Qemu)
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

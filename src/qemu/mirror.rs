@@ -309,7 +309,8 @@ pub async fn complete(qmp: &Qmp, job_id: &str, old_node: &str) -> Result<()> {
     // The old node has no users left once the job is gone.
     match qmp.execute("blockdev-del", json!({"node-name": old_node})).await {
         Ok(_) => {}
-        Err(e) if e.to_string().contains("not found") || e.to_string().contains("Cannot find") => {}
+        // Deleted already (a crash after the deletion).
+        Err(e) if e.to_string().contains("Failed to find node") => {}
         Err(e) => return Err(e),
     }
     info!(job = job_id, "pivoted to the destination; old node deleted");

@@ -222,29 +222,50 @@ pub async fn start(m: Migrator, volume: &str, to: &str, json: bool, quiet: bool)
             r.id, r.volume_id, r.source, r.destination
         );
         if let Some(live) = &r.live {
-            println!(
-                "job {}: live: instance {} keeps writing; it is held only for the final delta",
-                r.id, live.attachment.instance_id
-            );
+            if r.is_qemu() {
+                println!(
+                    "job {}: live: instance {}'s QEMU mirrors the volume and pivots without a pause",
+                    r.id, live.attachment.instance_id
+                );
+            } else {
+                println!(
+                    "job {}: live: instance {} keeps writing; it is held only for the final delta",
+                    r.id, live.attachment.instance_id
+                );
+            }
         }
     }
     let id = r.id.clone();
     let done = drive(&m, &id, json, quiet, None).await?;
+    rolled_back_is_an_error(&done)?;
     if !json {
-        match &done.phase {
-            Phase::Aborted { reason } => println!(
-                "job {id}: rolled back; volume {} stays on {}: {reason}",
-                done.volume_id, done.source
-            ),
-            _ => println!(
-                "job {id}: done; volume {} now on {}{}",
-                done.volume_id,
-                done.destination,
-                live_summary(&done)
-            ),
-        }
+        println!(
+            "job {id}: done; volume {} now on {}{}",
+            done.volume_id,
+            done.destination,
+            live_summary(&done)
+        );
     }
     Ok(summary(&done))
+}
+
+/// A job that rolled itself back (the catalog refused the switch, QEMU's
+/// mirror failed) did not do what was asked: that is a failure.
+fn rolled_back_is_an_error(r: &JobRecord) -> Result<(), Error> {
+    match &r.phase {
+        Phase::Aborted { reason } => {
+            let kind = if r.is_qemu() {
+                ErrorKind::Hypervisor
+            } else {
+                ErrorKind::Conflict
+            };
+            Err(Error::new(kind, "migration").target(r.id.clone()).message(format!(
+                "job `{}` rolled back; volume `{}` stays on {}: {reason}",
+                r.id, r.volume_id, r.source
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Drives (or aborts) a job, retrying for up to `wait_secs` while another

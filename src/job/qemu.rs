@@ -1,0 +1,245 @@
+//! The QEMU engine inside a job: QEMU mirrors, livemig decides when the
+//! catalog switches.
+//!
+//! The order at the end is what keeps a crash harmless: when the mirror is
+//! ready it is switched to write-blocking and livemig waits until QEMU
+//! reports it actively synced (from then on every guest write is
+//! acknowledged only once it is on both images); only then does the catalog
+//! switch (the commit point), and only after that does QEMU pivot
+//! (`job-complete`). A crash before the switch leaves the catalog on the
+//! source and QEMU still mirroring (resume reattaches to the job by its id,
+//! abort cancels it); a crash after it leaves a destination that holds every
+//! acknowledged write, whether QEMU pivoted, is still mirroring, or died.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::*;
+use crate::ceph::CreateOptions;
+use crate::qemu::mirror::{
+    cancel, complete, find_rbd_node, job_state, start_mirror, wait_ready, MirrorOptions, RbdTarget,
+};
+use crate::qemu::Qmp;
+use crate::spec::ImageSpec;
+
+/// QEMU's job id (and the destination node's name) for livemig job `id`.
+pub fn job_id(id: &str) -> String {
+    format!("livemig-{id}")
+}
+
+fn qmp_socket(r: &JobRecord) -> Result<String> {
+    match &r.live.as_ref().map(|l| &l.attachment.access) {
+        Some(crate::catalog::Access::Qmp { socket }) => Ok(socket.clone()),
+        _ => Err(Error::new(ErrorKind::InvalidState, "qemu engine").message("the attachment names no QMP socket")),
+    }
+}
+
+/// Before a job is created: QEMU answers and has the source open.
+pub(super) async fn precheck(socket: &str, source: &ImageSpec) -> Result<()> {
+    let qmp = Qmp::connect(socket).await?;
+    find_rbd_node(&qmp, source).await.map(|_| ())
+}
+
+fn gone(e: &Error) -> bool {
+    e.kind() == ErrorKind::Hypervisor && (e.to_string().contains("gone") || e.to_string().contains("cannot connect"))
+}
+
+impl Migrator {
+    /// Starts (or reattaches to) QEMU's mirror, waits until it is in sync
+    /// and write-blocking, then switches the catalog. An error of the mirror
+    /// or of QEMU before that rolls the job back.
+    pub(super) async fn step_mirror(&self, s: &mut Stored, job: String) -> Result<()> {
+        match self.mirror_until_synced(s, &job).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Cancelled || e.kind() == ErrorKind::Busy => return Err(e),
+            Err(e) => {
+                let reason = format!("the QEMU mirror failed: {e}; the guest stays on the source");
+                warn!(%reason, "rolling back");
+                let (snapshot, images) = self.leftovers(&s.record);
+                self.enter(
+                    s,
+                    Phase::Aborting {
+                        reason,
+                        snapshot,
+                        images,
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+        fault::point("qemu-after-synced");
+        if !self.commit_switch(s).await? {
+            return Ok(());
+        }
+        fault::point("qemu-after-switch");
+        self.enter(
+            s,
+            Phase::Switched {
+                snapshot: String::new(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn mirror_until_synced(&self, s: &mut Stored, job: &str) -> Result<()> {
+        let socket = qmp_socket(&s.record)?;
+        let qmp = Qmp::connect(&socket).await?;
+        if job_state(&qmp, job).await?.is_none() {
+            self.start_qemu_mirror(s, &qmp, job).await?;
+            fault::point("qemu-after-mirror-started");
+        } else {
+            info!(job, "reattached to QEMU's running mirror");
+        }
+        let options = MirrorOptions {
+            speed: self.options.copy.bandwidth_limit,
+            stall: Duration::from_millis(self.options.qemu_stall_ms),
+        };
+        let id = s.record.id.clone();
+        let ready = wait_ready(&qmp, job, &options, |st| {
+            self.progress.send_replace(JobProgress {
+                job: id.clone(),
+                phase: "mirroring".into(),
+                copy: Some(Progress {
+                    total_bytes: st.total,
+                    done_bytes: st.current,
+                    written_bytes: st.current,
+                    ..Default::default()
+                }),
+                round: None,
+            });
+        })
+        .await?;
+        if ready.write_blocking {
+            if let Some(m) = self.live_mut(s).qemu.as_mut() {
+                m.write_blocking_forced = true;
+            }
+            self.store.save(s).await?;
+        }
+        fault::point("qemu-after-ready");
+        // Every guest write from now on lands on both images before it is
+        // acknowledged; wait until what was dirty before is copied too.
+        qmp.execute(
+            "block-job-change",
+            json!({"id": job, "type": "mirror", "copy-mode": "write-blocking"}),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let jobs = qmp.execute("query-block-jobs", json!({})).await?;
+            let this = jobs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(job));
+            match this {
+                Some(j) if j.get("actively-synced").and_then(|v| v.as_bool()) == Some(true) => break,
+                Some(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Some(_) => {
+                    return Err(Error::new(ErrorKind::Hypervisor, "qemu mirror").message(format!(
+                        "mirror job `{job}` did not become actively synced within 120 s"
+                    )))
+                }
+                None => {
+                    return Err(Error::new(ErrorKind::Hypervisor, "qemu mirror")
+                        .message(format!("mirror job `{job}` disappeared before the switch")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_qemu_mirror(&self, s: &mut Stored, qmp: &Qmp, job: &str) -> Result<()> {
+        let r = s.record.clone();
+        let (src_io, dst_io) = self.ioctxs(&r).await?;
+        let dst_name = &r.destination.image.image;
+        if !dst_io.image_exists(dst_name).await? {
+            let src = src_io.open_image_read_only(&r.source.image.image, None).await?;
+            let info = src.info().await?;
+            let metadata = src.metadata_list().await?;
+            src.close().await;
+            dst_io
+                .create_image(dst_name, info.size, &CreateOptions::like(&info))
+                .await?;
+            let dst = dst_io.open_image(dst_name).await?;
+            dst.metadata_set(JOB_META_KEY, &r.id).await?;
+            for (k, v) in &metadata {
+                dst.metadata_set(k, v).await?;
+            }
+            dst.close().await;
+        } else if !made_by_job(&dst_io, dst_name, &r.id).await? {
+            return Err(Error::new(ErrorKind::DestinationExists, "qemu mirror")
+                .target(r.destination.to_string())
+                .message(format!("`{}` exists and was not made by job `{}`", r.destination, r.id)));
+        }
+        let source = find_rbd_node(qmp, &r.source.image).await?;
+        let cluster = self.clusters.get(&r.destination.cluster)?;
+        let conf = cluster.conf_path().map(|p| p.display().to_string()).ok_or_else(|| {
+            Error::new(ErrorKind::Config, "qemu mirror")
+                .message("the destination cluster's ceph.conf path is unknown; QEMU needs it to open the destination")
+        })?;
+        let target = RbdTarget {
+            image: r.destination.image.clone(),
+            conf,
+            user: cluster.client_id().map(str::to_owned),
+        };
+        // A destination node left by an earlier attempt goes first.
+        let _ = qmp.execute("blockdev-del", json!({"node-name": job})).await;
+        let options = MirrorOptions {
+            speed: self.options.copy.bandwidth_limit,
+            ..Default::default()
+        };
+        self.live_mut(s).qemu = Some(QemuMirror {
+            job: job.to_owned(),
+            source_node: source.node_name.clone(),
+            target_node: job.to_owned(),
+            write_blocking_forced: false,
+        });
+        self.store.save(s).await?;
+        start_mirror(qmp, &source, &target, job, job, &options).await
+    }
+
+    /// After the switch: QEMU pivots to the destination and drops the
+    /// source node; the attachment then names the destination.
+    pub(super) async fn step_pivot(&self, s: &mut Stored, snapshot: String) -> Result<()> {
+        let socket = qmp_socket(&s.record)?;
+        let mirror = self.live_mut(s).qemu.clone();
+        match (Qmp::connect(&socket).await, mirror) {
+            (Ok(qmp), Some(m)) => {
+                complete(&qmp, &m.job, &m.source_node).await?;
+                fault::point("qemu-after-complete");
+            }
+            (Err(e), _) if gone(&e) => {
+                // The destination holds every acknowledged write (the
+                // mirror was write-blocking and in sync before the switch):
+                // whoever restarts the instance uses what the catalog names.
+                warn!(error = %e, "QEMU is gone after the switch; nothing to pivot");
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), None) => {}
+        }
+        self.connect_attachment_to_destination(s).await?;
+        self.enter(s, Phase::Repointed { snapshot }).await?;
+        Ok(())
+    }
+
+    /// Abort: the mirror is cancelled and its node removed (the guest stays
+    /// on the source); a QEMU that is gone has nothing to cancel.
+    pub(super) async fn cancel_mirror(&self, r: &JobRecord) -> Result<()> {
+        let socket = qmp_socket(r)?;
+        let job = job_id(&r.id);
+        match Qmp::connect(&socket).await {
+            Ok(qmp) => match cancel(&qmp, &job, &job).await {
+                Err(e) if !gone(&e) => return Err(e),
+                _ => {}
+            },
+            Err(e) if gone(&e) => warn!(error = %e, "QEMU is gone; no mirror to cancel"),
+            Err(e) => return Err(e),
+        }
+        fault::point("abort-after-instance-resumed");
+        Ok(())
+    }
+}
