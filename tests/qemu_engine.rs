@@ -465,3 +465,124 @@ async fn qemu_job_killed_between_switch_and_pivot_then_resumed() {
 async fn qemu_job_killed_after_pivot_then_resumed() {
     job_moves_a_volume_qemu_writes_to(Some("qemu-after-complete")).await;
 }
+
+fn job_of(store: &livemig::job::JobStore) -> impl std::future::Future<Output = Vec<livemig::job::JobRecord>> + '_ {
+    async move {
+        let mut out = Vec::new();
+        for id in store.ids().await.unwrap() {
+            out.push(store.load(&id).await.unwrap().record);
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_killed_during_a_job_rolls_it_back() {
+    use livemig::catalog::Catalog;
+    let size = 64 << 20;
+    let (src, dst) = setup("qjobkill", size).await;
+    let c = cluster().connect().await;
+    let dst_io = c.ioctx(DST, "").await.unwrap();
+    dst_io.remove_image(&dst.image).await.unwrap();
+    let src_img = c
+        .ioctx(SRC, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&src.image, None)
+        .await
+        .unwrap();
+    let before = digest(&src_img, size).await;
+    src_img.close().await;
+    let mut g = guest(&src, &src.image).await;
+    let catalog = register(&src, &g, size).await;
+    let original = catalog.volume(&src.image).await.unwrap();
+    // Slow (1 MiB/s) so that QEMU dies mid-mirror.
+    let job = migrate(&["start", &src.image, "--to", DST, "--bwlimit", "1M", "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    g.qsd.kill().unwrap();
+    g.qsd.wait().unwrap();
+    let out = tokio::task::spawn_blocking(move || job.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rolled back") && stderr.contains("QEMU"), "{stderr}");
+    assert_eq!(catalog.volume(&src.image).await.unwrap(), original, "catalog changed");
+    assert!(
+        !dst_io.image_exists(&dst.image).await.unwrap(),
+        "destination left behind"
+    );
+    let src_img = c
+        .ioctx(SRC, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&src.image, None)
+        .await
+        .unwrap();
+    assert_eq!(digest(&src_img, size).await, before, "source changed");
+    src_img.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
+    use livemig::catalog::Catalog;
+    let size = 64 << 20;
+    let (src, dst) = setup("qstall", size).await;
+    let c = cluster().connect().await;
+    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
+    let g = guest(&src, &src.image).await;
+    let catalog = register(&src, &g, size).await;
+    // The guest dirties ~12 MB/s over 16 MiB; the mirror may copy 8 MB/s.
+    let fio = Command::new("fio")
+        .arg("--ioengine=nbd")
+        .arg(format!("--uri={}", g.nbd_uri()))
+        .args(workload("16M", "800"))
+        .args(["--time_based", "--runtime=25", "--verify_state_save=1"])
+        .current_dir(&g.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = migrate(&[
+        "start",
+        &src.image,
+        "--to",
+        DST,
+        "--bwlimit",
+        "8M",
+        "--mirror-stall-secs",
+        "2",
+        "--no-progress",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = livemig::job::JobStore::new(c.ioctx(CATALOG, "").await.unwrap());
+    let job = job_of(&store)
+        .await
+        .into_iter()
+        .find(|r| r.volume_id == src.image)
+        .unwrap();
+    let mirror = job.live.unwrap().qemu.unwrap();
+    assert!(
+        mirror.write_blocking_forced,
+        "the mirror converged without write-blocking: {mirror:?}"
+    );
+    assert_eq!(catalog.volume(&src.image).await.unwrap().backing.image, dst);
+    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("err= 0"),
+        "fio: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// it is broken and blocklisted [default: 20].
     #[arg(long, value_name = "SECS")]
     fence_timeout: Option<u64>,
+    /// QEMU engine: seconds without progress before the mirror is switched
+    /// to write-blocking (guest writes then wait for their copy, so it converges).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    mirror_stall_secs: u64,
 }
 
 impl RunArgs {
@@ -77,6 +81,7 @@ impl RunArgs {
             max_rounds: None,
             on_stall: None,
             fence_timeout: None,
+            mirror_stall_secs: 10,
         }
     }
 
@@ -109,6 +114,7 @@ impl RunArgs {
                 }),
                 fence_timeout_ms: self.fence_timeout.map(|s| s.saturating_mul(1000)),
             },
+            qemu_stall_ms: self.mirror_stall_secs.saturating_mul(1000),
             ..Default::default()
         }
     }
