@@ -466,14 +466,12 @@ async fn qemu_job_killed_after_pivot_then_resumed() {
     job_moves_a_volume_qemu_writes_to(Some("qemu-after-complete")).await;
 }
 
-fn job_of(store: &livemig::job::JobStore) -> impl std::future::Future<Output = Vec<livemig::job::JobRecord>> + '_ {
-    async move {
-        let mut out = Vec::new();
-        for id in store.ids().await.unwrap() {
-            out.push(store.load(&id).await.unwrap().record);
-        }
-        out
+async fn jobs(store: &livemig::job::JobStore) -> Vec<livemig::job::JobRecord> {
+    let mut out = Vec::new();
+    for id in store.ids().await.unwrap() {
+        out.push(store.load(&id).await.unwrap().record);
     }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,7 +562,7 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let store = livemig::job::JobStore::new(c.ioctx(CATALOG, "").await.unwrap());
-    let job = job_of(&store)
+    let job = jobs(&store)
         .await
         .into_iter()
         .find(|r| r.volume_id == src.image)
