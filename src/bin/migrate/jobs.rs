@@ -333,6 +333,17 @@ fn live_summary(r: &JobRecord) -> String {
     let Some(live) = &r.live else {
         return String::new();
     };
+    if let Some(m) = &live.qemu {
+        return format!(
+            "; moved by QEMU's mirror job {}{}, no pause",
+            m.job,
+            if m.write_blocking_forced {
+                " (made write-blocking to converge)"
+            } else {
+                ""
+            }
+        );
+    }
     let replayed: u64 = live.rounds.iter().filter(|r| !r.cutover).map(|r| r.changed_bytes).sum();
     let last = live.rounds.iter().find(|r| r.cutover);
     let mut out = format!(
