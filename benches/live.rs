@@ -159,7 +159,16 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
     let idle = status(&socket)?;
     control(&socket, "stats-reset")?;
     let t = Instant::now();
-    let out = migrate(&["start", &volume, "--to", DST, "--json", "--no-progress"])?;
+    let out = migrate(&[
+        "start",
+        &volume,
+        "--to",
+        DST,
+        "--json",
+        "--no-progress",
+        "--trash-delay",
+        "0",
+    ])?;
     let seconds = t.elapsed().as_secs_f64();
     let during = status(&socket)?;
     stop(&socket, writer)?;
@@ -174,6 +183,10 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
         ],
     )?;
     eprintln!("run {i}: {}", verified.trim());
+    // Memstore keeps everything in RAM: drop this run's images (the
+    // destination and the source in the trash) before the next.
+    sh("rbd", &["rm", "--no-progress", &format!("{DST}/{volume}")])?;
+    sh("rbd", &["trash", "purge", SRC])?;
     let done: serde_json::Value = serde_json::from_str(out.lines().last().context("no output from migrate start")?)?;
     let live = &done["job"]["live"];
     let rounds = live["rounds"].as_array().context("no rounds")?;

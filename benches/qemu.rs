@@ -158,7 +158,7 @@ fn one_round(i: usize, dir: &Path, conf: &str) -> Result<Round> {
     let fio_started = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let from_ms = fio_started.elapsed().as_millis() as u64;
-    let qemu_s = timed(|| migrate(&["start", &name, "--to", DST, "--no-progress"]).map(|_| ()))?;
+    let qemu_s = timed(|| migrate(&["start", &name, "--to", DST, "--no-progress", "--trash-delay", "0"]).map(|_| ()))?;
     let to_ms = fio_started.elapsed().as_millis() as u64;
     std::thread::sleep(Duration::from_secs(1));
     // SIGINT lets fio write its logs.
@@ -174,7 +174,8 @@ fn one_round(i: usize, dir: &Path, conf: &str) -> Result<Round> {
     let name = format!("n{i}-{}", std::process::id());
     fresh_source(&name)?;
     migrate(&["catalog", "add-volume", &name, "--image", &format!("{SRC}/{name}")])?;
-    let native_s = timed(|| migrate(&["start", &name, "--to", DST, "--no-progress"]).map(|_| ()))?;
+    let native_s =
+        timed(|| migrate(&["start", &name, "--to", DST, "--no-progress", "--trash-delay", "0"]).map(|_| ()))?;
 
     // rbd migration, detached copy.
     let name = format!("r{i}-{}", std::process::id());
@@ -193,6 +194,13 @@ fn one_round(i: usize, dir: &Path, conf: &str) -> Result<Round> {
         sh("rbd", &["migration", "commit", &format!("{DST}/{name}")])?;
         Ok(())
     })?;
+    // Memstore keeps everything in RAM: drop this round's images.
+    for prefix in ["q", "n", "r"] {
+        let name = format!("{prefix}{i}-{}", std::process::id());
+        let _ = sh("rbd", &["rm", "--no-progress", &format!("{DST}/{name}")]);
+        let _ = sh("rbd", &["rm", "--no-progress", &format!("{SRC}/{name}")]);
+    }
+    sh("rbd", &["trash", "purge", SRC])?;
     Ok(Round {
         qemu_s,
         native_s,

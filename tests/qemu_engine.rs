@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use livemig::ceph::CreateOptions;
-use livemig::qemu::mirror::{cancel, complete, find_rbd_node, start_mirror, wait_ready, MirrorOptions, RbdTarget};
+use livemig::qemu::mirror::{
+    cancel, complete, find_rbd_node, start_mirror, wait_ready, MirrorOptions, RbdTarget, Readiness,
+};
 use livemig::qemu::Qmp;
 use livemig::spec::ImageSpec;
 use livemig::ErrorKind;
@@ -139,8 +141,8 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
     start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
         .await
         .unwrap();
-    let ready = wait_ready(&qmp, "livemig-job", &options, |_| {}).await.unwrap();
-    assert!(!ready.write_blocking);
+    let ready = wait_ready(&qmp, "livemig-job", None, |_| {}).await.unwrap();
+    assert!(matches!(ready, Readiness::Ready { .. }));
     complete(&qmp, "livemig-job", &node.node_name).await.unwrap();
 
     // The source node is gone from QEMU; the destination node serves the guest.
@@ -225,17 +227,13 @@ async fn qemu_killed_mid_mirror_fails_the_job_and_leaves_the_source_intact() {
         user: None,
     };
     // Slow enough to be mid-copy when QEMU dies.
-    let options = MirrorOptions {
-        speed: Some(1 << 20),
-        ..Default::default()
-    };
+    let options = MirrorOptions { speed: Some(1 << 20) };
     start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
         .await
         .unwrap();
     let waiting = {
         let qmp = qmp.clone();
-        let options = options.clone();
-        tokio::spawn(async move { wait_ready(&qmp, "livemig-job", &options, |_| {}).await })
+        tokio::spawn(async move { wait_ready(&qmp, "livemig-job", None, |_| {}).await })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     g.qsd.kill().unwrap();
@@ -265,10 +263,7 @@ async fn a_cancelled_mirror_leaves_the_guest_on_the_source() {
         conf: cluster().conf.display().to_string(),
         user: None,
     };
-    let options = MirrorOptions {
-        speed: Some(1 << 20),
-        ..Default::default()
-    };
+    let options = MirrorOptions { speed: Some(1 << 20) };
     start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
         .await
         .unwrap();

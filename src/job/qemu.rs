@@ -19,7 +19,8 @@ use tracing::{info, warn};
 use super::*;
 use crate::ceph::CreateOptions;
 use crate::qemu::mirror::{
-    cancel, complete, find_rbd_node, job_state, start_mirror, wait_ready, MirrorOptions, RbdTarget,
+    cancel, complete, find_rbd_node, job_state, make_write_blocking, start_mirror, wait_ready, MirrorOptions,
+    RbdTarget, Readiness,
 };
 use crate::qemu::Qmp;
 use crate::spec::ImageSpec;
@@ -94,12 +95,8 @@ impl Migrator {
         } else {
             info!(job, "reattached to QEMU's running mirror");
         }
-        let options = MirrorOptions {
-            speed: self.options.copy.bandwidth_limit,
-            stall: Duration::from_millis(self.options.qemu_stall_ms),
-        };
         let id = s.record.id.clone();
-        let ready = wait_ready(&qmp, job, &options, |st| {
+        let show = |st: &crate::qemu::mirror::JobState| {
             self.progress.send_replace(JobProgress {
                 job: id.clone(),
                 phase: "mirroring".into(),
@@ -111,22 +108,26 @@ impl Migrator {
                 }),
                 round: None,
             });
-        })
-        .await?;
-        if ready.write_blocking {
+        };
+        let forced = self.live_mut(s).qemu.as_ref().is_some_and(|m| m.write_blocking_forced);
+        let stall = (!forced).then(|| Duration::from_millis(self.options.qemu_stall_ms));
+        if let Readiness::Stalled { remaining } = wait_ready(&qmp, job, stall, show).await? {
+            // Write-blocking makes guest writes wait for the destination:
+            // only with room there (a full pool blocks writes, which would
+            // then freeze the guest).
+            self.ensure_destination_headroom(&s.record, remaining).await?;
+            make_write_blocking(&qmp, job).await?;
             if let Some(m) = self.live_mut(s).qemu.as_mut() {
                 m.write_blocking_forced = true;
             }
             self.store.save(s).await?;
+            wait_ready(&qmp, job, None, show).await?;
         }
         fault::point("qemu-after-ready");
         // Every guest write from now on lands on both images before it is
         // acknowledged; wait until what was dirty before is copied too.
-        qmp.execute(
-            "block-job-change",
-            json!({"id": job, "type": "mirror", "copy-mode": "write-blocking"}),
-        )
-        .await?;
+        self.ensure_destination_headroom(&s.record, 0).await?;
+        make_write_blocking(&qmp, job).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let jobs = qmp.execute("query-block-jobs", json!({})).await?;
@@ -190,7 +191,6 @@ impl Migrator {
         let _ = qmp.execute("blockdev-del", json!({"node-name": job})).await;
         let options = MirrorOptions {
             speed: self.options.copy.bandwidth_limit,
-            ..Default::default()
         };
         self.live_mut(s).qemu = Some(QemuMirror {
             job: job.to_owned(),
@@ -200,6 +200,26 @@ impl Migrator {
         });
         self.store.save(s).await?;
         start_mirror(qmp, &source, &target, job, job, &options).await
+    }
+
+    /// Fails with [`ErrorKind::NoSpace`] unless the destination pool can
+    /// take `needed` more bytes (and is not at its quota).
+    async fn ensure_destination_headroom(&self, r: &JobRecord, needed: u64) -> Result<()> {
+        let cluster = self.clusters.get(&r.destination.cluster)?;
+        let pool = &r.destination.image.pool;
+        let u = cluster.pool_usage(pool).await?;
+        let quota_left = if u.quota_bytes > 0 {
+            u.quota_bytes.saturating_sub(u.stored)
+        } else {
+            u64::MAX
+        };
+        let room = u.max_avail.min(quota_left);
+        if room <= needed.max(1 << 20) {
+            return Err(Error::new(ErrorKind::NoSpace, "qemu mirror").target(pool.clone()).message(format!(
+                "destination pool `{pool}` has {room} bytes of room left (quota or capacity) and the mirror needs {needed} more: refusing to make the guest's writes wait for it"
+            )));
+        }
+        Ok(())
     }
 
     /// After the switch: QEMU pivots to the destination and drops the

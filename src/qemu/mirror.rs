@@ -11,9 +11,9 @@
 //!   until livemig has seen how it ended, even across a crash of `migrate`.
 //!
 //! If the copy does not converge (the guest dirties faster than the mirror
-//! copies), the job is switched to `write-blocking` (`block-job-change`,
-//! QEMU 8.2+): each guest write then also waits for its copy, so the
-//! remaining bytes can only shrink.
+//! copies), [`wait_ready`] says so and the caller can switch the job to
+//! `write-blocking` (`block-job-change`, QEMU 8.2+): each guest write then
+//! also waits for its copy, so the remaining bytes can only shrink.
 
 use std::time::{Duration, Instant};
 
@@ -30,22 +30,10 @@ pub const GRANULARITY: u64 = 64 << 10;
 pub const BUF_SIZE: u64 = 32 << 20;
 
 /// How the mirror runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MirrorOptions {
     /// Bytes per second at most (`None`: unlimited).
     pub speed: Option<u64>,
-    /// Switch to write-blocking when the remaining bytes have not shrunk
-    /// for this long.
-    pub stall: Duration,
-}
-
-impl Default for MirrorOptions {
-    fn default() -> Self {
-        MirrorOptions {
-            speed: None,
-            stall: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Where the destination image is, as QEMU's rbd driver needs it.
@@ -207,27 +195,33 @@ pub async fn job_state(qmp: &Qmp, job_id: &str) -> Result<Option<JobState>> {
         }))
 }
 
-/// What waiting for readiness saw.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReadyReport {
-    /// Whether the job had to be switched to write-blocking to converge.
-    pub write_blocking: bool,
-    /// Seconds until ready.
-    pub seconds: f64,
+/// How waiting for readiness ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// Source and destination are in sync.
+    Ready {
+        /// Seconds waited.
+        seconds: f64,
+    },
+    /// The remaining bytes have not shrunk for the stall time: the guest
+    /// dirties faster than the mirror copies. See [`make_write_blocking`].
+    Stalled {
+        /// Bytes still to copy.
+        remaining: u64,
+    },
 }
 
-/// Waits until the mirror is ready (source and destination in sync),
-/// switching it to write-blocking if it stops converging. A job that ends
-/// otherwise (error, cancelled, QEMU gone) is an error; the guest keeps
-/// running on the source.
+/// Waits until the mirror is ready (source and destination in sync) or,
+/// unless `stall` is `None`, stops converging. A job that ends otherwise
+/// (error, cancelled, QEMU gone) is an error; the guest keeps running on
+/// the source.
 pub async fn wait_ready(
     qmp: &Qmp,
     job_id: &str,
-    options: &MirrorOptions,
+    stall: Option<Duration>,
     mut progress: impl FnMut(&JobState),
-) -> Result<ReadyReport> {
+) -> Result<Readiness> {
     let started = Instant::now();
-    let mut report = ReadyReport::default();
     let mut best_remaining = u64::MAX;
     let mut best_at = Instant::now();
     loop {
@@ -239,8 +233,9 @@ pub async fn wait_ready(
         progress(&state);
         match state.status.as_str() {
             "ready" => {
-                report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
+                return Ok(Readiness::Ready {
+                    seconds: started.elapsed().as_secs_f64(),
+                })
             }
             "concluded" | "aborting" | "null" => {
                 return Err(engine_error(format!(
@@ -254,20 +249,25 @@ pub async fn wait_ready(
         if remaining < best_remaining {
             best_remaining = remaining;
             best_at = Instant::now();
-        } else if !report.write_blocking && best_at.elapsed() >= options.stall {
-            warn!(
-                job = job_id,
-                remaining, "mirror is not converging; switching it to write-blocking"
-            );
-            qmp.execute(
-                "block-job-change",
-                json!({"id": job_id, "type": "mirror", "copy-mode": "write-blocking"}),
-            )
-            .await?;
-            report.write_blocking = true;
+        } else if stall.is_some_and(|s| best_at.elapsed() >= s) {
+            warn!(job = job_id, remaining, "mirror is not converging");
+            return Ok(Readiness::Stalled { remaining });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Switches the mirror to write-blocking: each guest write then also waits
+/// for its copy to the destination, so the remaining bytes can only shrink.
+/// (Only safe while the destination can take writes: a full destination
+/// pool would then block the guest.)
+pub async fn make_write_blocking(qmp: &Qmp, job_id: &str) -> Result<()> {
+    qmp.execute(
+        "block-job-change",
+        json!({"id": job_id, "type": "mirror", "copy-mode": "write-blocking"}),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Pivots the guest to the destination (`job-complete`), waits until the
