@@ -645,25 +645,27 @@ async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
     let src_io = c.ioctx(SRC, "").await.unwrap();
     let dst_io = c.ioctx(DST, "").await.unwrap();
     let catalog = RadosCatalog::new(c.ioctx(CATALOG, "").await.unwrap());
-    // (access, image without exclusive-lock, expected message)
+    // (access, image without exclusive-lock, expected exit code and message)
     let cases = [
-        (Access::None, false, "cannot be held"),
+        (Access::None, false, 4, "cannot be held"),
         (
             Access::Qmp {
                 socket: "/nonexistent/qmp.sock".into(),
             },
             false,
-            "QEMU engine is not available",
+            1,
+            "cannot connect to QMP socket",
         ),
         (
             Access::TestInstance {
                 socket: "/nonexistent/ctl.sock".into(),
             },
             true,
+            4,
             "exclusive-lock",
         ),
     ];
-    for (access, no_lock, expected) in cases {
+    for (access, no_lock, code, expected) in cases {
         let volume = unique("refuse");
         let opts = if no_lock {
             CreateOptions {
@@ -711,7 +713,7 @@ async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
         let images_before = pool_state(&[&src_io, &dst_io], &volume).await;
         let out = migrate(&["start", &volume, "--to", DST]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(4), "{stderr}");
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         let after = (
             catalog.volume(&volume).await.unwrap(),

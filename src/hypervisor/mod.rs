@@ -11,7 +11,7 @@
 //!
 //! A control plane supplies its own implementation (e.g. over its compute
 //! agent); livemig ships [`TestInstanceHook`] for the test instance's control
-//! socket. The QMP hook belongs to the QEMU engine.
+//! socket. A QEMU instance needs no hook: the QEMU engine mirrors instead.
 
 pub mod test_instance;
 
@@ -41,7 +41,7 @@ pub trait HypervisorRegistry: Send + Sync {
 }
 
 /// The built-in registry: test-instance sockets. Attachments without an
-/// access channel cannot be held, and QMP belongs to the QEMU engine.
+/// access channel cannot be held; QEMU instances move by the QEMU engine.
 #[derive(Debug, Default, Clone)]
 pub struct BuiltinHypervisors {
     /// Where each catalog cluster name's ceph.conf is, for re-pointing:
@@ -62,8 +62,8 @@ impl HypervisorRegistry for BuiltinHypervisors {
             Access::Qmp { socket } => Err(Error::new(ErrorKind::InvalidState, "hold instance")
                 .target(attachment.instance_id.clone())
                 .message(format!(
-                    "instance `{}` is a QEMU (QMP socket `{socket}`); the QEMU engine is not available in this release, so volume `{}` cannot be migrated live yet: detach it, or migrate it offline",
-                    attachment.instance_id, attachment.volume_id
+                    "instance `{}` is a QEMU (QMP socket `{socket}`): its volumes move by the QEMU engine, which mirrors without holding it; there is no hold/re-point hook for QMP",
+                    attachment.instance_id
                 ))),
         }
     }
