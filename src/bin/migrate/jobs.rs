@@ -302,7 +302,13 @@ pub async fn resume(
     quiet: bool,
     wait_secs: u64,
 ) -> Result<serde_json::Value, Error> {
+    let before = m.store().load(id).await.map(|s| s.record.phase)?;
     let done = drive_when_free(&m, id, json, quiet, None, wait_secs).await?;
+    // Resuming an abort ends aborted, as asked; a job that rolls itself
+    // back while being resumed did not do what was asked.
+    if !matches!(before, Phase::Aborting { .. } | Phase::Aborted { .. }) {
+        rolled_back_is_an_error(&done)?;
+    }
     if !json {
         println!("job {id}: {}", done.phase.name());
     }
