@@ -359,8 +359,7 @@ impl Migrator {
                             s.record.destination
                         )));
                     }
-                    let (snapshot, images) = self.leftovers(&s.record);
-                    self.enter(&mut s, Phase::Aborting { reason: reason.to_owned(), snapshot, images }).await?;
+                    self.begin_rollback(&mut s, reason.to_owned()).await?;
                     fault::point("abort-after-recorded");
                 }
             }
@@ -370,6 +369,21 @@ impl Migrator {
         .await;
         let _ = lease.release().await;
         result
+    }
+
+    /// Records that the job rolls back (phase `aborting`, with what it may
+    /// have to remove); the drive loop then carries the abort out.
+    async fn begin_rollback(&self, s: &mut Stored, reason: String) -> Result<()> {
+        let (snapshot, images) = self.leftovers(&s.record);
+        self.enter(
+            s,
+            Phase::Aborting {
+                reason,
+                snapshot,
+                images,
+            },
+        )
+        .await
     }
 
     /// What an abort of `record` may have to remove.
@@ -734,16 +748,7 @@ impl Migrator {
         if let Err(e) = self.catalog.compare_and_swap(cas).await {
             let reason = format!("the catalog refused the switch of volume `{}`: {e}", r.volume_id);
             warn!(%reason, "rolling back");
-            let (snapshot, images) = self.leftovers(&s.record);
-            self.enter(
-                s,
-                Phase::Aborting {
-                    reason,
-                    snapshot,
-                    images,
-                },
-            )
-            .await?;
+            self.begin_rollback(s, reason).await?;
             return Ok(false);
         }
         info!(volume = %s.record.volume_id, to = %s.record.destination, "switched");

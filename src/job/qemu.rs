@@ -58,16 +58,7 @@ impl Migrator {
             Err(e) => {
                 let reason = format!("the QEMU mirror failed: {e}; the guest stays on the source");
                 warn!(%reason, "rolling back");
-                let (snapshot, images) = self.leftovers(&s.record);
-                self.enter(
-                    s,
-                    Phase::Aborting {
-                        reason,
-                        snapshot,
-                        images,
-                    },
-                )
-                .await?;
+                self.begin_rollback(s, reason).await?;
                 return Ok(());
             }
         }
