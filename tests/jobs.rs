@@ -83,27 +83,11 @@ async fn setup(tag: &str) -> Env {
 }
 
 fn migrate(args: &[&str]) -> Command {
-    let mut cmd = Command::new(migrate_bin());
-    cmd.arg(args[0])
-        .arg("--conf")
-        .arg(&cluster().conf)
-        .args(["--catalog-pool", CATALOG])
-        .args(&args[1..]);
-    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
-    cmd
+    migrate_with_catalog(CATALOG, args)
 }
 
 fn run(args: &[&str]) -> Output {
     migrate(args).output().expect("run migrate")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Env {
@@ -300,17 +284,6 @@ async fn killed_then_aborted(point: &str) {
     let out = env.abort(&job);
     assert_ok(&out, &format!("abort after a kill at {point}"));
     env.assert_rolled_back(&job).await;
-}
-
-macro_rules! kill_cases {
-    ($($name:ident: $point:literal => $then:ident;)*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $then($point).await;
-            }
-        )*
-    };
 }
 
 kill_cases! {

@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -185,24 +185,7 @@ async fn setup(tag: &str, instance_args: &[&str]) -> Env {
 }
 
 fn migrate(args: &[&str]) -> Command {
-    let mut cmd = Command::new(migrate_bin());
-    cmd.arg(args[0])
-        .arg("--conf")
-        .arg(&cluster().conf)
-        .args(["--catalog-pool", CATALOG])
-        .args(&args[1..]);
-    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
-    cmd
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate_with_catalog(CATALOG, args)
 }
 
 /// Bytes in 512-byte sectors of `data` that hold anything but zeros.
@@ -551,17 +534,6 @@ async fn live_killed_in_abort(point: &str) {
         .unwrap();
     assert_ok(&out, "abort again");
     env.assert_rolled_back_live().await;
-}
-
-macro_rules! kill_cases {
-    ($($name:ident: $point:literal => $then:ident;)*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $then($point).await;
-            }
-        )*
-    };
 }
 
 kill_cases! {

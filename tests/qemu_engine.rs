@@ -42,6 +42,58 @@ impl Guest {
     fn nbd_uri(&self) -> String {
         format!("nbd+unix:///vol?socket={}", self.dir.join("nbd.sock").display())
     }
+
+    /// fio writing `workload(size, rate_iops)` through QEMU's NBD export,
+    /// saving its verify state for [`Guest::verify_on`].
+    fn fio(&self, size: &str, rate_iops: &str, extra: &[&str]) -> Child {
+        Command::new("fio")
+            .arg("--ioengine=nbd")
+            .arg(format!("--uri={}", self.nbd_uri()))
+            .args(workload(size, rate_iops))
+            .arg("--verify_state_save=1")
+            .args(extra)
+            .current_dir(&self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fio is needed: run scripts/setup")
+    }
+
+    /// fio's verify pass of `workload(size, ..)`, reading `image` directly.
+    fn verify_on(&self, image: &ImageSpec, size: &str) {
+        let out = Command::new("fio")
+            .args([
+                "--ioengine=rbd",
+                "--clientname=admin",
+                &format!("--pool={}", image.pool),
+            ])
+            .arg(format!("--rbdname={}", image.image))
+            .args(workload(size, "0"))
+            .args(["--verify_only", "--verify_state_load=1"])
+            .current_dir(&self.dir)
+            .env("CEPH_CONF", &cluster().conf)
+            .output()
+            .unwrap();
+        assert_fio_clean(out, &format!("fio verify on {image}"));
+    }
+}
+
+/// Waits for fio and fails the test unless it ended without an error.
+async fn wait_fio(fio: Child, what: &str) {
+    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_fio_clean(out, what);
+}
+
+fn assert_fio_clean(out: std::process::Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("err= 0"),
+        "{what} saw an error (or, through QEMU, a disconnect): {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A qemu-storage-daemon that opens `image` with its rbd driver (node
@@ -118,16 +170,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
     let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
     // fio writes through QEMU for the whole migration (~10 s at 400 x 16 KiB/s)
     // and then verifies through QEMU, reading the destination by then.
-    let fio = Command::new("fio")
-        .arg("--ioengine=nbd")
-        .arg(format!("--uri={}", g.nbd_uri()))
-        .args(workload("64M", "400"))
-        .arg("--verify_state_save=1")
-        .current_dir(&g.dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fio is needed: run scripts/setup");
+    let fio = g.fio("64M", "400", &[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let node = find_rbd_node(&qmp, &src).await.unwrap();
@@ -150,16 +193,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
     assert_eq!(e.kind(), ErrorKind::ImageNotFound);
     assert_eq!(find_rbd_node(&qmp, &dst).await.unwrap().node_name, "livemig-dst");
 
-    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("err= 0"),
-        "fio through QEMU saw an error or a disconnect: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_fio(fio, "fio through QEMU").await;
     drop(qmp);
 
     // The data fio did not touch (above 64 MiB) was mirrored too.
@@ -188,21 +222,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
     d_img.close().await;
 
     // A final verify pass reads the destination image directly.
-    let verify = Command::new("fio")
-        .args(["--ioengine=rbd", "--clientname=admin", &format!("--pool={}", dst.pool)])
-        .arg(format!("--rbdname={}", dst.image))
-        .args(workload("64M", "0"))
-        .args(["--verify_only", "--verify_state_load=1"])
-        .current_dir(&g.dir)
-        .env("CEPH_CONF", &cluster().conf)
-        .output()
-        .unwrap();
-    let vout = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success() && vout.contains("err= 0"),
-        "fio verify on the destination image failed: {vout}{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    g.verify_on(&dst, "64M");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,14 +339,7 @@ async fn register(src: &ImageSpec, g: &Guest, size: u64) -> livemig::catalog::Ra
 }
 
 fn migrate(args: &[&str]) -> Command {
-    let mut cmd = Command::new(migrate_bin());
-    cmd.arg(args[0])
-        .arg("--conf")
-        .arg(&cluster().conf)
-        .args(["--catalog-pool", CATALOG])
-        .args(&args[1..]);
-    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
-    cmd
+    migrate_with_catalog(CATALOG, args)
 }
 
 /// A volume moved by a job whose `migrate start` may be killed at
@@ -342,16 +355,7 @@ async fn job_moves_a_volume_qemu_writes_to(kill_at: Option<&str>) {
     c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
     let g = guest(&src, &src.image).await;
     let catalog = register(&src, &g, size).await;
-    let fio = Command::new("fio")
-        .arg("--ioengine=nbd")
-        .arg(format!("--uri={}", g.nbd_uri()))
-        .args(workload("64M", "400"))
-        .arg("--verify_state_save=1")
-        .current_dir(&g.dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let fio = g.fio("64M", "400", &[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut start = migrate(&["start", &src.image, "--to", DST, "--lease-secs", "3", "--no-progress"]);
     if let Some(point) = kill_at {
@@ -408,30 +412,8 @@ async fn job_moves_a_volume_qemu_writes_to(kill_at: Option<&str>) {
     );
     find_rbd_node(&qmp, &dst).await.unwrap();
     drop(qmp);
-    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("err= 0"),
-        "fio through QEMU saw an error: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verify = Command::new("fio")
-        .args(["--ioengine=rbd", "--clientname=admin", &format!("--pool={}", dst.pool)])
-        .arg(format!("--rbdname={}", dst.image))
-        .args(workload("64M", "0"))
-        .args(["--verify_only", "--verify_state_load=1"])
-        .current_dir(&g.dir)
-        .env("CEPH_CONF", &cluster().conf)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("err= 0"),
-        "fio verify on the destination image failed: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    wait_fio(fio, "fio through QEMU").await;
+    g.verify_on(&dst, "64M");
     // The source was retired to the trash (QEMU let go of it).
     assert!(!c.ioctx(SRC, "").await.unwrap().image_exists(&src.image).await.unwrap());
 }
@@ -531,16 +513,7 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
     let g = guest(&src, &src.image).await;
     let catalog = register(&src, &g, size).await;
     // The guest dirties ~12 MB/s over 16 MiB; the mirror may copy 8 MB/s.
-    let fio = Command::new("fio")
-        .arg("--ioengine=nbd")
-        .arg(format!("--uri={}", g.nbd_uri()))
-        .args(workload("16M", "800"))
-        .args(["--time_based", "--runtime=25", "--verify_state_save=1"])
-        .current_dir(&g.dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let fio = g.fio("16M", "800", &["--time_based", "--runtime=25"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let out = migrate(&[
         "start",
@@ -568,14 +541,5 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
         "the mirror converged without write-blocking: {mirror:?}"
     );
     assert_eq!(catalog.volume(&src.image).await.unwrap().backing.image, dst);
-    let out = tokio::task::spawn_blocking(move || fio.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("err= 0"),
-        "fio: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_fio(fio, "fio through QEMU").await;
 }

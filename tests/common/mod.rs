@@ -209,3 +209,41 @@ pub async fn digest(img: &Image, size: u64) -> u64 {
 pub fn migrate_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_migrate"))
 }
+
+/// `migrate SUBCOMMAND --conf <the test cluster> --catalog-pool POOL ARGS..`,
+/// without a kill point inherited from the test's environment.
+pub fn migrate_with_catalog(catalog_pool: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(migrate_bin());
+    cmd.arg(args[0])
+        .arg("--conf")
+        .arg(&cluster().conf)
+        .args(["--catalog-pool", catalog_pool])
+        .args(&args[1..]);
+    cmd.env_remove(livemig::job::fault::KILL_AT_ENV);
+    cmd
+}
+
+/// Fails the test, with what the command printed, unless it succeeded.
+pub fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One test per kill point: `name: "point" => scenario;` runs
+/// `scenario("point")` as a multi-threaded tokio test.
+#[macro_export]
+macro_rules! kill_cases {
+    ($($name:ident: $point:literal => $then:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $then($point).await;
+            }
+        )*
+    };
+}
