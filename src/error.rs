@@ -267,8 +267,20 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Error {
+    /// What went wrong, without the hint: for embedding one error's text
+    /// in another's message (whose own hint then follows once).
+    pub fn detail(&self) -> String {
+        struct Detail<'a>(&'a Error);
+        impl fmt::Display for Detail<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt_detail(f)
+            }
+        }
+        Detail(self).to_string()
+    }
+
+    fn fmt_detail(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.message {
             Some(m) => write!(f, "{m}")?,
             None => write!(f, "{} failed", self.op)?,
@@ -283,6 +295,13 @@ impl fmt::Display for Error {
         if let Some(s) = &self.source {
             write!(f, " ({}: {s})", self.op)?;
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_detail(f)?;
         write!(f, "; {}", self.kind.hint())
     }
 }

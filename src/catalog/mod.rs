@@ -124,10 +124,31 @@ pub struct Attachment {
     pub connection: Backing,
 }
 
+/// Why livemig changes the catalog: lets a control plane audit each change
+/// or apply its own rules to one kind (e.g. refuse switches during a freeze).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CasPurpose {
+    /// A migration takes the volume (status and job id set).
+    Mark,
+    /// The commit point: the volume's backing becomes the destination.
+    Switch,
+    /// The instance now uses the destination: its attachment follows.
+    Connect,
+    /// The migration is done and lets go of the volume.
+    Release,
+    /// An abort puts the volume back as it was before the migration.
+    Restore,
+    /// Anything else (catalog administration).
+    #[default]
+    Other,
+}
+
 /// One atomic change: every expectation must hold, then every put/remove is
 /// applied, all or nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cas {
+    /// Why the change is made.
+    pub purpose: CasPurpose,
     /// Volumes that must currently equal these records exactly.
     pub expect_volumes: Vec<Volume>,
     /// Volume ids that must not exist.

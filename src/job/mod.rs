@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::catalog::{Cas, Catalog, Volume, VolumeStatus};
+use crate::catalog::{Cas, CasPurpose, Catalog, Volume, VolumeStatus};
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
@@ -512,6 +512,7 @@ impl Migrator {
         let current = self.catalog.volume(&r.volume_id).await?;
         if current != marked {
             let cas = Cas {
+                purpose: CasPurpose::Mark,
                 expect_volumes: vec![r.original_volume.clone()],
                 expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
                 put_volumes: vec![marked],
@@ -526,7 +527,7 @@ impl Migrator {
                     ),
                     None => (
                         e.kind(),
-                        format!("volume `{}` changed since the precheck: {e}", r.volume_id),
+                        format!("volume `{}` changed since the precheck: {}", r.volume_id, e.detail()),
                     ),
                 };
                 self.enter(s, Phase::Aborted { reason: why.clone() }).await?;
@@ -703,18 +704,31 @@ impl Migrator {
                 status: r.original_volume.status,
                 ..marked.clone()
             };
-            // The commit point: one atomic change of the catalog.
-            self.catalog
-                .compare_and_swap(Cas {
-                    expect_volumes: vec![marked],
-                    put_volumes: vec![switched],
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    let why = format!("the switch of volume `{}` was refused: {e}", r.volume_id);
-                    e.message(why)
-                })?;
+            // The commit point: one atomic change of the catalog. A refusal
+            // (the catalog changed, or its owner said no) rolls the job back;
+            // any other failure leaves it resumable.
+            let cas = Cas {
+                purpose: CasPurpose::Switch,
+                expect_volumes: vec![marked],
+                put_volumes: vec![switched],
+                ..Default::default()
+            };
+            match self.catalog.compare_and_swap(cas).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    let reason = format!(
+                        "the catalog refused the switch of volume `{}`: {}",
+                        r.volume_id,
+                        e.detail()
+                    );
+                    warn!(%reason, "rolling back");
+                    return self.begin_rollback(s, reason).await;
+                }
+                Err(e) => {
+                    let why = format!("the switch of volume `{}` failed: {}", r.volume_id, e.detail());
+                    return Err(e.message(why));
+                }
+            }
             info!(volume = %r.volume_id, to = %r.destination, "switched");
         }
         fault::point("after-switch");
@@ -740,13 +754,18 @@ impl Migrator {
             ..marked.clone()
         };
         let cas = Cas {
+            purpose: CasPurpose::Switch,
             expect_volumes: vec![marked],
             expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
             put_volumes: vec![switched],
             ..Default::default()
         };
         if let Err(e) = self.catalog.compare_and_swap(cas).await {
-            let reason = format!("the catalog refused the switch of volume `{}`: {e}", r.volume_id);
+            let reason = format!(
+                "the catalog refused the switch of volume `{}`: {}",
+                r.volume_id,
+                e.detail()
+            );
             warn!(%reason, "rolling back");
             self.begin_rollback(s, reason).await?;
             return Ok(false);
@@ -771,6 +790,7 @@ impl Migrator {
             .collect();
         self.catalog
             .compare_and_swap(Cas {
+                purpose: CasPurpose::Connect,
                 expect_attachments: vec![(s.record.volume_id.clone(), current)],
                 put_attachments: moved,
                 ..Default::default()
@@ -812,6 +832,7 @@ impl Migrator {
             };
             self.catalog
                 .compare_and_swap(Cas {
+                    purpose: CasPurpose::Release,
                     expect_volumes: vec![current],
                     put_volumes: vec![released],
                     ..Default::default()
@@ -870,6 +891,7 @@ impl Migrator {
         if current.migration.as_deref() == Some(r.id.as_str()) {
             self.catalog
                 .compare_and_swap(Cas {
+                    purpose: CasPurpose::Restore,
                     expect_volumes: vec![current],
                     put_volumes: vec![r.original_volume.clone()],
                     ..Default::default()

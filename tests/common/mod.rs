@@ -19,8 +19,16 @@ pub struct TestCluster {
     pub conf: PathBuf,
 }
 
+/// The repository root (these helpers are shared with the C ABI crate's tests).
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("scripts/dev-cluster").exists() {
+        assert!(
+            dir.pop(),
+            "the repository root (with scripts/dev-cluster) is above CARGO_MANIFEST_DIR"
+        );
+    }
+    dir
 }
 
 fn start_cluster(tag: &str) -> TestCluster {
@@ -207,7 +215,11 @@ pub async fn digest(img: &Image, size: u64) -> u64 {
 }
 
 pub fn migrate_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_migrate"))
+    // Set by cargo for the root package's tests only.
+    match option_env!("CARGO_BIN_EXE_migrate") {
+        Some(path) => Path::new(path),
+        None => panic!("the migrate binary is known to the livemig package's tests only"),
+    }
 }
 
 /// `migrate SUBCOMMAND --conf <the test cluster> --catalog-pool POOL ARGS..`,
