@@ -512,7 +512,8 @@ int32_t livemig_get_progress(const struct livemig_migrator *migrator,
 
 // The job's record as JSON in `*json` (caller frees it with
 // `livemig_string_free`): phase, rounds, downtime, errors, history; plus
-// `"running"` (this migrator drives it now).
+// `"phase_name"` (as in `livemig_progress`) and `"running"` (this
+// migrator drives it now).
 //
 // # Safety
 // `job_id` is a valid C string; `json` is writable.

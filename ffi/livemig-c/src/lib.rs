@@ -983,7 +983,8 @@ pub unsafe extern "C" fn livemig_get_progress(
 
 /// The job's record as JSON in `*json` (caller frees it with
 /// `livemig_string_free`): phase, rounds, downtime, errors, history; plus
-/// `"running"` (this migrator drives it now).
+/// `"phase_name"` (as in `livemig_progress`) and `"running"` (this
+/// migrator drives it now).
 ///
 /// # Safety
 /// `job_id` is a valid C string; `json` is writable.
@@ -1006,6 +1007,7 @@ pub unsafe extern "C" fn livemig_status(
             .map_err(|e| FfiError::new(LIVEMIG_ERR_IO, format!("cannot encode the job record: {e}")))?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert("running".into(), running.into());
+            obj.insert("phase_name".into(), stored.record.phase.name().into());
         }
         // SAFETY: non-null and writable by the caller's contract.
         unsafe { give_string(json, &value.to_string()) };
