@@ -142,19 +142,25 @@ fn missing(what: &str) -> FfiError {
     FfiError::null(what)
 }
 
-/// A catalog whose every read and change is a callback.
-pub struct CallbackCatalog {
-    callbacks: livemig_catalog_callbacks,
+/// A caller's callback table and the lock that serialises this migrator's calls.
+#[derive(Clone)]
+struct CallerTable<T: Copy> {
+    table: T,
     user_data: UserData,
     serial: Arc<Mutex<()>>,
 }
 
-// SAFETY: the struct holds function pointers (freely shareable) and the
+// SAFETY: the table holds function pointers (freely shareable) and the
 // caller's user_data, which the caller allows on livemig's threads (see
 // `UserData`).
-unsafe impl Send for CallbackCatalog {}
+unsafe impl<T: Copy> Send for CallerTable<T> {}
 // SAFETY: as above; calls are serialised by `serial`.
-unsafe impl Sync for CallbackCatalog {}
+unsafe impl<T: Copy> Sync for CallerTable<T> {}
+
+/// A catalog whose every read and change is a callback.
+pub struct CallbackCatalog {
+    caller: CallerTable<livemig_catalog_callbacks>,
+}
 
 impl CallbackCatalog {
     pub fn new(c: &livemig_catalog_callbacks, serial: Arc<Mutex<()>>) -> FfiResult<Self> {
@@ -162,10 +168,13 @@ impl CallbackCatalog {
         c.list_volumes.ok_or_else(|| missing("catalog.list_volumes"))?;
         c.list_attachments.ok_or_else(|| missing("catalog.list_attachments"))?;
         c.compare_and_swap.ok_or_else(|| missing("catalog.compare_and_swap"))?;
+        let user_data = UserData(c.user_data);
         Ok(CallbackCatalog {
-            callbacks: *c,
-            user_data: UserData(c.user_data),
-            serial,
+            caller: CallerTable {
+                table: *c,
+                user_data,
+                serial,
+            },
         })
     }
 
@@ -177,9 +186,9 @@ impl CallbackCatalog {
         id: &str,
     ) -> Result<crate::records::Records> {
         let f = f.ok_or_else(|| Error::new(ErrorKind::InvalidInput, op))?;
-        let ud = self.user_data;
+        let ud = self.caller.user_data;
         let id = CString::new(id).map_err(|_| Error::new(ErrorKind::InvalidInput, op))?;
-        invoke(self.serial.clone(), op, ErrorKind::Io, move || {
+        invoke(self.caller.serial.clone(), op, ErrorKind::Io, move || {
             let ud = ud;
             let guard = RecordsGuard::new();
             // SAFETY: the callback was checked non-null at construction and
@@ -196,7 +205,7 @@ impl CallbackCatalog {
 impl Catalog for CallbackCatalog {
     async fn volume(&self, id: &str) -> Result<Volume> {
         let records = self
-            .collect("catalog callback get_volume", self.callbacks.get_volume, id)
+            .collect("catalog callback get_volume", self.caller.table.get_volume, id)
             .await?;
         records.volumes.into_iter().find(|v| v.id == id).ok_or_else(|| {
             Error::new(ErrorKind::NotInCatalog, "catalog callback get_volume")
@@ -208,11 +217,12 @@ impl Catalog for CallbackCatalog {
     async fn volumes(&self) -> Result<Vec<Volume>> {
         let op = "catalog callback list_volumes";
         let f = self
-            .callbacks
+            .caller
+            .table
             .list_volumes
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, op))?;
-        let ud = self.user_data;
-        let records = invoke(self.serial.clone(), op, ErrorKind::Io, move || {
+        let ud = self.caller.user_data;
+        let records = invoke(self.caller.serial.clone(), op, ErrorKind::Io, move || {
             let ud = ud;
             let guard = RecordsGuard::new();
             // SAFETY: checked non-null at construction; documented contract.
@@ -233,7 +243,7 @@ impl Catalog for CallbackCatalog {
         let records = self
             .collect(
                 "catalog callback list_attachments",
-                self.callbacks.list_attachments,
+                self.caller.table.list_attachments,
                 volume_id,
             )
             .await?;
@@ -243,11 +253,12 @@ impl Catalog for CallbackCatalog {
     async fn compare_and_swap(&self, cas: Cas) -> Result<()> {
         let op = "catalog callback compare_and_swap";
         let f = self
-            .callbacks
+            .caller
+            .table
             .compare_and_swap
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, op))?;
-        let ud = self.user_data;
-        invoke(self.serial.clone(), op, ErrorKind::Io, move || {
+        let ud = self.caller.user_data;
+        invoke(self.caller.serial.clone(), op, ErrorKind::Io, move || {
             let ud = ud;
             let change = OwnedChange::new(&cas);
             // SAFETY: checked non-null at construction; `change.raw` and
@@ -262,25 +273,21 @@ impl Catalog for CallbackCatalog {
 /// Hypervisor hooks that are callbacks; used for every attachment.
 #[derive(Clone)]
 pub struct CallbackHypervisors {
-    callbacks: livemig_hypervisor_callbacks,
-    user_data: UserData,
-    serial: Arc<Mutex<()>>,
+    caller: CallerTable<livemig_hypervisor_callbacks>,
 }
-
-// SAFETY: as for `CallbackCatalog`.
-unsafe impl Send for CallbackHypervisors {}
-// SAFETY: as for `CallbackCatalog`.
-unsafe impl Sync for CallbackHypervisors {}
 
 impl CallbackHypervisors {
     pub fn new(c: &livemig_hypervisor_callbacks, serial: Arc<Mutex<()>>) -> FfiResult<Self> {
         c.hold.ok_or_else(|| missing("hypervisor.hold"))?;
         c.resume.ok_or_else(|| missing("hypervisor.resume"))?;
         c.repoint.ok_or_else(|| missing("hypervisor.repoint"))?;
+        let user_data = UserData(c.user_data);
         Ok(CallbackHypervisors {
-            callbacks: *c,
-            user_data: UserData(c.user_data),
-            serial,
+            caller: CallerTable {
+                table: *c,
+                user_data,
+                serial,
+            },
         })
     }
 
@@ -291,10 +298,10 @@ impl CallbackHypervisors {
         attachment: &Attachment,
     ) -> Result<()> {
         let f = f.ok_or_else(|| Error::new(ErrorKind::InvalidInput, op))?;
-        let ud = self.user_data;
+        let ud = self.caller.user_data;
         let target = attachment_target(attachment);
         let attachment = attachment.clone();
-        invoke(self.serial.clone(), op, ErrorKind::Hypervisor, move || {
+        invoke(self.caller.serial.clone(), op, ErrorKind::Hypervisor, move || {
             let ud = ud;
             let mut arena = Arena::default();
             let a = arena.attachment(&attachment);
@@ -320,25 +327,26 @@ impl HypervisorRegistry for CallbackHypervisors {
 #[async_trait::async_trait]
 impl Hypervisor for CallbackHypervisors {
     async fn hold(&self, attachment: &Attachment) -> Result<()> {
-        self.attachment_call("hypervisor callback hold", self.callbacks.hold, attachment)
+        self.attachment_call("hypervisor callback hold", self.caller.table.hold, attachment)
             .await
     }
 
     async fn resume(&self, attachment: &Attachment) -> Result<()> {
-        self.attachment_call("hypervisor callback resume", self.callbacks.resume, attachment)
+        self.attachment_call("hypervisor callback resume", self.caller.table.resume, attachment)
             .await
     }
 
     async fn repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()> {
         let op = "hypervisor callback repoint";
         let f = self
-            .callbacks
+            .caller
+            .table
             .repoint
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, op))?;
-        let ud = self.user_data;
+        let ud = self.caller.user_data;
         let (attachment, to) = (attachment.clone(), to.clone());
         let target = attachment_target(&attachment);
-        invoke(self.serial.clone(), op, ErrorKind::Hypervisor, move || {
+        invoke(self.caller.serial.clone(), op, ErrorKind::Hypervisor, move || {
             let ud = ud;
             let mut arena = Arena::default();
             let a = arena.attachment(&attachment);
