@@ -543,3 +543,62 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
     assert_eq!(catalog.volume(&src.image).await.unwrap().backing.image, dst);
     wait_fio(fio, "fio through QEMU").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_pool_that_fills_up_stops_the_mirror_and_rolls_back() {
+    use livemig::catalog::Catalog;
+    let size = 64 << 20;
+    let (src, dst) = setup("qfull", size).await;
+    let c = cluster().connect().await;
+    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
+    // A pool of its own: its quota must not stop other tests.
+    let pool = unique("qemu-full");
+    cluster().ensure_pool(&pool);
+    let g = guest(&src, &src.image).await;
+    let catalog = register(&src, &g, size).await;
+    let original = catalog.volume(&src.image).await.unwrap();
+    let fio = g.fio("16M", "100", &["--time_based", "--runtime=15"]);
+    // Slow (2 MB/s for 64 MiB), so that the pool fills up mid-mirror.
+    let job = migrate(&["start", &src.image, "--to", &pool, "--bwlimit", "2M", "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Something else takes the pool's space: a quota leaves 16 MiB of room,
+    // less than the mirror still has to copy.
+    let stored = c.pool_usage(&pool).await.unwrap().stored;
+    let quota = (stored + (16 << 20)).to_string();
+    cluster().cli("ceph", &["osd", "pool", "set-quota", &pool, "max_bytes", &quota]);
+    let out = tokio::task::spawn_blocking(move || job.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rolled back") && stderr.contains("nearly full"),
+        "{stderr}"
+    );
+    // Nothing changed: the catalog, the guest (still on the source, no
+    // destination node), no destination image; fio never saw an error.
+    assert_eq!(catalog.volume(&src.image).await.unwrap(), original, "catalog changed");
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    assert_eq!(find_rbd_node(&qmp, &src).await.unwrap().node_name, "disk0");
+    let dst_in_pool = ImageSpec::new(&pool, &src.image);
+    assert_eq!(
+        find_rbd_node(&qmp, &dst_in_pool).await.unwrap_err().kind(),
+        ErrorKind::ImageNotFound,
+        "destination node removed"
+    );
+    assert!(
+        !c.ioctx(&pool, "")
+            .await
+            .unwrap()
+            .image_exists(&src.image)
+            .await
+            .unwrap(),
+        "destination image left behind"
+    );
+    wait_fio(fio, "fio through QEMU while the pool filled up").await;
+}

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::*;
 use crate::ceph::CreateOptions;
 use crate::qemu::mirror::{
-    cancel, complete, find_rbd_node, job_state, make_write_blocking, start_mirror, wait_ready, MirrorOptions,
+    cancel, complete, find_rbd_node, job_state, make_write_blocking, start_mirror, wait_ready_guarded, MirrorOptions,
     RbdTarget, Readiness,
 };
 use crate::qemu::Qmp;
@@ -46,6 +46,10 @@ pub(super) async fn precheck(socket: &str, source: &ImageSpec) -> Result<()> {
 fn gone(e: &Error) -> bool {
     e.kind() == ErrorKind::Hypervisor && (e.to_string().contains("gone") || e.to_string().contains("cannot connect"))
 }
+
+/// How close to full the destination pool may get while a QEMU mirror
+/// copies into it (see `destination_not_filling_up`).
+const FULL_MARGIN: u64 = 64 << 20;
 
 impl Migrator {
     /// Starts (or reattaches to) QEMU's mirror, waits until it is in sync
@@ -102,7 +106,14 @@ impl Migrator {
         };
         let forced = self.live_mut(s).qemu.as_ref().is_some_and(|m| m.write_blocking_forced);
         let stall = (!forced).then(|| Duration::from_millis(self.options.qemu_stall_ms));
-        if let Readiness::Stalled { remaining } = wait_ready(&qmp, job, stall, show).await? {
+        let record = s.record.clone();
+        let mut not_filling_up = |remaining: u64| {
+            let record = &record;
+            async move { self.destination_not_filling_up(record, remaining).await }
+        };
+        if let Readiness::Stalled { remaining } =
+            wait_ready_guarded(&qmp, job, stall, show, &mut not_filling_up).await?
+        {
             // Write-blocking makes guest writes wait for the destination:
             // only with room there (a full pool blocks writes, which would
             // then freeze the guest).
@@ -112,7 +123,7 @@ impl Migrator {
                 m.write_blocking_forced = true;
             }
             self.store.save(s).await?;
-            wait_ready(&qmp, job, None, show).await?;
+            wait_ready_guarded(&qmp, job, None, show, &mut not_filling_up).await?;
         }
         fault::point("qemu-after-ready");
         // Every guest write from now on lands on both images before it is
@@ -193,18 +204,45 @@ impl Migrator {
         start_mirror(qmp, &source, &target, job, job, &options).await
     }
 
-    /// Fails with [`ErrorKind::NoSpace`] unless the destination pool can
-    /// take `needed` more bytes (and is not at its quota).
-    async fn ensure_destination_headroom(&self, r: &JobRecord, needed: u64) -> Result<()> {
+    /// Bytes the destination pool can still take (capacity or quota).
+    async fn destination_room(&self, r: &JobRecord) -> Result<u64> {
         let cluster = self.clusters.get(&r.destination.cluster)?;
-        let pool = &r.destination.image.pool;
-        let u = cluster.pool_usage(pool).await?;
+        let u = cluster.pool_usage(&r.destination.image.pool).await?;
         let quota_left = if u.quota_bytes > 0 {
             u.quota_bytes.saturating_sub(u.stored)
         } else {
             u64::MAX
         };
-        let room = u.max_avail.min(quota_left);
+        Ok(u.max_avail.min(quota_left))
+    }
+
+    /// While the mirror copies: fails with [`ErrorKind::NoSpace`] once the
+    /// destination pool is nearly full (less than [`FULL_MARGIN`] left,
+    /// and less than the mirror still has to copy). A full pool makes
+    /// librados hold the mirror's writes indefinitely, and then the mirror
+    /// can no longer be cancelled: stopping early keeps the abort clean.
+    /// Failing to read the pool's usage is not a reason to stop.
+    async fn destination_not_filling_up(&self, r: &JobRecord, remaining: u64) -> Result<()> {
+        let pool = &r.destination.image.pool;
+        match self.destination_room(r).await {
+            Ok(room) if room < remaining.min(FULL_MARGIN) => {
+                Err(Error::new(ErrorKind::NoSpace, "qemu mirror").target(pool.clone()).message(format!(
+                    "destination pool `{pool}` is nearly full ({room} bytes left, quota or capacity) and the mirror still has up to {remaining} bytes to copy: stopping the mirror before the pool blocks its writes"
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the destination pool's usage; the mirror goes on");
+                Ok(())
+            }
+        }
+    }
+
+    /// Fails with [`ErrorKind::NoSpace`] unless the destination pool can
+    /// take `needed` more bytes (and is not at its quota).
+    async fn ensure_destination_headroom(&self, r: &JobRecord, needed: u64) -> Result<()> {
+        let pool = &r.destination.image.pool;
+        let room = self.destination_room(r).await?;
         if room <= needed.max(1 << 20) {
             return Err(Error::new(ErrorKind::NoSpace, "qemu mirror").target(pool.clone()).message(format!(
                 "destination pool `{pool}` has {room} bytes of room left (quota or capacity) and the mirror needs {needed} more: refusing to make the guest's writes wait for it"

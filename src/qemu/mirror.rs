@@ -219,11 +219,30 @@ pub async fn wait_ready(
     qmp: &Qmp,
     job_id: &str,
     stall: Option<Duration>,
-    mut progress: impl FnMut(&JobState),
+    progress: impl FnMut(&JobState),
 ) -> Result<Readiness> {
+    wait_ready_guarded(qmp, job_id, stall, progress, |_| std::future::ready(Ok(()))).await
+}
+
+/// As [`wait_ready`]; in addition, about once a second, `guard` is given
+/// the bytes the mirror still has to copy and may end the wait with an
+/// error (e.g. the destination pool is filling up: better to stop while the
+/// mirror can still be cancelled than to let its writes hang on a full pool).
+pub async fn wait_ready_guarded<G, F>(
+    qmp: &Qmp,
+    job_id: &str,
+    stall: Option<Duration>,
+    mut progress: impl FnMut(&JobState),
+    mut guard: G,
+) -> Result<Readiness>
+where
+    G: FnMut(u64) -> F,
+    F: std::future::Future<Output = Result<()>>,
+{
     let started = Instant::now();
     let mut best_remaining = u64::MAX;
     let mut best_at = Instant::now();
+    let mut guarded_at = Instant::now();
     loop {
         let Some(state) = job_state(qmp, job_id).await? else {
             return Err(engine_error(format!(
@@ -246,6 +265,10 @@ pub async fn wait_ready(
             _ => {}
         }
         let remaining = state.total.saturating_sub(state.current);
+        if guarded_at.elapsed() >= Duration::from_secs(1) {
+            guard(remaining).await?;
+            guarded_at = Instant::now();
+        }
         if remaining < best_remaining {
             best_remaining = remaining;
             best_at = Instant::now();
