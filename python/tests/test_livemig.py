@@ -173,6 +173,34 @@ class DetachedMigrations(unittest.TestCase):
         self.assertEqual((v.backing.pool, v.migration), (DST, None))
         self.assertEqual(image_bytes(f"{DST}/{image}"), data)
 
+    def test_pause_resume_then_abort_restores_everything(self):
+        image = unique("py-abort")
+        data = make_image(image, size=16 * MiB, seed=9)
+        plane = Plane(self, "vol-a", image, len(data))
+        before = plane.db.get_volume("vol-a")
+        with plane.migrator() as m:
+            job = m.start("vol-a", DST, livemig.RunOptions(bwlimit_bytes_per_sec=1 * MiB))
+            time.sleep(1.5)
+            job.pause()
+            p = job.progress()
+            self.assertFalse(p.running)
+            self.assertIsInstance(p.result, livemig.Cancelled)
+            self.assertEqual(plane.db.get_volume("vol-a").migration, job.id, "paused, still held by the job")
+            job.resume(livemig.RunOptions(bwlimit_bytes_per_sec=1 * MiB))
+            self.assertTrue(job.progress().running)
+            with self.assertRaises(livemig.Running):
+                job.wait(timeout=0.2)
+            job.abort("the operator changed their mind")
+            self.assertEqual(job.status()["phase_name"], "aborted")
+            with self.assertRaises(livemig.RolledBack) as ctx:
+                job.wait()
+            self.assertIn("changed their mind", str(ctx.exception))
+        self.assertEqual(plane.db.get_volume("vol-a"), before)
+        self.assertFalse(image_exists(DST, image))
+        self.assertEqual(image_bytes(f"{SRC}/{image}"), data)
+        purposes = [p for (p,) in plane.db.query("SELECT purpose FROM changes ORDER BY seq")]
+        self.assertEqual(purposes, ["mark", "restore"])
+
     def test_bad_input_raises_distinct_errors_and_changes_nothing(self):
         image = unique("py-bad")
         data = make_image(image, seed=5)

@@ -1059,6 +1059,8 @@ pub unsafe extern "C" fn livemig_abort(
         let migrator = state.migrator(MigrateOptions::default(), CancellationToken::new());
         let reason = reason.unwrap_or_else(|| "aborted by the control plane".into());
         state.block_on(migrator.abort(&job, &reason))??;
+        // The paused run's outcome is history now: wait and progress read the record.
+        state.runs.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
         Ok(())
     })
 }
