@@ -52,25 +52,48 @@ impl Drop for WriteOp {
     }
 }
 
+/// An xattr iterator a read op allocates when it is set up; ended on drop
+/// (also when the op failed, e.g. the object does not exist).
+struct XattrIter(sys::rados_xattrs_iter_t);
+impl Drop for XattrIter {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated by rados_read_op_getxattrs, ended once.
+            unsafe { sys::rados_getxattrs_end(self.0) };
+        }
+    }
+}
+
+/// An omap iterator a read op allocates when it is set up; ended on drop.
+struct OmapIter(sys::rados_omap_iter_t);
+impl Drop for OmapIter {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated by rados_read_op_omap_get_vals2, ended once.
+            unsafe { sys::rados_omap_get_end(self.0) };
+        }
+    }
+}
+
 /// One page of omap entries plus the generation, in one read op.
 fn read_page(io: &IoCtx, oid: &CString, start_after: &CString) -> Result<Option<(u64, OmapEntries, bool)>> {
     // SAFETY: plain constructor.
     let op = ReadOp(unsafe { sys::rados_create_read_op() });
-    let mut xattrs: sys::rados_xattrs_iter_t = ptr::null_mut();
+    let mut xattrs = XattrIter(ptr::null_mut());
     let mut xattrs_rval: c_int = 0;
-    let mut omap: sys::rados_omap_iter_t = ptr::null_mut();
+    let mut omap = OmapIter(ptr::null_mut());
     let mut more: u8 = 0;
     let mut omap_rval: c_int = 0;
-    // SAFETY: op is live; out-pointers stay valid until operate returns and
-    // the iterators are ended below.
+    // SAFETY: op is live; the out-pointers (the iterator guards and the
+    // return values) outlive operate, and the guards end the iterators.
     let ret = unsafe {
-        sys::rados_read_op_getxattrs(op.0, &mut xattrs, &mut xattrs_rval);
+        sys::rados_read_op_getxattrs(op.0, &mut xattrs.0, &mut xattrs_rval);
         sys::rados_read_op_omap_get_vals2(
             op.0,
             start_after.as_ptr(),
             ptr::null(),
             PAGE,
-            &mut omap,
+            &mut omap.0,
             &mut more,
             &mut omap_rval,
         );
@@ -88,7 +111,7 @@ fn read_page(io: &IoCtx, oid: &CString, start_after: &CString) -> Result<Option<
         let (mut k, mut v, mut len): (*const c_char, *const c_char, usize) = (ptr::null(), ptr::null(), 0);
         // SAFETY: xattrs is a live iterator from the read op.
         check("rados_getxattrs_next", unsafe {
-            sys::rados_getxattrs_next(xattrs, &mut k, &mut v, &mut len)
+            sys::rados_getxattrs_next(xattrs.0, &mut k, &mut v, &mut len)
         })?;
         if k.is_null() {
             break;
@@ -99,15 +122,13 @@ fn read_page(io: &IoCtx, oid: &CString, start_after: &CString) -> Result<Option<
             generation = std::str::from_utf8(val).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
         }
     }
-    // SAFETY: ended once.
-    unsafe { sys::rados_getxattrs_end(xattrs) };
     let mut entries = Vec::new();
     loop {
         let (mut k, mut v, mut klen, mut vlen): (*mut c_char, *mut c_char, usize, usize) =
             (ptr::null_mut(), ptr::null_mut(), 0, 0);
         // SAFETY: omap is a live iterator from the read op.
         check("rados_omap_get_next2", unsafe {
-            sys::rados_omap_get_next2(omap, &mut k, &mut v, &mut klen, &mut vlen)
+            sys::rados_omap_get_next2(omap.0, &mut k, &mut v, &mut klen, &mut vlen)
         })?;
         if k.is_null() {
             break;
@@ -121,8 +142,6 @@ fn read_page(io: &IoCtx, oid: &CString, start_after: &CString) -> Result<Option<
         };
         entries.push((String::from_utf8_lossy(key).into_owned(), val.to_vec()));
     }
-    // SAFETY: ended once.
-    unsafe { sys::rados_omap_get_end(omap) };
     Ok(Some((generation, entries, more != 0)))
 }
 
