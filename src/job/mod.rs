@@ -694,42 +694,8 @@ impl Migrator {
     }
 
     async fn step_switch(&self, s: &mut Stored, snapshot: String) -> Result<()> {
-        let r = &s.record;
-        let current = self.catalog.volume(&r.volume_id).await?;
-        if current.backing != r.destination {
-            let marked = self.marked_volume(r);
-            let switched = Volume {
-                backing: r.destination.clone(),
-                size: r.original_volume.size,
-                status: r.original_volume.status,
-                ..marked.clone()
-            };
-            // The commit point: one atomic change of the catalog. A refusal
-            // (the catalog changed, or its owner said no) rolls the job back;
-            // any other failure leaves it resumable.
-            let cas = Cas {
-                purpose: CasPurpose::Switch,
-                expect_volumes: vec![marked],
-                put_volumes: vec![switched],
-                ..Default::default()
-            };
-            match self.catalog.compare_and_swap(cas).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Conflict => {
-                    let reason = format!(
-                        "the catalog refused the switch of volume `{}`: {}",
-                        r.volume_id,
-                        e.detail()
-                    );
-                    warn!(%reason, "rolling back");
-                    return self.begin_rollback(s, reason).await;
-                }
-                Err(e) => {
-                    let why = format!("the switch of volume `{}` failed: {}", r.volume_id, e.detail());
-                    return Err(e.message(why));
-                }
-            }
-            info!(volume = %r.volume_id, to = %r.destination, "switched");
+        if !self.commit_switch(s).await? {
+            return Ok(());
         }
         fault::point("after-switch");
         self.enter(s, Phase::Switched { snapshot }).await?;
@@ -737,41 +703,57 @@ impl Migrator {
         Ok(())
     }
 
-    /// The commit point of a live job: one compare-and-swap makes the
-    /// catalog name the destination (the instance's attachment must be as
-    /// it was). `Ok(false)` if the catalog refused: the job then rolls back.
+    /// The commit point: one compare-and-swap makes the catalog name the
+    /// destination (for a live job, the instance's attachment must also be
+    /// as it was). `Ok(false)` if the job rolls back instead: when the
+    /// catalog refused, or (live) on any failure, since the rollback is what
+    /// resumes a held instance. Other failures of a detached job leave it
+    /// resumable.
     async fn commit_switch(&self, s: &mut Stored) -> Result<bool> {
         let r = &s.record;
-        let marked = self.marked_volume(r);
         let current = self.catalog.volume(&r.volume_id).await?;
         if current.backing == r.destination {
             return Ok(true);
         }
+        let marked = self.marked_volume(r);
         let switched = Volume {
             backing: r.destination.clone(),
             size: r.original_volume.size,
             status: r.original_volume.status,
             ..marked.clone()
         };
+        let live = r.live.is_some();
         let cas = Cas {
             purpose: CasPurpose::Switch,
             expect_volumes: vec![marked],
-            expect_attachments: vec![(r.volume_id.clone(), r.original_attachments.clone())],
+            expect_attachments: if live {
+                vec![(r.volume_id.clone(), r.original_attachments.clone())]
+            } else {
+                Vec::new()
+            },
             put_volumes: vec![switched],
             ..Default::default()
         };
-        if let Err(e) = self.catalog.compare_and_swap(cas).await {
-            let reason = format!(
-                "the catalog refused the switch of volume `{}`: {}",
-                r.volume_id,
-                e.detail()
-            );
-            warn!(%reason, "rolling back");
-            self.begin_rollback(s, reason).await?;
-            return Ok(false);
+        match self.catalog.compare_and_swap(cas).await {
+            Ok(()) => {
+                info!(volume = %r.volume_id, to = %r.destination, "switched");
+                Ok(true)
+            }
+            Err(e) if live || e.kind() == ErrorKind::Conflict => {
+                let reason = format!(
+                    "the catalog refused the switch of volume `{}`: {}",
+                    r.volume_id,
+                    e.detail()
+                );
+                warn!(%reason, "rolling back");
+                self.begin_rollback(s, reason).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                let why = format!("the switch of volume `{}` failed: {}", r.volume_id, e.detail());
+                Err(e.message(why))
+            }
         }
-        info!(volume = %s.record.volume_id, to = %s.record.destination, "switched");
-        Ok(true)
     }
 
     /// After the instance moved: its attachment's connection names the destination.
