@@ -15,23 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod common;
+use common::{ensure_pools, sh};
+
 const SRC: &str = "bench-live-src";
 const DST: &str = "bench-live-dst";
 const CATALOG: &str = "bench-live-catalog";
 
-fn sh(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn migrate_bin() -> PathBuf {
-    std::env::var_os("LIVEMIG_MIGRATE_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_migrate")), PathBuf::from)
+fn migrate(args: &[&str]) -> Result<String> {
+    common::migrate(CATALOG, args)
 }
 
 fn instance_bin() -> PathBuf {
@@ -39,12 +31,6 @@ fn instance_bin() -> PathBuf {
         || PathBuf::from(env!("CARGO_BIN_EXE_livemig-test-instance")),
         PathBuf::from,
     )
-}
-
-fn migrate(args: &[&str]) -> Result<String> {
-    let mut full = vec![args[0], "--catalog-pool", CATALOG];
-    full.extend_from_slice(&args[1..]);
-    sh(migrate_bin().to_str().unwrap(), &full)
 }
 
 fn control(socket: &Path, line: &str) -> Result<String> {
@@ -220,13 +206,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let existing = sh("ceph", &["osd", "pool", "ls"])?;
-    for pool in [SRC, DST, CATALOG] {
-        if !existing.lines().any(|l| l == pool) {
-            sh("ceph", &["osd", "pool", "create", pool, "32", "32"])?;
-            sh("rbd", &["pool", "init", pool])?;
-        }
-    }
+    ensure_pools(&[SRC, DST, CATALOG])?;
     let dir = std::env::temp_dir().join(format!("livemig-bench-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut all = Vec::new();

@@ -16,35 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod common;
+use common::{ensure_pools, sh};
+
 const SRC: &str = "bench-q-src";
 const DST: &str = "bench-q-dst";
 const CATALOG: &str = "bench-q-catalog";
-const DATA: u64 = 1 << 30;
-
-fn sh(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn migrate_bin() -> String {
-    std::env::var("LIVEMIG_MIGRATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_migrate").to_owned())
-}
 
 fn migrate(args: &[&str]) -> Result<String> {
-    let mut full = vec![args[0], "--catalog-pool", CATALOG];
-    full.extend_from_slice(&args[1..]);
-    sh(&migrate_bin(), &full)
+    common::migrate(CATALOG, args)
 }
+const DATA: u64 = 1 << 30;
 
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
@@ -226,13 +208,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let existing = sh("ceph", &["osd", "pool", "ls"])?;
-    for pool in [SRC, DST, CATALOG] {
-        if !existing.lines().any(|l| l == pool) {
-            sh("ceph", &["osd", "pool", "create", pool, "32", "32"])?;
-            sh("rbd", &["pool", "init", pool])?;
-        }
-    }
+    ensure_pools(&[SRC, DST, CATALOG])?;
     // 1 GiB of data in a 2 GiB image, written once; each tool moves a fresh deep copy of it.
     sh("rbd", &["create", "--size", "2G", &format!("{SRC}/data")])?;
     sh(
