@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,16 +101,7 @@ impl Env {
     async fn start_killed_at(&self, point: &str) -> String {
         let args = self.start_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = migrate(&args)
-            .env(livemig::job::fault::KILL_AT_ENV, point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "not killed at {point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_killed_at(migrate(&args), point);
         self.job_id().await
     }
 
@@ -315,16 +305,7 @@ kill_cases! {
 async fn abort_killed_at(point: &str, finish_with_resume: bool) {
     let env = setup("abortcrash").await;
     let job = env.start_killed_at("after-partial-created").await;
-    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
-        .env(livemig::job::fault::KILL_AT_ENV, point)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "abort not killed at {point}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_killed_at(migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE]), point);
     let out = if finish_with_resume {
         env.resume(&job)
     } else {

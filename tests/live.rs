@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -472,16 +471,7 @@ async fn a_writer_that_ignores_the_hold_is_fenced() {
 async fn start_killed_at(env: &Env, point: &str) -> String {
     let args = env.start_args(&[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = migrate(&args)
-        .env(livemig::job::fault::KILL_AT_ENV, point)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "not killed at {point}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_killed_at(migrate(&args), point);
     env.job().await.id
 }
 
@@ -524,11 +514,7 @@ async fn live_killed_in_abort(point: &str) {
     let mut env = setup("lkillab2", WRITER).await;
     let job = start_killed_at(&env, "live-after-hold").await;
     assert_eq!(env.instance().status().await["held"], true, "held across the crash");
-    let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
-        .env(livemig::job::fault::KILL_AT_ENV, point)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "abort not killed at {point}");
+    run_killed_at(migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE]), point);
     let out = migrate(&["abort", &job, "--wait", "60", "--lease-secs", LEASE])
         .output()
         .unwrap();

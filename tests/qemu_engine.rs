@@ -359,14 +359,7 @@ async fn job_moves_a_volume_qemu_writes_to(kill_at: Option<&str>) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut start = migrate(&["start", &src.image, "--to", DST, "--lease-secs", "3", "--no-progress"]);
     if let Some(point) = kill_at {
-        let out = start.env(livemig::job::fault::KILL_AT_ENV, point).output().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "not killed at {point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_killed_at(start, point);
         let store = livemig::job::JobStore::new(c.ioctx(CATALOG, "").await.unwrap());
         let mut job = None;
         for id in store.ids().await.unwrap() {

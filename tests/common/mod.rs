@@ -235,6 +235,22 @@ pub fn migrate_with_catalog(catalog_pool: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` with the kill point `point` armed; fails the test unless the
+/// process killed itself there.
+pub fn run_killed_at(mut cmd: Command, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = cmd
+        .env(livemig::job::fault::KILL_AT_ENV, point)
+        .output()
+        .expect("run the command");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "not killed at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Fails the test, with what the command printed, unless it succeeded.
 pub fn assert_ok(out: &std::process::Output, what: &str) {
     assert!(
