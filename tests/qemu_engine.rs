@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use livemig::ceph::CreateOptions;
 use livemig::qemu::mirror::{
-    cancel, complete, find_rbd_node, start_mirror, wait_ready, MirrorOptions, RbdTarget, Readiness,
+    cancel, complete, find_rbd_node, start_mirror, wait_ready, MirrorOptions, RbdNode, RbdTarget, Readiness,
 };
 use livemig::qemu::Qmp;
 use livemig::spec::ImageSpec;
@@ -145,6 +145,8 @@ fn workload(size: &str, rate_iops: &str) -> Vec<String> {
     .collect()
 }
 
+/// A source image with data, and the name it would have in the
+/// destination pool (not created: a job creates it itself).
 async fn setup(tag: &str, size: u64) -> (ImageSpec, ImageSpec) {
     cluster().ensure_pool(SRC);
     cluster().ensure_pool(DST);
@@ -155,17 +157,46 @@ async fn setup(tag: &str, size: u64) -> (ImageSpec, ImageSpec) {
     let img = io.open_image(&name).await.unwrap();
     write_at(&img, size / 2, random_bytes(11, (size / 4) as usize)).await;
     img.close().await;
-    let dst_io = c.ioctx(DST, "").await.unwrap();
-    dst_io
-        .create_image(&name, size, &CreateOptions::default())
+    (ImageSpec::new(SRC, &name), ImageSpec::new(DST, &name))
+}
+
+/// As [`setup`], with the destination image created (a bare QEMU mirror
+/// writes into an existing image).
+async fn setup_with_destination(tag: &str, size: u64) -> (ImageSpec, ImageSpec) {
+    let (src, dst) = setup(tag, size).await;
+    let c = cluster().connect().await;
+    c.ioctx(DST, "")
+        .await
+        .unwrap()
+        .create_image(&dst.image, size, &CreateOptions::default())
         .await
         .unwrap();
-    (ImageSpec::new(SRC, &name), ImageSpec::new(DST, &name))
+    (src, dst)
+}
+
+/// Mirrors the guest's `node` into `dst` as job `livemig-job` with target
+/// node `livemig-dst`, at most `speed` bytes/s.
+async fn start_test_mirror(qmp: &Qmp, node: &RbdNode, dst: &ImageSpec, speed: Option<u64>) {
+    let target = RbdTarget {
+        image: dst.clone(),
+        conf: cluster().conf.display().to_string(),
+        user: None,
+    };
+    start_mirror(
+        qmp,
+        node,
+        &target,
+        "livemig-dst",
+        "livemig-job",
+        &MirrorOptions { speed },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
-    let (src, dst) = setup("pivot", 128 << 20).await;
+    let (src, dst) = setup_with_destination("pivot", 128 << 20).await;
     let g = guest(&src, &src.image).await;
     let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
     // fio writes through QEMU for the whole migration (~10 s at 400 x 16 KiB/s)
@@ -175,15 +206,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
 
     let node = find_rbd_node(&qmp, &src).await.unwrap();
     assert_eq!(node.node_name, "disk0", "found by image, which is disk0");
-    let target = RbdTarget {
-        image: dst.clone(),
-        conf: cluster().conf.display().to_string(),
-        user: None,
-    };
-    let options = MirrorOptions::default();
-    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
-        .await
-        .unwrap();
+    start_test_mirror(&qmp, &node, &dst, None).await;
     let ready = wait_ready(&qmp, "livemig-job", None, |_| {}).await.unwrap();
     assert!(matches!(ready, Readiness::Ready { .. }));
     complete(&qmp, "livemig-job", &node.node_name).await.unwrap();
@@ -227,7 +250,7 @@ async fn fio_through_qemu_never_notices_the_mirror_and_pivot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_killed_mid_mirror_fails_the_job_and_leaves_the_source_intact() {
-    let (src, dst) = setup("killed", 64 << 20).await;
+    let (src, dst) = setup_with_destination("killed", 64 << 20).await;
     let c = cluster().connect().await;
     let img = c
         .ioctx(SRC, "")
@@ -241,16 +264,8 @@ async fn qemu_killed_mid_mirror_fails_the_job_and_leaves_the_source_intact() {
     let mut g = guest(&src, &src.image).await;
     let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
     let node = find_rbd_node(&qmp, &src).await.unwrap();
-    let target = RbdTarget {
-        image: dst,
-        conf: cluster().conf.display().to_string(),
-        user: None,
-    };
     // Slow enough to be mid-copy when QEMU dies.
-    let options = MirrorOptions { speed: Some(1 << 20) };
-    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
-        .await
-        .unwrap();
+    start_test_mirror(&qmp, &node, &dst, Some(1 << 20)).await;
     let waiting = {
         let qmp = qmp.clone();
         tokio::spawn(async move { wait_ready(&qmp, "livemig-job", None, |_| {}).await })
@@ -274,19 +289,11 @@ async fn qemu_killed_mid_mirror_fails_the_job_and_leaves_the_source_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_mirror_leaves_the_guest_on_the_source() {
-    let (src, dst) = setup("cancel", 64 << 20).await;
+    let (src, dst) = setup_with_destination("cancel", 64 << 20).await;
     let g = guest(&src, &src.image).await;
     let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
     let node = find_rbd_node(&qmp, &src).await.unwrap();
-    let target = RbdTarget {
-        image: dst.clone(),
-        conf: cluster().conf.display().to_string(),
-        user: None,
-    };
-    let options = MirrorOptions { speed: Some(1 << 20) };
-    start_mirror(&qmp, &node, &target, "livemig-dst", "livemig-job", &options)
-        .await
-        .unwrap();
+    start_test_mirror(&qmp, &node, &dst, Some(1 << 20)).await;
     cancel(&qmp, "livemig-job", "livemig-dst").await.unwrap();
     assert_eq!(find_rbd_node(&qmp, &src).await.unwrap().node_name, "disk0");
     assert_eq!(
@@ -350,9 +357,7 @@ async fn job_moves_a_volume_qemu_writes_to(kill_at: Option<&str>) {
     use livemig::catalog::Catalog;
     let size = 128 << 20;
     let (src, dst) = setup(kill_at.map_or("qjob", |_| "qkill"), size).await;
-    // The job creates the destination itself.
     let c = cluster().connect().await;
-    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
     let g = guest(&src, &src.image).await;
     let catalog = register(&src, &g, size).await;
     let fio = g.fio("64M", "400", &[]);
@@ -451,7 +456,6 @@ async fn qemu_killed_during_a_job_rolls_it_back() {
     let (src, dst) = setup("qjobkill", size).await;
     let c = cluster().connect().await;
     let dst_io = c.ioctx(DST, "").await.unwrap();
-    dst_io.remove_image(&dst.image).await.unwrap();
     let src_img = c
         .ioctx(SRC, "")
         .await
@@ -502,7 +506,6 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
     let size = 64 << 20;
     let (src, dst) = setup("qstall", size).await;
     let c = cluster().connect().await;
-    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
     let g = guest(&src, &src.image).await;
     let catalog = register(&src, &g, size).await;
     // The guest dirties ~12 MB/s over 16 MiB; the mirror may copy 8 MB/s.
@@ -541,9 +544,8 @@ async fn a_mirror_that_does_not_converge_is_made_write_blocking() {
 async fn a_destination_pool_that_fills_up_stops_the_mirror_and_rolls_back() {
     use livemig::catalog::Catalog;
     let size = 64 << 20;
-    let (src, dst) = setup("qfull", size).await;
+    let (src, _) = setup("qfull", size).await;
     let c = cluster().connect().await;
-    c.ioctx(DST, "").await.unwrap().remove_image(&dst.image).await.unwrap();
     // A pool of its own: its quota must not stop other tests.
     let pool = unique("qemu-full");
     cluster().ensure_pool(&pool);
