@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod common;
+#[path = "../tests/common/qsd.rs"]
+mod qsd;
 use common::{ensure_pools, sh};
 
 const SRC: &str = "bench-q-src";
@@ -52,24 +54,11 @@ impl Drop for Qsd {
 }
 
 fn qsd(image: &str, dir: &Path, conf: &str) -> Result<Qsd> {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,id=qmp0,path={},server=on,wait=off",
-            dir.join("qmp.sock").display()
-        ))
-        .args(["--monitor", "chardev=qmp0", "--blockdev"])
-        .arg(format!(
-            "driver=rbd,node-name=disk0,pool={SRC},image={image},conf={conf},cache.direct=on,discard=unmap"
-        ))
-        .arg("--nbd-server")
-        .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
-        .args(["--export", "type=nbd,id=exp0,node-name=disk0,name=vol,writable=on"])
-        .stdout(Stdio::null())
+    let child = qsd::qsd_command(dir, SRC, image, conf)
         .spawn()
         .context("qemu-storage-daemon")?;
     for _ in 0..200 {
-        if dir.join("nbd.sock").exists() && dir.join("qmp.sock").exists() {
+        if qsd::qsd_ready(dir) {
             return Ok(Qsd { child });
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -102,25 +102,11 @@ async fn guest(image: &ImageSpec, tag: &str) -> Guest {
     let dir = std::env::temp_dir().join(format!("livemig-qemu-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = cluster().conf.display().to_string();
-    let qsd = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,id=qmp0,path={},server=on,wait=off",
-            dir.join("qmp.sock").display()
-        ))
-        .args(["--monitor", "chardev=qmp0", "--blockdev"])
-        .arg(format!(
-            "driver=rbd,node-name=disk0,pool={},image={},conf={conf},cache.direct=on,discard=unmap",
-            image.pool, image.image
-        ))
-        .arg("--nbd-server")
-        .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
-        .args(["--export", "type=nbd,id=exp0,node-name=disk0,name=vol,writable=on"])
-        .stdout(Stdio::null())
+    let qsd = qsd::qsd_command(&dir, &image.pool, &image.image, &conf)
         .spawn()
         .expect("qemu-storage-daemon is needed: run scripts/setup (QEMU with the rbd driver from bookworm-backports)");
     for _ in 0..200 {
-        if dir.join("nbd.sock").exists() && dir.join("qmp.sock").exists() {
+        if qsd::qsd_ready(&dir) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -8,6 +8,8 @@
 //! be had, the test fails and says how to get one.
 #![allow(dead_code)]
 
+pub mod qsd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
