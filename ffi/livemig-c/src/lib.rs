@@ -404,6 +404,14 @@ struct Outcome {
     phase: String,
 }
 
+/// Where a job stands for `livemig_get_progress`.
+enum Standing {
+    /// This migrator drives it.
+    Running(JobProgress),
+    /// No run of it is going on here.
+    Ended(Outcome),
+}
+
 /// A job driven in the background by a migrator.
 struct Run {
     pause: CancellationToken,
@@ -927,53 +935,52 @@ pub unsafe extern "C" fn livemig_get_progress(
         if out.is_null() {
             return Err(FfiError::null("out"));
         }
-        let live = {
+        let run = {
             let runs = state.runs.lock().unwrap_or_else(|p| p.into_inner());
             runs.get(&job)
                 .map(|r| (r.progress.borrow().clone(), r.outcome.borrow().clone()))
         };
-        let (progress, outcome) = match live {
-            Some((p, None)) => (Some(p), None),
-            Some((_, Some(o))) => (None, Some(o)),
-            None => (None, None),
-        };
-        let outcome = match (progress.is_some(), outcome) {
-            (true, _) => None,
-            (false, Some(o)) if !o.phase.is_empty() => Some(o),
-            (false, o) => {
+        let standing = match run {
+            Some((progress, None)) => Standing::Running(progress),
+            Some((_, Some(outcome))) if !outcome.phase.is_empty() => Standing::Ended(outcome),
+            other => {
+                // Not run here, or the run stopped on an error: the record
+                // says where the job stands; a failed run's code is its result.
                 let stored = state.block_on(state.store.load(&job))??;
-                let mut from_record = record_outcome(&stored.record);
-                if let Some(o) = o {
-                    // The run stopped on an error: that is its result.
-                    from_record.code = o.code;
+                let mut outcome = record_outcome(&stored.record);
+                if let Some((_, Some(failed))) = other {
+                    outcome.code = failed.code;
                 }
-                Some(from_record)
+                Standing::Ended(outcome)
             }
         };
         let mut p = livemig_progress {
             phase: [0; 32],
-            running: u8::from(outcome.is_none()),
-            result: outcome.as_ref().map_or(LIVEMIG_ERR_RUNNING, |o| o.code),
+            running: 0,
+            result: LIVEMIG_ERR_RUNNING,
             round: 0,
             bytes_total: 0,
             bytes_done: 0,
             bytes_per_sec: 0,
         };
-        let phase = match (&progress, &outcome) {
-            (Some(pr), _) => pr.phase.clone(),
-            (None, Some(o)) => o.phase.clone(),
-            (None, None) => String::new(),
+        let phase = match &standing {
+            Standing::Running(progress) => {
+                p.running = 1;
+                p.round = progress.round.unwrap_or(0);
+                if let Some(c) = &progress.copy {
+                    p.bytes_total = c.total_bytes;
+                    p.bytes_done = c.done_bytes;
+                    p.bytes_per_sec = c.rate() as u64;
+                }
+                &progress.phase
+            }
+            Standing::Ended(outcome) => {
+                p.result = outcome.code;
+                &outcome.phase
+            }
         };
         for (dst, src) in p.phase.iter_mut().zip(phase.bytes().take(31)) {
             *dst = src as c_char;
-        }
-        if let Some(pr) = &progress {
-            p.round = pr.round.unwrap_or(0);
-            if let Some(c) = &pr.copy {
-                p.bytes_total = c.total_bytes;
-                p.bytes_done = c.done_bytes;
-                p.bytes_per_sec = c.rate() as u64;
-            }
         }
         // SAFETY: non-null and writable by the caller's contract.
         unsafe { out.write(p) };
