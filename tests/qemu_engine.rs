@@ -165,7 +165,7 @@ async fn setup_with_destination(tag: &str, size: u64) -> (ImageSpec, ImageSpec) 
 async fn start_test_mirror(qmp: &Qmp, node: &RbdNode, dst: &ImageSpec, speed: Option<u64>) {
     let target = RbdTarget {
         image: dst.clone(),
-        conf: cluster().conf.display().to_string(),
+        conf: Some(cluster().conf.display().to_string()),
         user: None,
     };
     start_mirror(

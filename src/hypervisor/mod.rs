@@ -11,8 +11,11 @@
 //!
 //! A control plane supplies its own implementation (e.g. over its compute
 //! agent); livemig ships [`TestInstanceHook`] for the test instance's control
-//! socket. A QEMU instance needs no hook: the QEMU engine mirrors instead.
+//! socket and [`QmpHook`] for a QEMU's QMP socket (used when the native
+//! engine moves a QEMU's volume; by default the QEMU engine mirrors it
+//! instead and holds nothing).
 
+pub mod qmp;
 pub mod test_instance;
 
 use std::sync::Arc;
@@ -20,11 +23,18 @@ use std::sync::Arc;
 use crate::catalog::{Access, Attachment, Backing};
 use crate::error::{Error, ErrorKind, Result};
 
+pub use qmp::QmpHook;
 pub use test_instance::TestInstanceHook;
 
 /// What livemig needs from the hypervisor of an attached volume.
 #[async_trait::async_trait]
 pub trait Hypervisor: Send + Sync {
+    /// Before a job is created: whether this instance can be held and
+    /// re-pointed, so that a migration is refused up front rather than
+    /// stuck with the instance held. The default accepts.
+    async fn check(&self, _attachment: &Attachment) -> Result<()> {
+        Ok(())
+    }
     /// Stops the instance's writes to the volume and returns once every
     /// write it acknowledged is on the image (nothing in flight).
     async fn hold(&self, attachment: &Attachment) -> Result<()>;
@@ -40,8 +50,8 @@ pub trait HypervisorRegistry: Send + Sync {
     fn for_attachment(&self, attachment: &Attachment) -> Result<Arc<dyn Hypervisor>>;
 }
 
-/// The built-in registry: test-instance sockets. Attachments without an
-/// access channel cannot be held; QEMU instances move by the QEMU engine.
+/// The built-in registry: test-instance sockets and QMP sockets.
+/// Attachments without an access channel cannot be held.
 #[derive(Debug, Default, Clone)]
 pub struct BuiltinHypervisors {
     /// Where each catalog cluster name's ceph.conf is, for re-pointing:
@@ -59,12 +69,7 @@ impl HypervisorRegistry for BuiltinHypervisors {
                     "instance `{}` uses volume `{}` but the catalog names no way to reach it (access: none), so its writes cannot be held for the cutover: record its control socket with `migrate catalog attach --qmp SOCKET` or `--test-instance SOCKET`, or detach the volume",
                     attachment.instance_id, attachment.volume_id
                 ))),
-            Access::Qmp { socket } => Err(Error::new(ErrorKind::InvalidState, "hold instance")
-                .target(attachment.instance_id.clone())
-                .message(format!(
-                    "instance `{}` is a QEMU (QMP socket `{socket}`): its volumes move by the QEMU engine, which mirrors without holding it; there is no hold/re-point hook for QMP",
-                    attachment.instance_id
-                ))),
+            Access::Qmp { socket } => Ok(Arc::new(QmpHook::new(socket, self.cluster_confs.clone()))),
         }
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::catalog::{Cas, CasPurpose, Catalog, Volume, VolumeStatus};
+use crate::catalog::{Access, Cas, CasPurpose, Catalog, Volume, VolumeStatus};
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
@@ -62,6 +62,9 @@ pub struct MigrateOptions {
     /// QEMU engine: milliseconds without progress before the mirror is
     /// switched to write-blocking.
     pub qemu_stall_ms: u64,
+    /// The engine for an attached volume; `None` chooses by the instance
+    /// (the QEMU engine for a QMP socket, the native engine otherwise).
+    pub engine: Option<Engine>,
 }
 
 impl Default for MigrateOptions {
@@ -73,6 +76,7 @@ impl Default for MigrateOptions {
             save_every: Duration::from_secs(1),
             live: LivePolicyPatch::default(),
             qemu_stall_ms: 10_000,
+            engine: None,
         }
     }
 }
@@ -182,6 +186,12 @@ impl Migrator {
         self
     }
 
+    /// Forces the engine for attached volumes (`None`: chosen by the instance).
+    pub fn engine(mut self, engine: Option<Engine>) -> Self {
+        self.options.engine = engine;
+        self
+    }
+
     /// Progress of the job being driven.
     pub fn subscribe(&self) -> watch::Receiver<JobProgress> {
         self.progress.subscribe()
@@ -208,15 +218,30 @@ impl Migrator {
         let attachments = self.catalog.attachments(volume_id).await?;
         // An attached volume moves live: its instance must be reachable.
         let live = match attachments.as_slice() {
+            [] if self.options.engine == Some(Engine::Qemu) => {
+                return Err(Error::new(ErrorKind::InvalidInput, "start migration")
+                    .target(volume_id.to_owned())
+                    .message(format!(
+                        "volume `{volume_id}` is not attached, and the QEMU engine moves only volumes a QEMU has open: leave the engine to livemig (`--engine auto`)"
+                    )))
+            }
             [] => None,
             [attachment] => {
-                let engine = match &attachment.access {
-                    crate::catalog::Access::Qmp { socket } => {
+                let engine = match (&attachment.access, self.options.engine) {
+                    (Access::Qmp { socket }, None | Some(Engine::Qemu)) => {
                         qemu::precheck(socket, &volume.backing.image).await?;
                         Engine::Qemu
                     }
+                    (_, Some(Engine::Qemu)) => {
+                        return Err(Error::new(ErrorKind::InvalidInput, "start migration")
+                            .target(volume_id.to_owned())
+                            .message(format!(
+                                "instance `{}` is not reached through a QMP socket, so the QEMU engine cannot move its volume `{volume_id}`: use `--engine auto` or `--engine native`",
+                                attachment.instance_id
+                            )))
+                    }
                     _ => {
-                        self.hypervisors.for_attachment(attachment)?;
+                        self.hypervisors.for_attachment(attachment)?.check(attachment).await?;
                         Engine::Native
                     }
                 };

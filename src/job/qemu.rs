@@ -186,7 +186,7 @@ impl Migrator {
         })?;
         let target = RbdTarget {
             image: r.destination.image.clone(),
-            conf,
+            conf: Some(conf),
             user: cluster.client_id().map(str::to_owned),
         };
         // A destination node left by an earlier attempt goes first.

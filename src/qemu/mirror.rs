@@ -20,9 +20,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use super::graph::add_rbd_node;
+pub use super::graph::{find_rbd_node, RbdNode, RbdTarget};
 use super::Qmp;
 use crate::error::{Error, ErrorKind, Result};
-use crate::spec::ImageSpec;
+
+fn engine_error(why: String) -> Error {
+    Error::new(ErrorKind::Hypervisor, "qemu mirror").message(why)
+}
 
 /// Mirror granularity, bytes.
 pub const GRANULARITY: u64 = 64 << 10;
@@ -36,80 +41,6 @@ pub struct MirrorOptions {
     pub speed: Option<u64>,
 }
 
-/// Where the destination image is, as QEMU's rbd driver needs it.
-#[derive(Debug, Clone)]
-pub struct RbdTarget {
-    /// The image.
-    pub image: ImageSpec,
-    /// ceph.conf path as QEMU sees it.
-    pub conf: String,
-    /// Ceph client id (without `client.`), if not the default.
-    pub user: Option<String>,
-}
-
-/// A QEMU block node backed by an RBD image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbdNode {
-    /// QEMU's node name.
-    pub node_name: String,
-    /// The image.
-    pub image: ImageSpec,
-}
-
-fn engine_error(why: String) -> Error {
-    Error::new(ErrorKind::Hypervisor, "qemu mirror").message(why)
-}
-
-/// The image an rbd node opens, from its `image.filename` (either
-/// `json:{...}` with pool/namespace/image, or `rbd:pool[/ns]/image[:opts]`).
-fn rbd_image_of(node: &Value) -> Option<ImageSpec> {
-    let filename = node.pointer("/image/filename")?.as_str()?;
-    if let Some(json_text) = filename.strip_prefix("json:") {
-        let v: Value = serde_json::from_str(json_text).ok()?;
-        let v = v
-            .get("file")
-            .filter(|f| f.get("driver") == Some(&json!("rbd")))
-            .unwrap_or(&v);
-        return Some(ImageSpec {
-            pool: v.get("pool")?.as_str()?.to_owned(),
-            namespace: v.get("namespace").and_then(Value::as_str).unwrap_or("").to_owned(),
-            image: v.get("image")?.as_str()?.to_owned(),
-        });
-    }
-    let spec = filename.strip_prefix("rbd:")?.split(':').next()?;
-    spec.parse().ok()
-}
-
-/// Finds the rbd node of `image` in QEMU's block graph (by what it opens,
-/// not by its name).
-pub async fn find_rbd_node(qmp: &Qmp, image: &ImageSpec) -> Result<RbdNode> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).await?;
-    let found: Vec<RbdNode> = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n.get("drv").and_then(Value::as_str) == Some("rbd"))
-        .filter_map(|n| {
-            Some(RbdNode {
-                node_name: n.get("node-name")?.as_str()?.to_owned(),
-                image: rbd_image_of(n)?,
-            })
-        })
-        .filter(|n| n.image == *image)
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(Error::new(ErrorKind::ImageNotFound, "find rbd node").target(image.to_string()).message(format!(
-            "QEMU has no rbd block node for `{image}`: the catalog's attachment does not match what the instance has open"
-        ))),
-        many => Err(engine_error(format!(
-            "QEMU has {} rbd nodes for `{image}` ({}); refusing to guess",
-            many.len(),
-            many.iter().map(|n| n.node_name.as_str()).collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
 /// Adds the destination as a block node (with the source's cache
 /// settings) and starts mirroring `source` into it as job `job_id`.
 pub async fn start_mirror(
@@ -120,32 +51,7 @@ pub async fn start_mirror(
     job_id: &str,
     options: &MirrorOptions,
 ) -> Result<()> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).await?;
-    let src = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(source.node_name.as_str()))
-        .cloned()
-        .unwrap_or_default();
-    let direct = src.pointer("/cache/direct").and_then(Value::as_bool).unwrap_or(false);
-    let no_flush = src.pointer("/cache/no-flush").and_then(Value::as_bool).unwrap_or(false);
-    let mut add = json!({
-        "driver": "rbd",
-        "node-name": target_node,
-        "pool": target.image.pool,
-        "image": target.image.image,
-        "conf": target.conf,
-        "cache": {"direct": direct, "no-flush": no_flush},
-        "discard": "unmap",
-    });
-    if !target.image.namespace.is_empty() {
-        add["namespace"] = json!(target.image.namespace);
-    }
-    if let Some(user) = &target.user {
-        add["user"] = json!(user);
-    }
-    qmp.execute("blockdev-add", add).await?;
+    add_rbd_node(qmp, source, target, target_node).await?;
     let mut mirror = json!({
         "job-id": job_id,
         "device": source.node_name,
@@ -360,20 +266,4 @@ pub async fn cancel(qmp: &Qmp, job_id: &str, target_node: &str) -> Result<()> {
     }
     let _ = qmp.execute("blockdev-del", json!({"node-name": target_node})).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rbd_node_images_are_read_from_either_filename_form() {
-        let j = json!({"image": {"filename": "json:{\"driver\": \"rbd\", \"pool\": \"p\", \"image\": \"i\", \"conf\": \"/c\"}"}});
-        assert_eq!(rbd_image_of(&j), Some(ImageSpec::new("p", "i")));
-        let j = json!({"image": {"filename": "json:{\"driver\": \"rbd\", \"pool\": \"p\", \"namespace\": \"n\", \"image\": \"i\"}"}});
-        assert_eq!(rbd_image_of(&j).unwrap().to_string(), "p/n/i");
-        let j = json!({"image": {"filename": "rbd:p/i:conf=/etc/ceph/ceph.conf"}});
-        assert_eq!(rbd_image_of(&j), Some(ImageSpec::new("p", "i")));
-        assert_eq!(rbd_image_of(&json!({"image": {"filename": "/var/lib/x.qcow2"}})), None);
-    }
 }

@@ -4,6 +4,7 @@
 //! mirrors the volume itself (`blockdev-mirror`): the guest's writes go to
 //! both images once the mirror is in sync, so the pivot costs no downtime.
 
+pub mod graph;
 pub mod mirror;
 pub mod qmp;
 

@@ -8,6 +8,7 @@
 //! be had, the test fails and says how to get one.
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod qsd;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use livemig::ceph::{Cluster, ClusterConfig};
+use livemig::job::Engine;
 use livemig::mirror::{compare_images, Copier, CopyOptions, Progress};
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
@@ -107,6 +108,12 @@ struct StartArgs {
     /// Destination: POOL (same image name) or POOL/IMAGE (a new image).
     #[arg(long, value_name = "POOL[/IMAGE]")]
     to: String,
+    /// Engine for an attached volume: `auto` lets a QEMU (QMP socket)
+    /// mirror it and uses the native engine otherwise; `native` copies with
+    /// livemig and holds the instance (a QEMU: `stop`/`cont`) for the final
+    /// delta; `qemu` insists on the QEMU mirror.
+    #[arg(long, value_name = "ENGINE", value_parser = ["auto", "native", "qemu"], default_value = "auto")]
+    engine: String,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -599,7 +606,12 @@ fn main() -> ExitCode {
                     store,
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
-                );
+                )
+                .engine(match a.engine.as_str() {
+                    "native" => Some(Engine::Native),
+                    "qemu" => Some(Engine::Qemu),
+                    _ => None,
+                });
                 jobs::start(m, &a.volume, &a.to, json, a.run.no_progress_flag()).await
             }
             Command::Resume(a) => {
