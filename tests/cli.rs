@@ -225,8 +225,11 @@ async fn a_copy_killed_mid_way_leaves_a_named_partial_that_the_next_copy_reclaim
     // Nothing under the destination's name; the partial is clearly named.
     assert!(!dst_io.image_exists(&name).await.unwrap());
     assert!(dst_io.image_exists(&partial).await.unwrap());
-    let img = src_io.open_image_read_only(&name, None).await.unwrap();
-    assert_eq!(img.snap_list().await.unwrap().len(), 1, "the dead copy's snapshot");
+    // The dead copy held the idle source by its exclusive lock (no snapshot);
+    // the lock outlives it until a later client breaks it.
+    let img = src_io.open_image(&name).await.unwrap();
+    assert!(img.snap_list().await.unwrap().is_empty(), "a snapshot was taken");
+    assert_eq!(img.lock_owners().await.unwrap().len(), 1, "the dead copy's lock");
     img.close().await;
     // Watches of a killed client linger until they time out; retry until the
     // partial is no longer watched and the copy reclaims it.
@@ -249,10 +252,15 @@ async fn a_copy_killed_mid_way_leaves_a_named_partial_that_the_next_copy_reclaim
     let a = src_io.open_image_read_only(&name, None).await.unwrap();
     let b = dst_io.open_image_read_only(&name, None).await.unwrap();
     assert!(livemig::mirror::compare_images(&a, &b).await.unwrap().identical());
+    assert!(a.snap_list().await.unwrap().is_empty(), "a snapshot was left");
+    a.close().await;
+    b.close().await;
+    let a = src_io.open_image(&name).await.unwrap();
     assert!(
-        a.snap_list().await.unwrap().is_empty(),
-        "the dead copy's snapshot was reclaimed too"
+        a.lock_owners().await.unwrap().is_empty(),
+        "the dead copy's lock is still there"
     );
+    a.close().await;
 }
 
 fn unsafe_kill(pid: u32, sig: i32) -> i32 {

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use livemig::ceph::{Cluster, ClusterConfig, CreateOptions, IoCtx};
-use livemig::mirror::{compare_images, Copier, CopyOptions};
+use livemig::mirror::{compare_images, Copier, CopyOptions, SourceHold};
 use livemig::spec::ImageSpec;
 use livemig::ErrorKind;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,15 @@ async fn assert_faithful(src_io: &IoCtx, src: &str, dst_io: &IoCtx, dst: &str) {
     );
     // Independent check of the bytes, not through compare_images.
     assert_eq!(read_all(&a).await, read_all(&b).await);
+    a.close().await;
+    let a = src_io.open_image(src).await.unwrap();
+    assert_eq!(
+        a.lock_owners().await.unwrap(),
+        Vec::<String>::new(),
+        "the copy left the source locked"
+    );
+    a.close().await;
+    b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +295,154 @@ async fn cancel_leaves_no_destination_and_an_untouched_source() {
     let images = dst_io.list_images().await.unwrap();
     assert!(!images.iter().any(|n| n.starts_with(&name)), "left behind: {images:?}");
     assert_eq!(pool_state(&[&src_io], &name).await, before, "the source changed");
+    let img = src_io.open_image(&name).await.unwrap();
+    assert!(
+        img.lock_owners().await.unwrap().is_empty(),
+        "the cancelled copy left the source locked"
+    );
+    img.close().await;
+}
+
+/// Copies `name` at 8 MiB/s while `during` runs once the copy has begun;
+/// returns the report.
+async fn slow_copy_while<F: std::future::Future<Output = ()>>(
+    c: &Cluster,
+    name: &str,
+    always_snapshot: bool,
+    during: F,
+) -> livemig::mirror::CopyReport {
+    let (tx, mut rx) = tokio::sync::watch::channel(Default::default());
+    let copier = Copier::new(CopyOptions {
+        bandwidth_limit: Some(8 << 20),
+        always_snapshot,
+        ..Default::default()
+    })
+    .progress(tx);
+    let (src, dst) = (ImageSpec::new(SRC_POOL, name), ImageSpec::new(DST_POOL, name));
+    let run = copier.run(c, &src, c, &dst);
+    let side = async {
+        loop {
+            rx.changed().await.unwrap();
+            if rx.borrow().done_bytes > 0 {
+                break;
+            }
+        }
+        during.await;
+    };
+    let (report, ()) = tokio::join!(run, side);
+    report.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_source_is_held_by_its_exclusive_lock_and_copied_as_it_was() {
+    let c = cluster().connect().await;
+    let (src_io, dst_io) = pools(&c).await;
+    let name = unique("locked");
+    src_io
+        .create_image(&name, 24 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    write_at(&img, 0, random_bytes(60, 24 << 20)).await;
+    img.close().await;
+    let before = pool_state(&[&src_io], &name).await;
+    // While the copy runs: the copy owns the lock, there is no snapshot, and
+    // another client's writes are refused (rbd bench stands for that client).
+    let spec = format!("{SRC_POOL}/{name}");
+    let during = async {
+        let other = cluster().connect().await;
+        let img = other
+            .ioctx(SRC_POOL, "")
+            .await
+            .unwrap()
+            .open_image(&name)
+            .await
+            .unwrap();
+        assert_eq!(
+            img.lock_owners().await.unwrap().len(),
+            1,
+            "the copy does not own the lock"
+        );
+        assert!(img.snap_list().await.unwrap().is_empty(), "a snapshot was taken");
+        img.close().await;
+        let conf = cluster().conf.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("timeout")
+                .args([
+                    "60",
+                    "rbd",
+                    "bench",
+                    "--io-type",
+                    "write",
+                    "--io-size",
+                    "4K",
+                    "--io-total",
+                    "8K",
+                ])
+                .arg("--conf")
+                .arg(conf)
+                .arg(&spec)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && text.contains("Read-only file system"),
+            "another client could write the source during the copy: {text}"
+        );
+    };
+    let report = slow_copy_while(&c, &name, false, during).await;
+    assert_eq!(report.source_hold, SourceHold::ExclusiveLock);
+    assert_eq!(pool_state(&[&src_io], &name).await, before, "the source changed");
+    assert_faithful(&src_io, &name, &dst_io, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_in_use_is_read_through_a_snapshot_and_stays_writable() {
+    let c = cluster().connect().await;
+    let (src_io, dst_io) = pools(&c).await;
+    for always_snapshot in [false, true] {
+        let name = unique("in-use");
+        src_io
+            .create_image(&name, 24 << 20, &CreateOptions::default())
+            .await
+            .unwrap();
+        let user = src_io.open_image(&name).await.unwrap();
+        write_at(&user, 0, random_bytes(61, 24 << 20)).await;
+        let before = read_all(&user).await;
+        // `always_snapshot` without a user: the source is idle, the option alone decides.
+        let user = if always_snapshot {
+            user.close().await;
+            None
+        } else {
+            Some(user)
+        };
+        let writer = cluster().connect().await;
+        let writer_io = writer.ioctx(SRC_POOL, "").await.unwrap();
+        let during = async {
+            let img = writer_io.open_image(&name).await.unwrap();
+            write_at(&img, 0, vec![0xCD; 4 << 20]).await;
+            img.close().await;
+        };
+        let report = slow_copy_while(&c, &name, always_snapshot, during).await;
+        assert_eq!(report.source_hold, SourceHold::Snapshot);
+        if let Some(user) = user {
+            user.close().await;
+        }
+        // The copy is the source as of the snapshot; the source took the write.
+        let dst = dst_io.open_image_read_only(&name, None).await.unwrap();
+        assert!(
+            read_all(&dst).await == before,
+            "the copy is not the source as of its start"
+        );
+        dst.close().await;
+        let src = src_io.open_image_read_only(&name, None).await.unwrap();
+        assert_eq!(read_all(&src).await[..4 << 20], vec![0xCD; 4 << 20][..]);
+        assert!(src.snap_list().await.unwrap().is_empty(), "snapshot left");
+        src.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,14 @@
 //! The bulk copy of one image to another pool or cluster.
 //!
 //! Why it is shaped this way:
-//! - It reads a point-in-time snapshot, so the source may stay in use and
-//!   the copy is consistent.
+//! - It copies the source as of one point in time. A source that nobody has
+//!   open and that has the exclusive-lock feature is held still by taking
+//!   its exclusive lock for the copy (other clients can read it, not write
+//!   it). Any other source is read through a temporary snapshot, so its
+//!   users keep writing. The lock is the default where it applies because a
+//!   snapshot costs two monitor commits (creating it allocates a snapshot id
+//!   from the pool, removing it releases one): about 1-2 s per copy, which
+//!   outweighs the copy itself for images of a few GiB.
 //! - It enumerates allocated extents with `rbd_diff_iterate2` (object map
 //!   when fast-diff is on), so an empty 1 TiB image costs nothing.
 //! - One loop owns all state (queue of chunks, in-flight operations, byte
@@ -23,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::zero::nonzero_runs;
+use livemig_ceph_sys as sys;
+
 use crate::ceph::{Cluster, CreateOptions, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
@@ -53,6 +61,9 @@ pub struct CopyOptions {
     pub zero_block: usize,
     /// Upper bound on bytes read per second; `None` for no limit.
     pub bandwidth_limit: Option<u64>,
+    /// Always read through a temporary snapshot, even where the source's
+    /// exclusive lock would do (so the source stays writable).
+    pub always_snapshot: bool,
 }
 
 impl Default for CopyOptions {
@@ -62,6 +73,7 @@ impl Default for CopyOptions {
             chunk_size: None,
             zero_block: 64 << 10,
             bandwidth_limit: None,
+            always_snapshot: false,
         }
     }
 }
@@ -124,6 +136,19 @@ pub struct CopyReport {
     pub seconds: f64,
     /// Image-meta keys copied.
     pub metadata_keys: usize,
+    /// How the source was held still: `exclusive_lock` or `snapshot`.
+    pub source_hold: SourceHold,
+}
+
+/// How a copy keeps its source at one point in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceHold {
+    /// The copy owned the source's exclusive lock: nobody else could write.
+    ExclusiveLock,
+    /// The copy read a temporary snapshot; the source stayed writable.
+    #[default]
+    Snapshot,
 }
 
 /// Copies images. Configure, then [`Copier::run`].
@@ -187,6 +212,8 @@ impl Copier {
         let src_io = src_cluster.ioctx(&src.pool, &src.namespace).await?;
         let src_head = src_io.open_image_read_only(&src.image, None).await?;
         debug!("source opened");
+        // A read-only open registers no watch: any watcher is another client.
+        let idle = src_head.watchers().await?.is_empty();
         let info = src_head.info().await?;
         let metadata = src_head.metadata_list().await?;
         let needed = src_head.allocated_bytes(true).await?;
@@ -205,29 +232,66 @@ impl Copier {
         self.check_space(dst_cluster, dst, needed).await?;
         debug!("destination checked");
 
-        let snap = format!("{SNAPSHOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let src_rw = src_io.open_image(&src.image).await?;
-        src_rw.snap_create(&snap).await?;
-        debug!(snapshot = %snap, "snapshot created");
+        let hold =
+            if self.options.always_snapshot || info.features & sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 || !idle {
+                SourceHold::Snapshot
+            } else {
+                match src_rw.lock_acquire_exclusive().await {
+                    Ok(()) => SourceHold::ExclusiveLock,
+                    Err(e) => {
+                        debug!(error = %e, "the source's lock is not to be had; reading a snapshot instead");
+                        SourceHold::Snapshot
+                    }
+                }
+            };
+        let snap = match hold {
+            SourceHold::ExclusiveLock => None,
+            SourceHold::Snapshot => {
+                let snap = format!("{SNAPSHOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+                if let Err(e) = src_rw.snap_create(&snap).await {
+                    src_rw.close().await;
+                    return Err(e);
+                }
+                Some(snap)
+            }
+        };
+        debug!(?hold, snapshot = ?snap, "source held still");
         let outcome = self
-            .copy_from_snapshot(&src_io, src, &snap, &info, &metadata, &dst_io, &partial)
+            .copy_at(
+                &src_io,
+                src,
+                &src_rw,
+                snap.as_deref(),
+                &info,
+                &metadata,
+                &dst_io,
+                &partial,
+            )
             .await;
-        let snap_removed = src_rw.snap_remove(&snap).await;
+        let released = match &snap {
+            Some(snap) => src_rw.snap_remove(snap).await,
+            None => src_rw.lock_release().await,
+        };
         src_rw.close().await;
-        debug!("snapshot removed");
+        debug!("source let go");
         let mut report = match outcome {
             Ok(r) => r,
             Err(e) => {
                 if let Err(rm) = dst_io.remove_image(&partial).await {
                     warn!(error = %rm, image = %partial, "could not remove the partial destination");
                 }
-                if let Err(se) = snap_removed {
-                    warn!(error = %se, snapshot = %snap, "could not remove the copy snapshot");
+                if let Err(se) = released {
+                    warn!(error = %se, snapshot = ?snap, "could not let go of the source (snapshot or lock)");
                 }
                 return Err(e);
             }
         };
-        snap_removed?;
+        // A lock that could not be released goes with the close; a snapshot stays.
+        if snap.is_some() {
+            released?;
+        }
+        report.source_hold = hold;
         dst_io.rename_image(&partial, &dst.image).await.map_err(|e| {
             e.message(format!(
                 "the copy is complete as `{}` but could not be renamed to `{dst}`",
@@ -269,23 +333,38 @@ impl Copier {
         Ok(())
     }
 
+    /// Copies `src` as of `snap` (a snapshot of it), or as it is when
+    /// `snap` is `None` (the caller holds its exclusive lock, through `head`).
     #[allow(clippy::too_many_arguments)]
-    async fn copy_from_snapshot(
+    async fn copy_at(
         &self,
         src_io: &IoCtx,
         src: &ImageSpec,
-        snap: &str,
+        head: &Image,
+        snap: Option<&str>,
         info: &ImageInfo,
         metadata: &[(String, String)],
         dst_io: &IoCtx,
         partial: &str,
     ) -> Result<CopyReport> {
-        let src_snap = src_io.open_image_read_only(&src.image, Some(snap)).await?;
-        let dst_img = create_partial(dst_io, partial, info, src_io, src, snap).await?;
+        let src_snap = match snap {
+            Some(snap) => Some(src_io.open_image_read_only(&src.image, Some(snap)).await?),
+            None => None,
+        };
+        let reader = src_snap.as_ref().unwrap_or(head);
+        let dst_img = match create_partial(dst_io, partial, info, src_io, src, snap.unwrap_or("")).await {
+            Ok(img) => img,
+            Err(e) => {
+                if let Some(img) = src_snap {
+                    img.close().await;
+                }
+                return Err(e);
+            }
+        };
         debug!("destination created");
         let result = async {
             let progress = self
-                .transfer(&src_snap, &dst_img, 0)
+                .transfer(reader, &dst_img, 0)
                 .instrument(info_span!("transfer"))
                 .await?;
             finish_partial(&dst_img, metadata).await?;
@@ -297,11 +376,14 @@ impl Copier {
                 written_bytes: progress.written_bytes,
                 seconds: progress.elapsed.as_secs_f64(),
                 metadata_keys: metadata.len(),
+                source_hold: SourceHold::default(),
             })
         }
         .await;
         dst_img.close().await;
-        src_snap.close().await;
+        if let Some(img) = src_snap {
+            img.close().await;
+        }
         debug!("images closed");
         result
     }

@@ -1,7 +1,7 @@
 //! The native engine: moving an image's bytes with librbd directly.
 //!
-//! [`copy`] is the bulk copy from a point-in-time snapshot (sparse, bounded,
-//! parallel, zero-skipping); [`compare`] checks two images by content;
+//! [`copy`] is the bulk copy of a source held at one point in time (by its
+//! exclusive lock or a snapshot; sparse, bounded, parallel, zero-skipping); [`compare`] checks two images by content;
 //! [`fence`] takes a source image away from its writers for the cutover;
 //! [`zero`] finds the non-zero runs of a buffer so the destination stays thin.
 
@@ -11,4 +11,4 @@ pub mod fence;
 pub mod zero;
 
 pub use compare::{compare_images, CompareReport};
-pub use copy::{Copier, CopyOptions, CopyReport, Progress};
+pub use copy::{Copier, CopyOptions, CopyReport, Progress, SourceHold};

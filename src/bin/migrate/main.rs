@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use livemig::ceph::{Cluster, ClusterConfig};
 use livemig::job::Engine;
-use livemig::mirror::{compare_images, Copier, CopyOptions, Progress};
+use livemig::mirror::{compare_images, Copier, CopyOptions, Progress, SourceHold};
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
@@ -61,8 +61,11 @@ struct Cli {
 enum Command {
     /// Copy a detached image to a new image in another pool or cluster.
     ///
-    /// The copy reads a temporary snapshot of SRC (so SRC stays usable),
-    /// copies only allocated, non-zero data (the copy stays thin), and keeps
+    /// The copy reads SRC as of one point in time: when nobody has SRC open
+    /// it takes SRC's exclusive lock (others can read SRC, not write it,
+    /// until the copy ends); otherwise, or with --snapshot, it reads a
+    /// temporary snapshot. It copies only allocated, non-zero data (the copy
+    /// stays thin), and keeps
     /// size, features, object size, striping and image-meta. DST must not
     /// exist; it appears only when complete. Ctrl-C cancels cleanly.
     ///
@@ -248,6 +251,13 @@ struct CopyArgs {
     /// Limit the copy to this many bytes per second, e.g. 200M.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     bwlimit: Option<u64>,
+    /// Read SRC through a temporary snapshot even when nobody has it open,
+    /// so that it stays writable during the copy. By default such a source
+    /// is held still by taking its exclusive lock instead (others can read
+    /// it, not write it, until the copy ends), which saves the snapshot's
+    /// two monitor round trips.
+    #[arg(long)]
+    snapshot: bool,
     /// Do not show progress.
     #[arg(long)]
     no_progress: bool,
@@ -488,6 +498,7 @@ async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json
         in_flight_bytes: args.in_flight,
         chunk_size: args.chunk_size,
         bandwidth_limit: args.bwlimit,
+        always_snapshot: args.snapshot,
         ..Default::default()
     };
     let cancel = on_ctrl_c("cancelling (removing the partial destination)");
@@ -500,14 +511,18 @@ async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result<serde_json
     let report = result?;
     if !json {
         println!(
-            "copied {} to {}: {} of data in {:.1}s ({}/s), {} written, {} image-meta keys",
+            "copied {} to {}: {} of data in {:.1}s ({}/s), {} written, {} image-meta keys; source held by {}",
             report.source,
             report.destination,
             human_bytes(report.read_bytes as f64),
             report.seconds,
             human_bytes(report.read_bytes as f64 / report.seconds.max(1e-9)),
             human_bytes(report.written_bytes as f64),
-            report.metadata_keys
+            report.metadata_keys,
+            match report.source_hold {
+                SourceHold::ExclusiveLock => "its exclusive lock",
+                SourceHold::Snapshot => "a temporary snapshot",
+            }
         );
     }
     Ok(serde_json::json!({"event": "done", "report": report}))
