@@ -453,12 +453,18 @@ class RunOptions:
     keep_source: bool = False
     trash_delay_secs: Optional[int] = None
     mirror_stall_ms: Optional[int] = None
+    engine: Optional[str] = None  # "native" or "qemu"; None: chosen by the instance
 
     def _c(self) -> _n.RunOptions:
         on_stall = {None: 0, "cutover": 1, "pause": 2}.get(self.on_stall)
         if on_stall is None:
             raise ValueError(f"on_stall must be 'cutover' or 'pause', not {self.on_stall!r}")
+        engine = {None: 0, "native": 1, "qemu": 2}.get(self.engine)
+        if engine is None:
+            raise ValueError(f"engine must be 'native' or 'qemu', not {self.engine!r}")
         return _n.RunOptions(
+            ctypes.sizeof(_n.RunOptions),
+            engine,
             self.bwlimit_bytes_per_sec or 0,
             self.in_flight_bytes or 0,
             self.cutover_bytes or 0,

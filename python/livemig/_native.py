@@ -169,6 +169,8 @@ class Config(Structure):
 
 class RunOptions(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("engine", c_int32),
         ("bwlimit_bytes_per_sec", c_uint64),
         ("in_flight_bytes", c_uint64),
         ("cutover_bytes", c_uint64),

@@ -214,6 +214,9 @@ class DetachedMigrations(unittest.TestCase):
             self.assertIn("no-such-pool", str(ctx.exception))
             with self.assertRaises(livemig.SameImage):
                 m.start("vol-b", f"{SRC}/{image}")
+            with self.assertRaises(livemig.InvalidInput) as ctx:
+                m.start("vol-b", DST, livemig.RunOptions(engine="qemu"))
+            self.assertIn("not attached", str(ctx.exception))
         self.assertEqual(plane.db.volumes(), before)
         self.assertEqual(plane.db.query("SELECT count(*) FROM changes"), [(0,)])
 

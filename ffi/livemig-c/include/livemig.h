@@ -166,6 +166,18 @@
 // Pause the job (`LIVEMIG_ERR_NOT_CONVERGING`) when the rounds stop shrinking.
 #define LIVEMIG_ON_STALL_PAUSE 2
 
+// `livemig_run_options.engine`: the QEMU engine for a volume attached to a
+// QEMU (QMP socket), the native engine otherwise.
+#define LIVEMIG_ENGINE_AUTO 0
+
+// `livemig_run_options.engine`: the native engine (the instance is held
+// for the final delta; a QEMU with `stop`/`cont`).
+#define LIVEMIG_ENGINE_NATIVE 1
+
+// `livemig_run_options.engine`: the QEMU engine (QEMU mirrors the volume);
+// refused for a volume no QEMU has open.
+#define LIVEMIG_ENGINE_QEMU 2
+
 // `livemig_volume.status`: not attached, usable.
 #define LIVEMIG_VOLUME_AVAILABLE 0
 
@@ -365,7 +377,15 @@ typedef struct livemig_hypervisor_callbacks {
 
 // How a job runs; zero fields mean the default (or, for a resumed live
 // job, what its record says).
+//
+// Set `struct_size` to `sizeof(livemig_run_options)`: fields that a later
+// release adds after the ones the caller was compiled with then read as
+// zero (their defaults), so the struct can grow without breaking callers.
 typedef struct livemig_run_options {
+  // `sizeof(livemig_run_options)` as the caller knows it.
+  uint32_t struct_size;
+  // `LIVEMIG_ENGINE_*` (only `livemig_start` uses it: a job keeps its engine).
+  int32_t engine;
   // Upper bound on bytes read per second by the copy; 0: unlimited.
   uint64_t bwlimit_bytes_per_sec;
   // Memory for data in flight; 0: 128 MiB.
@@ -471,7 +491,8 @@ int32_t livemig_precheck(const struct livemig_migrator *migrator,
 // Starts migrating `volume_id` to `destination`: runs the precheck and
 // records the job (both before returning), then drives it in the
 // background. `*job_id` receives the job's id (caller frees it with
-// `livemig_string_free`). `options` may be NULL.
+// `livemig_string_free`). `options` may be NULL; otherwise its
+// `struct_size` must be set.
 //
 // # Safety
 // As `livemig_precheck`; `job_id` is writable.

@@ -39,7 +39,7 @@ use livemig::catalog::{Catalog, RadosCatalog};
 use livemig::ceph::{Cluster, ClusterConfig};
 use livemig::hypervisor::HypervisorRegistry;
 use livemig::job::{
-    JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
+    Engine, JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
 };
 use livemig::precheck::{precheck, Clusters, Destination};
 use livemig::{Error, ErrorKind};
@@ -140,6 +140,16 @@ pub const LIVEMIG_ON_STALL_DEFAULT: i32 = 0;
 pub const LIVEMIG_ON_STALL_CUTOVER: i32 = 1;
 /// Pause the job (`LIVEMIG_ERR_NOT_CONVERGING`) when the rounds stop shrinking.
 pub const LIVEMIG_ON_STALL_PAUSE: i32 = 2;
+
+/// `livemig_run_options.engine`: the QEMU engine for a volume attached to a
+/// QEMU (QMP socket), the native engine otherwise.
+pub const LIVEMIG_ENGINE_AUTO: i32 = 0;
+/// `livemig_run_options.engine`: the native engine (the instance is held
+/// for the final delta; a QEMU with `stop`/`cont`).
+pub const LIVEMIG_ENGINE_NATIVE: i32 = 1;
+/// `livemig_run_options.engine`: the QEMU engine (QEMU mirrors the volume);
+/// refused for a volume no QEMU has open.
+pub const LIVEMIG_ENGINE_QEMU: i32 = 2;
 
 /// Error kinds in code order: `LIVEMIG_ERR_*` 1..=27.
 const KINDS: [ErrorKind; 27] = [
@@ -307,9 +317,17 @@ pub struct livemig_config {
 
 /// How a job runs; zero fields mean the default (or, for a resumed live
 /// job, what its record says).
+///
+/// Set `struct_size` to `sizeof(livemig_run_options)`: fields that a later
+/// release adds after the ones the caller was compiled with then read as
+/// zero (their defaults), so the struct can grow without breaking callers.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 pub struct livemig_run_options {
+    /// `sizeof(livemig_run_options)` as the caller knows it.
+    pub struct_size: u32,
+    /// `LIVEMIG_ENGINE_*` (only `livemig_start` uses it: a job keeps its engine).
+    pub engine: i32,
     /// Upper bound on bytes read per second by the copy; 0: unlimited.
     pub bwlimit_bytes_per_sec: u64,
     /// Memory for data in flight; 0: 128 MiB.
@@ -334,6 +352,47 @@ pub struct livemig_run_options {
 }
 
 impl livemig_run_options {
+    /// The options behind `options` (NULL: the defaults), reading no more
+    /// than the `struct_size` bytes the caller declared.
+    ///
+    /// # Safety
+    /// `options` is NULL or points at `struct_size` readable bytes.
+    unsafe fn read(options: *const livemig_run_options) -> FfiResult<MigrateOptions> {
+        let mut out = livemig_run_options::default();
+        if options.is_null() {
+            return Ok(out.to_options());
+        }
+        // SAFETY: non-null; every caller's struct starts with `struct_size`.
+        let declared = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() } as usize;
+        let known = std::mem::size_of::<livemig_run_options>();
+        let minimum = std::mem::offset_of!(livemig_run_options, engine) + std::mem::size_of::<i32>();
+        if declared < minimum {
+            return Err(Error::new(ErrorKind::InvalidInput, "run options")
+                .message(format!(
+                    "livemig_run_options.struct_size is {declared}: set it to sizeof(livemig_run_options) ({known} in this release)"
+                ))
+                .into());
+        }
+        // SAFETY: the caller declared `declared` readable bytes; at most
+        // `known` of them are copied into a plain-old-data struct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                options.cast::<u8>(),
+                std::ptr::addr_of_mut!(out).cast::<u8>(),
+                declared.min(known),
+            )
+        };
+        if !matches!(
+            out.engine,
+            LIVEMIG_ENGINE_AUTO | LIVEMIG_ENGINE_NATIVE | LIVEMIG_ENGINE_QEMU
+        ) {
+            return Err(Error::new(ErrorKind::InvalidInput, "run options")
+                .message(format!("engine {} is not one of LIVEMIG_ENGINE_*", out.engine))
+                .into());
+        }
+        Ok(out.to_options())
+    }
+
     fn to_options(self) -> MigrateOptions {
         let defaults = MigrateOptions::default();
         let nonzero = |v: u64| (v != 0).then_some(v);
@@ -363,6 +422,11 @@ impl livemig_run_options {
                 fence_timeout_ms: nonzero(self.fence_timeout_ms),
             },
             qemu_stall_ms: nonzero(self.mirror_stall_ms).unwrap_or(defaults.qemu_stall_ms),
+            engine: match self.engine {
+                LIVEMIG_ENGINE_NATIVE => Some(Engine::Native),
+                LIVEMIG_ENGINE_QEMU => Some(Engine::Qemu),
+                _ => None,
+            },
             ..defaults
         }
     }
@@ -823,7 +887,8 @@ pub unsafe extern "C" fn livemig_precheck(
 /// Starts migrating `volume_id` to `destination`: runs the precheck and
 /// records the job (both before returning), then drives it in the
 /// background. `*job_id` receives the job's id (caller frees it with
-/// `livemig_string_free`). `options` may be NULL.
+/// `livemig_string_free`). `options` may be NULL; otherwise its
+/// `struct_size` must be set.
 ///
 /// # Safety
 /// As `livemig_precheck`; `job_id` is writable.
@@ -844,7 +909,7 @@ pub unsafe extern "C" fn livemig_start(
         let (volume_id, destination) =
             unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
         // SAFETY: NULL or a valid options struct (caller's contract).
-        let options = unsafe { options.as_ref() }.copied().unwrap_or_default().to_options();
+        let options = unsafe { livemig_run_options::read(options) }?;
         let to = Destination::parse("local", &destination)?;
         let migrator = state.migrator(options.clone(), CancellationToken::new());
         let stored = state.block_on(migrator.create(&volume_id, &to))??;
@@ -872,7 +937,7 @@ pub unsafe extern "C" fn livemig_resume(
         // SAFETY: caller's contract.
         let job = unsafe { str_arg(job_id, "job_id") }?;
         // SAFETY: NULL or a valid options struct (caller's contract).
-        let options = unsafe { options.as_ref() }.copied().unwrap_or_default().to_options();
+        let options = unsafe { livemig_run_options::read(options) }?;
         // Refuse what cannot be resumed now, with the record's reason.
         state.block_on(state.store.load(&job))??;
         state.spawn_run(&job, options)

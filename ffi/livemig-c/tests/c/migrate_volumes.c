@@ -204,6 +204,7 @@ static void add_volume(struct catalog *c, const char *id, const char *pool, cons
 static int32_t migrate(livemig_migrator *m, const char *volume, const char *dst, char **job) {
     livemig_run_options opts;
     memset(&opts, 0, sizeof opts);
+    opts.struct_size = sizeof opts;
     opts.keep_source = 1; /* the harness compares source and destination */
     int32_t rc = livemig_start(m, volume, dst, &opts, job);
     if (rc != LIVEMIG_OK) {
@@ -279,6 +280,23 @@ int main(int argc, char **argv) {
     CHECK(rc == LIVEMIG_ERR_POOL_NOT_FOUND, "unknown pool: %s", livemig_code_name(rc));
     CHECK(report != NULL && strstr(report, "\"rules\"") != NULL, "a report comes with the failed precheck");
     livemig_string_free(report);
+    /* Options without struct_size, or with an unknown engine, are refused. */
+    livemig_run_options unsized_opts;
+    memset(&unsized_opts, 0, sizeof unsized_opts);
+    char *no_job = NULL;
+    rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
+    CHECK(rc == LIVEMIG_ERR_INVALID_INPUT && strstr(livemig_last_error_message(), "struct_size") != NULL,
+          "options without struct_size: %s", livemig_code_name(rc));
+    unsized_opts.struct_size = sizeof unsized_opts;
+    unsized_opts.engine = 7;
+    rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
+    CHECK(rc == LIVEMIG_ERR_INVALID_INPUT, "unknown engine: %s", livemig_code_name(rc));
+    /* The QEMU engine moves only volumes a QEMU has open. */
+    unsized_opts.engine = LIVEMIG_ENGINE_QEMU;
+    rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
+    CHECK(rc == LIVEMIG_ERR_INVALID_INPUT && strstr(livemig_last_error_message(), "not attached") != NULL,
+          "the QEMU engine for a detached volume: %s", livemig_code_name(rc));
+    CHECK(no_job == NULL, "a refused start gave a job id");
     CHECK(cat->changes == 0, "prechecks changed the catalog");
 
     /* 1. A migration that succeeds. */
