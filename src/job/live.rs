@@ -204,9 +204,12 @@ impl Migrator {
         live.rounds.push(report);
         let verdict = decide(&live.policy, &live.rounds, first_round);
         let next_base = snap.clone();
-        // Right before a cutover, removing the old snapshots (a monitor
-        // round trip each) would only let the final delta grow: cleanup
-        // removes them.
+        // Removing a snapshot is a monitor round trip (~1 s on a quiet
+        // cluster) during which the writer writes on: done in line, it would
+        // add that much to every round's delta, so that rounds stop
+        // shrinking. Earlier rounds' snapshots therefore go in the
+        // background, beside the next round; right before a cutover they
+        // are left to cleanup.
         let sweep_now = !matches!(verdict, Verdict::Cutover(_));
         let stalled = match verdict {
             Verdict::Continue => {
@@ -251,9 +254,10 @@ impl Migrator {
         fault::point("live-after-round-recorded");
         // The previous base (and any snapshot of a crashed attempt) goes.
         if sweep_now {
-            sweep_snapshots(&src, &id, Some(&snap)).await?;
+            self.sweep_in_background(src, &id, &snap).await?;
+        } else {
+            src.close().await;
         }
-        src.close().await;
         if let Some(reason) = stalled {
             warn!(%reason, "pausing: the writer outpaces the copy");
             return Err(Error::new(ErrorKind::NotConverging, "replay").target(id.clone()).message(format!(
@@ -261,6 +265,41 @@ impl Migrator {
             )));
         }
         Ok(())
+    }
+
+    /// Removes the job's snapshots on `src` other than `keep` in a task of
+    /// its own (after the previous such task ended). The list is taken now,
+    /// so snapshots that later rounds create are not touched; a removal
+    /// that fails is left to cleanup, which sweeps again.
+    async fn sweep_in_background(&self, src: Image, job: &str, keep: &str) -> Result<()> {
+        self.finish_sweep().await;
+        let stale = match job_snapshots(&src, job, Some(keep)).await {
+            Ok(stale) => stale,
+            Err(e) => {
+                src.close().await;
+                return Err(e);
+            }
+        };
+        let task = tokio::spawn(
+            async move {
+                for name in stale {
+                    if let Err(e) = remove_snapshot(&src, &name).await {
+                        warn!(snapshot = %name, error = %e, "removing an earlier round's snapshot; cleanup retries");
+                    }
+                }
+                src.close().await;
+            }
+            .in_current_span(),
+        );
+        *self.sweeping.lock().await = Some(task);
+        Ok(())
+    }
+
+    /// Waits for the background removal of earlier rounds' snapshots.
+    pub(super) async fn finish_sweep(&self) {
+        if let Some(task) = self.sweeping.lock().await.take() {
+            let _ = task.await;
+        }
     }
 
     /// Takes the source's exclusive lock (kept until cleanup or abort).

@@ -116,6 +116,8 @@ pub struct Migrator {
     fence: tokio::sync::Mutex<Option<Image>>,
     /// The first replay round of this run (stalls are counted from it).
     first_round: std::sync::Mutex<Option<u32>>,
+    /// Removal of earlier rounds' snapshots, running beside the next round.
+    sweeping: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Retries an operation that fails with `Busy` while a dead client's watch
@@ -176,6 +178,7 @@ impl Migrator {
             hypervisors: Arc::new(BuiltinHypervisors::default()),
             fence: tokio::sync::Mutex::new(None),
             first_round: std::sync::Mutex::new(None),
+            sweeping: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -342,6 +345,8 @@ impl Migrator {
             }
         }
         let result = self.drive(id, &lost).instrument(info_span!("job", job = %id)).await;
+        // No background removal outlives the run.
+        self.finish_sweep().await;
         // A fence this run still holds (after an error) goes with the run.
         if let Some(img) = self.fence.lock().await.take() {
             let _ = img.lock_release().await;
@@ -814,6 +819,7 @@ impl Migrator {
             if r.live.is_some() {
                 self.evict_stale_writers(s, &img).await?;
             }
+            self.finish_sweep().await;
             sweep_snapshots(&img, &r.id, None).await?;
             img.close().await;
             self.release_fence().await;
@@ -890,6 +896,7 @@ impl Migrator {
         fault::point("abort-after-images");
         if snapshot.is_some() && src_io.image_exists(&r.source.image.image).await? {
             let img = retry_busy("open the source", || src_io.open_image(&r.source.image.image)).await?;
+            self.finish_sweep().await;
             sweep_snapshots(&img, &r.id, None).await?;
             img.close().await;
         }
@@ -919,13 +926,29 @@ pub fn snapshot_name(job: &str) -> String {
 /// Removes the job's snapshots (the bulk copy's and every round's) from the
 /// source, except `keep`.
 async fn sweep_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<()> {
-    let base = snapshot_name(job);
-    let round_prefix = format!("{base}.");
-    for snap in img.snap_list().await? {
-        let ours = snap.name == base || snap.name.starts_with(&round_prefix);
-        if ours && keep != Some(snap.name.as_str()) {
-            retry_busy("remove a job snapshot", || img.snap_remove(&snap.name)).await?;
-        }
+    for name in job_snapshots(img, job, keep).await? {
+        remove_snapshot(img, &name).await?;
     }
     Ok(())
+}
+
+/// The job's snapshots on `img`, but `keep`.
+async fn job_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<Vec<String>> {
+    let base = snapshot_name(job);
+    let round_prefix = format!("{base}.");
+    Ok(img
+        .snap_list()
+        .await?
+        .into_iter()
+        .map(|snap| snap.name)
+        .filter(|name| (*name == base || name.starts_with(&round_prefix)) && keep != Some(name.as_str()))
+        .collect())
+}
+
+/// Removes a snapshot; one already gone is fine.
+async fn remove_snapshot(img: &Image, name: &str) -> Result<()> {
+    match retry_busy("remove a job snapshot", || img.snap_remove(name)).await {
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
