@@ -136,40 +136,11 @@ async fn setup(tag: &str, instance_args: &[&str]) -> Env {
     let mut args = vec!["--span", "41943040"];
     args.extend_from_slice(instance_args);
     let instance = TestInstance::spawn(&spec, &volume, &args);
-    let backing = Backing {
-        cluster: "local".into(),
-        image: spec,
-    };
-    let original = Volume {
-        id: volume.clone(),
-        size: SIZE,
-        status: VolumeStatus::InUse,
-        migration: None,
-        backing: backing.clone(),
-        location: "slow".into(),
-    };
     let catalog = RadosCatalog::new(catalog_io.clone());
-    catalog
-        .compare_and_swap(Cas {
-            expect_no_volumes: vec![volume.clone()],
-            put_volumes: vec![original.clone()],
-            put_instances: vec![Instance {
-                id: format!("vm-{volume}"),
-                name: "test instance".into(),
-            }],
-            put_attachments: vec![Attachment {
-                volume_id: volume.clone(),
-                instance_id: format!("vm-{volume}"),
-                device: "vdb".into(),
-                access: Access::TestInstance {
-                    socket: instance.socket.clone(),
-                },
-                connection: backing,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let access = Access::TestInstance {
+        socket: instance.socket.clone(),
+    };
+    let original = register_attached_volume(&catalog, SRC, &volume, SIZE, access).await;
     instance.wait_acks(20).await;
     Env {
         src_io,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::guest::{Layout, Vm, BLOCK, BLOCKS};
 use common::*;
-use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+use livemig::catalog::{Access, Backing, Cas, Catalog, RadosCatalog, Volume, VolumeStatus};
 use livemig::ceph::{CreateOptions, IoCtx};
 use livemig::job::{Engine, JobRecord, JobStore, Phase};
 use livemig::qemu::graph::rbd_node_if_any;
@@ -61,40 +61,11 @@ async fn setup_with(tag: &str, layout: Layout) -> Env {
         .await
         .unwrap();
     let vm = Vm::start(&volume, SRC, &volume, &cluster().conf, RATE, layout);
-    let backing = Backing {
-        cluster: "local".into(),
-        image: ImageSpec::new(SRC, &volume),
-    };
-    let original = Volume {
-        id: volume.clone(),
-        size: SIZE,
-        status: VolumeStatus::InUse,
-        migration: None,
-        backing: backing.clone(),
-        location: "slow".into(),
-    };
     let catalog = RadosCatalog::new(catalog_io.clone());
-    catalog
-        .compare_and_swap(Cas {
-            expect_no_volumes: vec![volume.clone()],
-            put_volumes: vec![original.clone()],
-            put_instances: vec![Instance {
-                id: format!("vm-{volume}"),
-                name: "QEMU guest".into(),
-            }],
-            put_attachments: vec![Attachment {
-                volume_id: volume.clone(),
-                instance_id: format!("vm-{volume}"),
-                device: "vda".into(),
-                access: Access::Qmp {
-                    socket: vm.qmp_socket().display().to_string(),
-                },
-                connection: backing,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let access = Access::Qmp {
+        socket: vm.qmp_socket().display().to_string(),
+    };
+    let original = register_attached_volume(&catalog, SRC, &volume, SIZE, access).await;
     Env {
         vm,
         src_io,

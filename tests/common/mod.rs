@@ -278,3 +278,48 @@ macro_rules! kill_cases {
         )*
     };
 }
+
+/// Registers `pool/volume` (an image of `size` bytes, in use) in `catalog`,
+/// attached to instance `vm-<volume>` reached through `access`; returns the
+/// volume as registered.
+pub async fn register_attached_volume(
+    catalog: &livemig::catalog::RadosCatalog,
+    pool: &str,
+    volume: &str,
+    size: u64,
+    access: livemig::catalog::Access,
+) -> livemig::catalog::Volume {
+    use livemig::catalog::{Attachment, Backing, Cas, Catalog, Instance, Volume, VolumeStatus};
+    let backing = Backing {
+        cluster: "local".into(),
+        image: livemig::spec::ImageSpec::new(pool, volume),
+    };
+    let registered = Volume {
+        id: volume.to_owned(),
+        size,
+        status: VolumeStatus::InUse,
+        migration: None,
+        backing: backing.clone(),
+        location: "slow".into(),
+    };
+    catalog
+        .compare_and_swap(Cas {
+            expect_no_volumes: vec![volume.to_owned()],
+            put_volumes: vec![registered.clone()],
+            put_instances: vec![Instance {
+                id: format!("vm-{volume}"),
+                name: "instance under test".into(),
+            }],
+            put_attachments: vec![Attachment {
+                volume_id: volume.to_owned(),
+                instance_id: format!("vm-{volume}"),
+                device: "vdb".into(),
+                access,
+                connection: backing,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    registered
+}
