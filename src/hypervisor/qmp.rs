@@ -23,7 +23,9 @@ use tracing::info;
 use super::Hypervisor;
 use crate::catalog::{Attachment, Backing};
 use crate::error::{Error, ErrorKind, Result};
-use crate::qemu::graph::{add_rbd_node, format_node_over, rbd_node_if_any, swap_file_child, RbdTarget};
+use crate::qemu::graph::{
+    add_rbd_node, find_rbd_node, format_node_over, rbd_node_among, rbd_nodes, swap_file_child, RbdTarget,
+};
 use crate::qemu::Qmp;
 
 /// `blockdev-reopen` without the `x-` prefix, with a new `file` child.
@@ -100,13 +102,7 @@ impl Hypervisor for QmpHook {
                 )));
         }
         let image = &attachment.connection.image;
-        let Some(rbd) = rbd_node_if_any(&qmp, image).await? else {
-            return Err(Error::new(ErrorKind::ImageNotFound, "check instance")
-                .target(instance.clone())
-                .message(format!(
-                    "QEMU of instance `{instance}` has no rbd node for `{image}`: the catalog's attachment does not match what it has open"
-                )));
-        };
+        let rbd = find_rbd_node(&qmp, image).await?;
         match format_node_over(&qmp, &rbd).await? {
             Some(_) => Ok(()),
             None => Err(Error::new(ErrorKind::InvalidState, "check instance")
@@ -148,8 +144,9 @@ impl Hypervisor for QmpHook {
         let op = "re-point instance";
         let instance = &attachment.instance_id;
         let qmp = self.connect().await?;
-        let old = rbd_node_if_any(&qmp, &attachment.connection.image).await?;
-        let new = rbd_node_if_any(&qmp, &to.image).await?;
+        let nodes = rbd_nodes(&qmp).await?;
+        let old = rbd_node_among(&nodes, &attachment.connection.image)?;
+        let new = rbd_node_among(&nodes, &to.image)?;
         let Some(old) = old else {
             // Done before (the old node is deleted last), or a mismatch.
             return match new {

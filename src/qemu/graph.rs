@@ -37,6 +37,10 @@ pub struct RbdNode {
     pub conf: Option<String>,
     /// The Ceph client id it was opened with, if it names one.
     pub user: Option<String>,
+    /// `cache.direct`.
+    pub cache_direct: bool,
+    /// `cache.no-flush`.
+    pub cache_no_flush: bool,
 }
 
 /// The guest-facing node above an rbd node: what a device reads through,
@@ -102,42 +106,52 @@ fn text_of(node: &Value, key: &str) -> Option<String> {
     node.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// The rbd nodes that open `image`.
-async fn rbd_nodes_of(qmp: &Qmp, image: &ImageSpec) -> Result<Vec<RbdNode>> {
+fn flag_of(node: &Value, pointer: &str) -> bool {
+    node.pointer(pointer).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Every rbd node in QEMU's block graph (one query; pick from it with
+/// [`rbd_node_among`]).
+pub async fn rbd_nodes(qmp: &Qmp) -> Result<Vec<RbdNode>> {
     Ok(named_nodes(qmp)
         .await?
         .iter()
         .filter(|n| n.get("drv").and_then(Value::as_str) == Some("rbd"))
         .filter_map(|n| {
-            let (found, conf, user) = rbd_options_of(n)?;
+            let (image, conf, user) = rbd_options_of(n)?;
             Some(RbdNode {
                 node_name: text_of(n, "node-name")?,
-                image: found,
+                image,
                 conf,
                 user,
+                cache_direct: flag_of(n, "/cache/direct"),
+                cache_no_flush: flag_of(n, "/cache/no-flush"),
             })
         })
-        .filter(|n| n.image == *image)
         .collect())
+}
+
+/// The node of `nodes` that opens `image`, `None` if none does; more than
+/// one is an error.
+pub fn rbd_node_among(nodes: &[RbdNode], image: &ImageSpec) -> Result<Option<RbdNode>> {
+    let found: Vec<&RbdNode> = nodes.iter().filter(|n| n.image == *image).collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).clone())),
+        many => Err(graph_error(
+            "find rbd node",
+            format!(
+                "QEMU has {} rbd nodes for `{image}` ({}); refusing to guess",
+                many.len(),
+                many.iter().map(|n| n.node_name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
 }
 
 /// The rbd node of `image`, `None` if QEMU has none; more than one is an error.
 pub async fn rbd_node_if_any(qmp: &Qmp, image: &ImageSpec) -> Result<Option<RbdNode>> {
-    let mut found = rbd_nodes_of(qmp, image).await?;
-    match found.len() {
-        0 | 1 => Ok(found.pop()),
-        n => Err(graph_error(
-            "find rbd node",
-            format!(
-                "QEMU has {n} rbd nodes for `{image}` ({}); refusing to guess",
-                found
-                    .iter()
-                    .map(|n| n.node_name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-    }
+    rbd_node_among(&rbd_nodes(qmp).await?, image)
 }
 
 /// Finds the rbd node of `image` in QEMU's block graph.
@@ -152,22 +166,12 @@ pub async fn find_rbd_node(qmp: &Qmp, image: &ImageSpec) -> Result<RbdNode> {
 /// Adds `target` as rbd node `node_name`, with the cache settings of `like`
 /// and discards passed down to the image.
 pub async fn add_rbd_node(qmp: &Qmp, like: &RbdNode, target: &RbdTarget, node_name: &str) -> Result<()> {
-    let nodes = named_nodes(qmp).await?;
-    let like_node = nodes
-        .iter()
-        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(like.node_name.as_str()));
-    let flag = |pointer: &str| {
-        like_node
-            .and_then(|n| n.pointer(pointer))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
     let mut add = json!({
         "driver": "rbd",
         "node-name": node_name,
         "pool": target.image.pool,
         "image": target.image.image,
-        "cache": {"direct": flag("/cache/direct"), "no-flush": flag("/cache/no-flush")},
+        "cache": {"direct": like.cache_direct, "no-flush": like.cache_no_flush},
         "discard": "unmap",
     });
     if !target.image.namespace.is_empty() {
