@@ -413,7 +413,7 @@ pub async fn precheck(
     match (used, &dest_io) {
         (Some(used), Some(_)) => {
             let usage = dest_cluster.pool_usage(&dest.image.pool).await?;
-            let quota_left = (usage.quota_bytes > 0).then(|| usage.quota_bytes.saturating_sub(usage.stored));
+            let quota_left = usage.quota_left();
             let numbers = serde_json::json!({"max_avail": usage.max_avail, "quota_bytes": usage.quota_bytes, "stored": usage.stored, "used_bytes": used});
             if usage.max_avail < used {
                 rules.fail(

@@ -123,6 +123,20 @@ pub struct PoolUsage {
     pub quota_bytes: u64,
 }
 
+impl PoolUsage {
+    /// Bytes the quota still allows, `None` without a quota.
+    pub fn quota_left(&self) -> Option<u64> {
+        (self.quota_bytes > 0).then(|| self.quota_bytes.saturating_sub(self.stored))
+    }
+
+    /// Bytes the pool can still take: its free capacity, or what its quota
+    /// leaves if that is less.
+    pub fn room(&self) -> u64 {
+        self.quota_left()
+            .map_or(self.max_avail, |left| left.min(self.max_avail))
+    }
+}
+
 impl Cluster {
     /// Connects as configured. A cluster that does not answer within
     /// `connect_timeout` is [`ErrorKind::ClusterUnreachable`].
@@ -585,5 +599,25 @@ impl IoCtx {
                 .map_err(|e| e.target(io.image_spec(&name)))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolUsage;
+
+    #[test]
+    fn room_is_the_smaller_of_capacity_and_what_the_quota_leaves() {
+        let usage = |stored, max_avail, quota_bytes| PoolUsage {
+            stored,
+            max_avail,
+            quota_bytes,
+        };
+        assert_eq!(usage(10, 100, 0).quota_left(), None);
+        assert_eq!(usage(10, 100, 0).room(), 100);
+        assert_eq!(usage(10, 100, 50).room(), 40);
+        assert_eq!(usage(10, 30, 500).room(), 30);
+        assert_eq!(usage(60, 100, 50).quota_left(), Some(0));
+        assert_eq!(usage(60, 100, 50).room(), 0);
     }
 }

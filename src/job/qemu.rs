@@ -207,13 +207,7 @@ impl Migrator {
     /// Bytes the destination pool can still take (capacity or quota).
     async fn destination_room(&self, r: &JobRecord) -> Result<u64> {
         let cluster = self.clusters.get(&r.destination.cluster)?;
-        let u = cluster.pool_usage(&r.destination.image.pool).await?;
-        let quota_left = if u.quota_bytes > 0 {
-            u.quota_bytes.saturating_sub(u.stored)
-        } else {
-            u64::MAX
-        };
-        Ok(u.max_avail.min(quota_left))
+        Ok(cluster.pool_usage(&r.destination.image.pool).await?.room())
     }
 
     /// While the mirror copies: fails with [`ErrorKind::NoSpace`] once the
