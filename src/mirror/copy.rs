@@ -28,9 +28,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::zero::nonzero_runs;
 use livemig_ceph_sys as sys;
 
+use super::zero::nonzero_runs;
 use crate::ceph::{Cluster, CreateOptions, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
@@ -141,13 +141,12 @@ pub struct CopyReport {
 }
 
 /// How a copy keeps its source at one point in time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceHold {
     /// The copy owned the source's exclusive lock: nobody else could write.
     ExclusiveLock,
     /// The copy read a temporary snapshot; the source stayed writable.
-    #[default]
     Snapshot,
 }
 
@@ -291,7 +290,6 @@ impl Copier {
         if snap.is_some() {
             released?;
         }
-        report.source_hold = hold;
         dst_io.rename_image(&partial, &dst.image).await.map_err(|e| {
             e.message(format!(
                 "the copy is complete as `{}` but could not be renamed to `{dst}`",
@@ -376,7 +374,10 @@ impl Copier {
                 written_bytes: progress.written_bytes,
                 seconds: progress.elapsed.as_secs_f64(),
                 metadata_keys: metadata.len(),
-                source_hold: SourceHold::default(),
+                source_hold: match snap {
+                    Some(_) => SourceHold::Snapshot,
+                    None => SourceHold::ExclusiveLock,
+                },
             })
         }
         .await;

@@ -1,9 +1,10 @@
 //! The native engine: moving an image's bytes with librbd directly.
 //!
 //! [`copy`] is the bulk copy of a source held at one point in time (by its
-//! exclusive lock or a snapshot; sparse, bounded, parallel, zero-skipping); [`compare`] checks two images by content;
-//! [`fence`] takes a source image away from its writers for the cutover;
-//! [`zero`] finds the non-zero runs of a buffer so the destination stays thin.
+//! exclusive lock or a snapshot; sparse, bounded, parallel, zero-skipping);
+//! [`compare`] checks two images by content; [`fence`] takes a source
+//! image away from its writers for the cutover; [`zero`] finds the
+//! non-zero runs of a buffer so the destination stays thin.
 
 pub mod compare;
 pub mod copy;
