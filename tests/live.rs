@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+use livemig::catalog::{Access, Catalog, RadosCatalog, Volume, VolumeStatus};
 use livemig::ceph::{CreateOptions, Image, IoCtx};
 use livemig::hypervisor::test_instance::{apply_log, command, LogEntry};
 use livemig::job::{JobRecord, JobStore, Phase};
@@ -605,35 +605,7 @@ async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
             CreateOptions::default()
         };
         src_io.create_image(&volume, 8 << 20, &opts).await.unwrap();
-        let backing = Backing {
-            cluster: "local".into(),
-            image: ImageSpec::new(SRC, &volume),
-        };
-        catalog
-            .compare_and_swap(Cas {
-                put_volumes: vec![Volume {
-                    id: volume.clone(),
-                    size: 8 << 20,
-                    status: VolumeStatus::InUse,
-                    migration: None,
-                    backing: backing.clone(),
-                    location: String::new(),
-                }],
-                put_instances: vec![Instance {
-                    id: format!("vm-{volume}"),
-                    name: String::new(),
-                }],
-                put_attachments: vec![Attachment {
-                    volume_id: volume.clone(),
-                    instance_id: format!("vm-{volume}"),
-                    device: "vdb".into(),
-                    access,
-                    connection: backing,
-                }],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        register_attached_volume(&catalog, SRC, &volume, 8 << 20, access).await;
         // The catalog object is shared with parallel tests: compare this volume's records.
         let before = (
             catalog.volume(&volume).await.unwrap(),

@@ -171,7 +171,7 @@ impl Env {
         assert_eq!(atts[0].connection.image, dst);
         // It keeps writing, to the destination.
         self.vm.wait_acks(20, Duration::from_secs(30));
-        let written = self.stop_and_verify(&self.dst_io.clone()).await;
+        let written = self.stop_and_verify(&self.dst_io).await;
         assert!(written > 100, "only {written} blocks written");
         job
     }
@@ -191,7 +191,7 @@ impl Env {
         drop(qmp);
         assert!(!self.dst_io.image_exists(&self.volume).await.unwrap());
         self.vm.wait_acks(20, Duration::from_secs(30));
-        self.stop_and_verify(&self.src_io.clone()).await;
+        self.stop_and_verify(&self.src_io).await;
     }
 }
 
@@ -272,6 +272,7 @@ async fn guests_that_cannot_be_held_or_repointed_are_refused() {
     env.qmp().await.execute("stop", json!({})).await.unwrap();
     refused(&env.start_args(), "not running");
     env.qmp().await.execute("cont", json!({})).await.unwrap();
+    // The QEMU engine for a detached volume.
     let mut args = env.start_args();
     args[5] = "qemu";
     let detached = unique("guest-detached");
