@@ -109,3 +109,95 @@ async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
         img.close().await;
     }
 }
+
+async fn exact_diff(img: &Image, since: &str) -> Vec<livemig::ceph::Extent> {
+    let size = img.info().await.unwrap().size;
+    let mut diff = img.diff(Some(since), 0, size, false);
+    let mut out = Vec::new();
+    while let Some(e) = diff.next().await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+/// The exact diff against a snapshot runs over the objects fast-diff names
+/// as changed only: it must report exactly what librbd reports when it asks
+/// every object (an image without fast-diff), between two snapshots and
+/// against the image itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
+    cluster().ensure_pool(SRC);
+    let c = cluster().connect().await;
+    let io = c.ioctx(SRC, "").await.unwrap();
+    let base = CreateOptions {
+        order: Some(20),
+        ..CreateOptions::default()
+    };
+    let plain_features =
+        u64::from(livemig_ceph_sys::RBD_FEATURE_LAYERING | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK);
+    let fast_features =
+        plain_features | u64::from(livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF);
+    let mut images = Vec::new();
+    for features in [fast_features, plain_features] {
+        let name = unique("narrow");
+        let opts = CreateOptions {
+            features: Some(features),
+            ..base.clone()
+        };
+        io.create_image(&name, 64 << 20, &opts).await.unwrap();
+        let img = io.open_image(&name).await.unwrap();
+        assert_eq!(img.info().await.unwrap().features & fast_features, features);
+        // The same history on both: data, a snapshot, then changes in a few
+        // objects only (unaligned writes, zeros over data, a discard of a
+        // whole object and of part of one, data in an empty object).
+        write_at(&img, 0, random_bytes(5, 24 << 20)).await;
+        img.snap_create("s0").await.unwrap();
+        write_at(&img, (3 << 20) + 4097, random_bytes(6, 10_000)).await;
+        write_at(&img, (4 << 20) - 512, random_bytes(7, 1024)).await;
+        write_at(&img, 9 << 20, vec![0u8; 65536]).await;
+        img.discard(12 << 20, 1 << 20).await.unwrap();
+        img.discard((15 << 20) + 8192, 8192).await.unwrap();
+        write_at(&img, 50 << 20, random_bytes(8, 300_000)).await;
+        img.snap_create("s1").await.unwrap();
+        write_at(&img, (20 << 20) + 100, random_bytes(9, 5000)).await;
+        write_at(&img, 63 << 20, random_bytes(10, 4096)).await;
+        images.push((name, img));
+    }
+    let (fast_name, fast) = &images[0];
+    let (plain_name, plain) = &images[1];
+    // Against the image itself (the cutover's diff) and between snapshots
+    // (a round's).
+    for since in ["s0", "s1"] {
+        let narrowed = exact_diff(fast, since).await;
+        assert!(!narrowed.is_empty());
+        assert_eq!(narrowed, exact_diff(plain, since).await, "since {since}");
+    }
+    let fast_s1 = io.open_image_read_only(fast_name, Some("s1")).await.unwrap();
+    let plain_s1 = io.open_image_read_only(plain_name, Some("s1")).await.unwrap();
+    let narrowed = exact_diff(&fast_s1, "s0").await;
+    assert_eq!(narrowed, exact_diff(&plain_s1, "s0").await);
+    // Every change is there: the discards as holes, the writes as data
+    // (extents end at object boundaries; they do not overlap).
+    let covers = |offset: u64, len: u64, exists: bool| {
+        let covered: u64 = narrowed
+            .iter()
+            .filter(|e| e.exists == exists)
+            .map(|e| {
+                (offset + len)
+                    .min(e.offset + e.len)
+                    .saturating_sub(offset.max(e.offset))
+            })
+            .sum();
+        covered == len
+    };
+    assert!(covers((3 << 20) + 4097, 10_000, true));
+    assert!(covers((4 << 20) - 512, 1024, true));
+    assert!(covers(12 << 20, 1 << 20, false));
+    assert!(covers(50 << 20, 300_000, true));
+    for img in [fast_s1, plain_s1] {
+        img.close().await;
+    }
+    for (_, img) in images {
+        img.close().await;
+    }
+}

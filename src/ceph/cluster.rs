@@ -348,6 +348,11 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
             // CPU and copies; without it librbd can write from our buffers directly.
             ("rbd_cache".into(), "false".into()),
             ("rbd_disable_zero_copy_writes".into(), "false".into()),
+            // An exact diff (a replay round's changes) asks the OSDs about
+            // every object of the image, this many at a time (librbd's
+            // default is 10): it bounds how long a round, and the cutover
+            // with the instance held, spends enumerating.
+            ("rbd_concurrent_management_ops".into(), "64".into()),
         ];
         if let Some(k) = &config.keyring {
             opts.push(("keyring".into(), k.to_string_lossy().into_owned()));

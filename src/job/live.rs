@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::*;
 use crate::catalog::Attachment;
@@ -104,6 +104,27 @@ impl Migrator {
         s.record.live.as_mut().expect("a live phase has a live record")
     }
 
+    /// The destination, opened by the first round of this run and kept
+    /// open until the cutover has applied its delta.
+    async fn replay_destination(&self, r: &JobRecord) -> Result<Image> {
+        let mut slot = self.replay_destination.lock().await;
+        if let Some(img) = slot.as_ref() {
+            return Ok(img.clone());
+        }
+        let (_, dst_io) = self.ioctxs(r).await?;
+        let dst_name = &r.destination.image.image;
+        let img = retry_busy("open the destination", || dst_io.open_image(dst_name)).await?;
+        *slot = Some(img.clone());
+        Ok(img)
+    }
+
+    /// Closes the destination if a round left it open.
+    pub(super) async fn close_replay_destination(&self) {
+        if let Some(img) = self.replay_destination.lock().await.take() {
+            img.close().await;
+        }
+    }
+
     /// Applies the changes since `base` in `src` (a snapshot, or the
     /// fenced source itself) to the destination, publishing progress.
     async fn apply_delta(
@@ -114,9 +135,7 @@ impl Migrator {
         round: u32,
         lost: &CancellationToken,
     ) -> Result<RoundReport> {
-        let (_, dst_io) = self.ioctxs(&s.record).await?;
-        let dst_name = &s.record.destination.image.image;
-        let dst = retry_busy("open the destination", || dst_io.open_image(dst_name)).await?;
+        let dst = self.replay_destination(&s.record).await?;
         let (tx, mut rx) = watch::channel(Progress::default());
         let copier = Copier::new(self.options.copy.clone())
             .progress(tx)
@@ -141,9 +160,7 @@ impl Migrator {
                 r = &mut replay => break r,
             }
         };
-        // The replay holds image handles; they must go before closing.
         drop(replay);
-        dst.close().await;
         let p = match outcome {
             Ok(p) => p,
             Err(e) if e.kind() == ErrorKind::Cancelled => {
@@ -185,10 +202,17 @@ impl Migrator {
         // A round redone after a crash reuses its snapshot: it is newer than
         // `base`, which is all the delta needs.
         if !snapshot_exists(&src, &snap).await? {
+            let creating = Instant::now();
             src.snap_create(&snap).await?;
+            debug!(
+                round,
+                ms = creating.elapsed().as_millis() as u64,
+                "round snapshot taken"
+            );
         }
         fault::point("live-after-round-snapshot");
         let at_snap = src_io.open_image_read_only(&src_name, Some(&snap)).await?;
+        debug!(round, "round snapshot open");
         let report = self.apply_delta(s, &at_snap, &base, round, lost).await;
         at_snap.close().await;
         let report = report?;
@@ -347,10 +371,15 @@ impl Migrator {
             self.store.save(s).await?;
         }
         fault::point("live-after-cutover-recorded");
+        let held = Instant::now();
+        // Opened before the hold, so that the downtime does not include it.
+        self.replay_destination(&s.record).await?;
         hook.hold(&attachment).await?;
+        debug!(ms = held.elapsed().as_millis() as u64, "instance held");
         fault::point("live-after-hold");
         let applied = async {
             self.ensure_fenced(s).await?;
+            debug!(ms = held.elapsed().as_millis() as u64, "source fenced");
             fault::point("live-after-fence");
             let fenced = self.fence.lock().await.clone().expect("fenced above");
             let mut report = self.apply_delta(s, &fenced, &base, round, lost).await?;
@@ -358,6 +387,9 @@ impl Migrator {
             Ok::<_, Error>(report)
         }
         .await;
+        // The instance opens the destination next: this process lets go of
+        // it (and of its lock) first.
+        self.close_replay_destination().await;
         let report = match applied {
             Ok(r) => r,
             Err(e) => {

@@ -20,6 +20,7 @@
 //!   nothing half-made is left behind under the destination's name.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -30,7 +31,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use livemig_ceph_sys as sys;
 
-use super::zero::nonzero_runs;
+use super::zero::{nonzero_runs, overwrite_plan, Overwrite};
 use crate::ceph::{Cluster, CreateOptions, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
@@ -81,7 +82,9 @@ impl Default for CopyOptions {
 /// Where a copy stands.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Progress {
-    /// Bytes in the source's allocated extents (what has to be read).
+    /// Bytes in the source's allocated extents (what has to be read). For a
+    /// replay (the changes since a snapshot) it grows while the changes are
+    /// enumerated, alongside the copy, and is exact at the end.
     pub total_bytes: u64,
     /// Bytes of those read and handled so far.
     pub done_bytes: u64,
@@ -408,6 +411,7 @@ impl Copier {
     }
 
     async fn move_extents(&self, src: &Image, dst: &Image, since: Option<&str>, resume_from: u64) -> Result<Progress> {
+        debug_assert!(since.is_none() || resume_from == 0, "a delta is applied whole");
         // A full copy lands on a fresh image (zeros need not be written) and
         // may use whole-object extents; a delta overwrites, so it needs the
         // exact changed ranges and must zero what became zero.
@@ -420,7 +424,16 @@ impl Copier {
         };
         let budget = self.options.in_flight_bytes.max(BUFFERS_PER_CHUNK * chunk);
         let zero_block = self.options.zero_block.max(512);
-        let (total_bytes, already) = extent_bytes(src, since, info.size, resume_from, whole_object).await?;
+        // A full copy counts its extents first (with fast-diff that is the
+        // object map alone) so that progress has a total from the start. A
+        // delta is counted as it streams: enumerating it asks the OSDs about
+        // every object, and a second pass would add that to the time the
+        // writer keeps writing (a replay round) or is held (the cutover).
+        let (total_bytes, already) = if overwrite {
+            (0, 0)
+        } else {
+            extent_bytes(src, since, info.size, resume_from, whole_object).await?
+        };
         let mut progress = Progress {
             total_bytes,
             done_bytes: already,
@@ -444,7 +457,7 @@ impl Copier {
         let mut extents_done = false;
         // Extents not yet pulled from the diff all lie at or above this.
         let mut frontier = resume_from;
-        let mut queue: VecDeque<(u64, u64, Fill)> = VecDeque::new();
+        let mut queue: VecDeque<Piece> = VecDeque::new();
         let mut tasks = FuturesUnordered::new();
         let mut in_flight_offsets = BTreeSet::new();
         let mut free_buffers: Vec<Vec<u8>> = Vec::new();
@@ -455,7 +468,7 @@ impl Copier {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
             let mut rate_wait = None;
             // Issue chunks while the byte budget and the rate limit allow.
-            while let Some(&(offset, len, fill)) = queue.front().filter(|_| !stopping) {
+            while let Some(&Piece { offset, len, fill, .. }) = queue.front().filter(|_| !stopping) {
                 // Zeroing holds no buffer; it is bounded by the operation count.
                 let cost = if fill == Fill::Data { BUFFERS_PER_CHUNK * len } else { 0 };
                 if (in_flight > 0 && in_flight + cost > budget) || tasks.len() >= MAX_OPS {
@@ -468,7 +481,7 @@ impl Copier {
                         break;
                     }
                 }
-                queue.pop_front();
+                let piece = queue.pop_front().expect("looked at above");
                 in_flight_offsets.insert(offset);
                 in_flight += cost;
                 issued += len;
@@ -483,6 +496,7 @@ impl Copier {
                     fill,
                     overwrite,
                     zero_block,
+                    changed: piece.changed,
                 };
                 tasks.push(copy_chunk(src.clone(), dst.clone(), op, buffer));
             }
@@ -505,7 +519,7 @@ impl Copier {
                         progress.done_bytes = (progress.done_bytes + len).min(progress.total_bytes);
                         progress.written_bytes += chunk.written;
                         progress.elapsed = started.elapsed();
-                        progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.0).min()]
+                        progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.offset).min()]
                             .into_iter()
                             .flatten()
                             .fold(frontier, u64::min);
@@ -519,6 +533,7 @@ impl Copier {
                     None => {
                         extents_done = true;
                         frontier = info.size;
+                        debug!(total_bytes = progress.total_bytes, ms = started.elapsed().as_millis() as u64, "extents enumerated");
                     }
                     Some(Err(e)) => {
                         failure.get_or_insert(e);
@@ -527,21 +542,30 @@ impl Copier {
                         // Whole-object extents may begin before the resume point.
                         let start = e.offset.max(resume_from);
                         let end = e.offset + e.len;
+                        if overwrite {
+                            progress.total_bytes += e.len;
+                        }
                         let fill = match (e.exists, overwrite) {
                             (true, _) => Some(Fill::Data),
                             (false, true) => Some(Fill::Zero),
                             (false, false) => None,
                         };
                         // A delta of many small writes is bound by the
-                        // operation count: nearby changed extents are moved
-                        // as one, the unchanged gap included (the
-                        // destination already holds the same bytes there).
-                        let back = queue.back_mut().filter(|&&mut (o, l, f)| {
-                            overwrite && f == Fill::Data && start >= o + l && start - (o + l) <= MERGE_GAP && end - o <= chunk
+                        // operation count: nearby changed extents are read
+                        // as one (see `overwrite_plan` for what is written).
+                        let back = queue.back_mut().filter(|p| {
+                            overwrite
+                                && p.fill == Fill::Data
+                                && start >= p.offset + p.len
+                                && start - (p.offset + p.len) <= MERGE_GAP
+                                && end - p.offset <= chunk
                         });
                         match (fill.filter(|_| end > start), back) {
-                            (Some(Fill::Data), Some(back)) => back.1 = end - back.0,
-                            (Some(fill), _) => split_into_chunks(start, end - start, chunk, fill, &mut queue),
+                            (Some(Fill::Data), Some(back)) => {
+                                back.changed.push((start - back.offset) as usize..(end - back.offset) as usize);
+                                back.len = end - back.offset;
+                            }
+                            (Some(fill), _) => split_into_chunks(start, end - start, chunk, fill, overwrite, &mut queue),
                             (None, _) => {}
                         }
                         frontier = frontier.max(e.offset - e.offset % period).max(resume_from);
@@ -560,6 +584,7 @@ impl Copier {
         }
         progress.elapsed = started.elapsed();
         progress.watermark = info.size;
+        progress.done_bytes = progress.total_bytes;
         self.publish(&progress);
         Ok(progress)
     }
@@ -571,7 +596,7 @@ impl Copier {
     }
 }
 
-/// Changed extents of a delta this close are moved as one operation: an
+/// Changed extents of a delta this close are read as one operation: an
 /// operation costs about as much as moving this many bytes.
 const MERGE_GAP: u64 = 128 << 10;
 
@@ -587,8 +612,19 @@ enum Fill {
     Zero,
 }
 
+/// A range of the source waiting to be moved.
+#[derive(Debug)]
+struct Piece {
+    offset: u64,
+    len: u64,
+    fill: Fill,
+    /// For a delta, the changed ranges in it (relative to `offset`, in
+    /// order): nearby changes share a piece. Empty for a full copy.
+    changed: Vec<Range<usize>>,
+}
+
 /// One chunk to move.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ChunkOp {
     offset: u64,
     len: usize,
@@ -596,6 +632,8 @@ struct ChunkOp {
     /// The destination may hold old data: zero what is zero in the source.
     overwrite: bool,
     zero_block: usize,
+    /// What changed in the chunk, when overwriting (see [`Piece::changed`]).
+    changed: Vec<Range<usize>>,
 }
 
 /// A chunk that has been moved.
@@ -606,35 +644,30 @@ struct ChunkDone {
 }
 
 /// Moves one chunk: reads it from the source and writes its non-zero runs
-/// to the destination; when overwriting, zeroes the rest. A `Fill::Zero`
-/// chunk is only zeroed.
+/// to the destination; when overwriting, what changed is made equal (see
+/// [`overwrite_plan`]). A `Fill::Zero` chunk is only zeroed.
 async fn copy_chunk(src: Image, dst: Image, op: ChunkOp, buffer: Vec<u8>) -> Result<ChunkDone> {
-    let ChunkOp {
-        offset,
-        len,
-        fill,
-        overwrite,
-        zero_block,
-    } = op;
-    if fill == Fill::Zero {
+    let (offset, len) = (op.offset, op.len);
+    if op.fill == Fill::Zero {
         dst.write_zeroes(offset, len as u64).await?;
         return Ok(ChunkDone { op, buffer, written: 0 });
     }
     let mut buffer = src.read(offset, len, buffer).await?;
+    let runs = nonzero_runs(&buffer[..len], op.zero_block);
+    let plan = if op.overwrite {
+        overwrite_plan(&runs, &op.changed)
+    } else {
+        runs.into_iter().map(Overwrite::Data).collect()
+    };
     let mut written = 0u64;
-    let mut zeroed_to = 0usize;
-    for run in nonzero_runs(&buffer[..len], zero_block) {
-        if overwrite && run.start > zeroed_to {
-            dst.write_zeroes(offset + zeroed_to as u64, (run.start - zeroed_to) as u64)
-                .await?;
+    for w in plan {
+        match w {
+            Overwrite::Data(run) => {
+                written += run.len() as u64;
+                buffer = dst.write(offset + run.start as u64, buffer, run).await?;
+            }
+            Overwrite::Zeros(r) => dst.write_zeroes(offset + r.start as u64, r.len() as u64).await?,
         }
-        zeroed_to = run.end;
-        written += run.len() as u64;
-        buffer = dst.write(offset + run.start as u64, buffer, run).await?;
-    }
-    if overwrite && zeroed_to < len {
-        dst.write_zeroes(offset + zeroed_to as u64, (len - zeroed_to) as u64)
-            .await?;
     }
     Ok(ChunkDone { op, buffer, written })
 }
@@ -661,13 +694,23 @@ async fn extent_bytes(
 }
 
 /// Splits `[offset, offset+len)` at multiples of `chunk` and queues the pieces.
-fn split_into_chunks(offset: u64, len: u64, chunk: u64, fill: Fill, queue: &mut VecDeque<(u64, u64, Fill)>) {
+fn split_into_chunks(offset: u64, len: u64, chunk: u64, fill: Fill, overwrite: bool, queue: &mut VecDeque<Piece>) {
     let end = offset + len;
     let mut pos = offset;
     while pos < end {
         let next = ((pos / chunk) + 1) * chunk;
         let piece_end = next.min(end);
-        queue.push_back((pos, piece_end - pos, fill));
+        let len = piece_end - pos;
+        queue.push_back(Piece {
+            offset: pos,
+            len,
+            fill,
+            changed: if overwrite {
+                std::iter::once(0..len as usize).collect()
+            } else {
+                Vec::new()
+            },
+        });
         pos = piece_end;
     }
 }
@@ -759,16 +802,22 @@ mod tests {
     #[test]
     fn chunks_follow_the_grid_and_cover_the_extent() {
         let mut q = VecDeque::new();
-        split_into_chunks(3, 10, 4, Fill::Data, &mut q);
+        split_into_chunks(3, 10, 4, Fill::Data, false, &mut q);
         assert_eq!(
-            q.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+            q.iter().map(|p| (p.offset, p.len)).collect::<Vec<_>>(),
             vec![(3, 1), (4, 4), (8, 4), (12, 1)]
         );
+        assert!(q.iter().all(|p| p.changed.is_empty()));
         q.clear();
-        split_into_chunks(8, 8, 4, Fill::Data, &mut q);
-        assert_eq!(q.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), vec![(8, 4), (12, 4)]);
+        split_into_chunks(8, 8, 4, Fill::Data, true, &mut q);
+        assert_eq!(
+            q.iter().map(|p| (p.offset, p.len)).collect::<Vec<_>>(),
+            vec![(8, 4), (12, 4)]
+        );
+        // A delta's piece is changed throughout.
+        assert!(q.iter().all(|p| p.changed.len() == 1 && p.changed[0] == (0..4)));
         q.clear();
-        split_into_chunks(5, 0, 4, Fill::Data, &mut q);
+        split_into_chunks(5, 0, 4, Fill::Data, true, &mut q);
         assert!(q.is_empty());
     }
 

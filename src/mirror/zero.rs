@@ -42,6 +42,53 @@ pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<Range<usize>> {
     runs
 }
 
+/// One write of a chunk that overwrites older data on the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Write the source's bytes in this range.
+    Data(Range<usize>),
+    /// Write zeros in this range.
+    Zeros(Range<usize>),
+}
+
+/// What to write so that a destination which already equals the source
+/// outside `changed` equals it everywhere, given the source's non-zero
+/// `runs` (from [`nonzero_runs`]). Both lists are sorted and disjoint.
+///
+/// What is zero in a changed range is zeroed. A non-zero run is written
+/// from its first changed byte to its last: the unchanged bytes between two
+/// changes in one run are rewritten with what they already hold, which costs
+/// less than a second operation. Unchanged zeros are never written, so a
+/// chunk that spans a hole between two changes costs no extra operation.
+pub fn overwrite_plan(runs: &[Range<usize>], changed: &[Range<usize>]) -> Vec<Overwrite> {
+    let mut plan = Vec::new();
+    for c in changed.iter().filter(|c| !c.is_empty()) {
+        let mut pos = c.start;
+        for r in runs.iter().filter(|r| r.start < c.end && r.end > c.start) {
+            if r.start > pos {
+                plan.push(Overwrite::Zeros(pos..r.start));
+            }
+            pos = pos.max(r.end);
+        }
+        if pos < c.end {
+            plan.push(Overwrite::Zeros(pos..c.end));
+        }
+    }
+    for r in runs {
+        let mut touching = changed
+            .iter()
+            .filter(|c| !c.is_empty() && c.start < r.end && c.end > r.start);
+        if let Some(first) = touching.next() {
+            let last = touching.next_back().unwrap_or(first);
+            plan.push(Overwrite::Data(first.start.max(r.start)..last.end.min(r.end)));
+        }
+    }
+    plan.sort_by_key(|w| match w {
+        Overwrite::Data(r) | Overwrite::Zeros(r) => r.start,
+    });
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +149,58 @@ mod tests {
         let buf = vec![0xabu8; 10_000];
         assert_eq!(nonzero_runs(&buf, 4096), vec![0..10_000]);
         assert!(nonzero_runs(&[0u8; 10_000], 4096).is_empty());
+    }
+
+    #[test]
+    fn an_overwrite_plan_makes_the_destination_equal_and_writes_only_what_it_must() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..2000 {
+            let len = rng.gen_range(1..4096);
+            let block = [1, 8, 64][rng.gen_range(0..3)];
+            // Source: data and holes at random.
+            let mut src = vec![0u8; len];
+            let mut i = 0;
+            while i < len {
+                let n = rng.gen_range(1..200).min(len - i);
+                if rng.gen_bool(0.5) {
+                    src[i..i + n].iter_mut().for_each(|b| *b = rng.gen_range(1..=255));
+                }
+                i += n;
+            }
+            // Changed ranges, sorted and disjoint.
+            let mut changed = Vec::new();
+            let mut pos = 0;
+            while pos < len {
+                let start = pos + rng.gen_range(0..300);
+                let end = (start + rng.gen_range(0..150)).min(len);
+                if start < end {
+                    changed.push(start..end);
+                }
+                pos = end + 1;
+            }
+            let in_changed = |i: usize| changed.iter().any(|c| c.contains(&i));
+            // The destination: equal outside the changes, stale inside.
+            let mut dst: Vec<u8> = (0..len).map(|i| if in_changed(i) { 0x5a } else { src[i] }).collect();
+            let runs = nonzero_runs(&src, block);
+            let plan = overwrite_plan(&runs, &changed);
+            for w in &plan {
+                match w {
+                    Overwrite::Data(r) => {
+                        assert!(r.clone().any(in_changed), "a data write with no change in it: {r:?}");
+                        assert!(runs.iter().any(|run| run.start <= r.start && r.end <= run.end));
+                        dst[r.clone()].copy_from_slice(&src[r.clone()]);
+                    }
+                    Overwrite::Zeros(r) => {
+                        assert!(r.clone().all(in_changed), "zeros written outside the changes: {r:?}");
+                        dst[r.clone()].iter_mut().for_each(|b| *b = 0);
+                    }
+                }
+            }
+            assert_eq!(dst, src, "changed {changed:?} runs {runs:?} plan {plan:?}");
+            // One write per run that holds a change, at most one zeroing per
+            // gap between runs in a change.
+            let data = plan.iter().filter(|w| matches!(w, Overwrite::Data(_))).count();
+            assert_eq!(data, runs.iter().filter(|r| (*r).clone().any(in_changed)).count());
+        }
     }
 }
