@@ -74,6 +74,8 @@ fn stop(socket: &Path, mut child: Child) -> Result<()> {
 
 struct Run {
     downtime_ms: u64,
+    /// hold, fence, final delta, switch, re-point + resume (ms).
+    steps_ms: [u64; 5],
     rounds: usize,
     final_bytes: u64,
     seconds: f64,
@@ -178,8 +180,16 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
     let rounds = live["rounds"].as_array().context("no rounds")?;
     let cutover = &live["cutover"];
     let downtime_ms = cutover["resumed_at_ms"].as_u64().context("no resume")? - cutover["held_at_ms"].as_u64().unwrap();
+    let step = |name: &str| cutover["steps"][name].as_u64().unwrap_or(0);
     Ok(Run {
         downtime_ms,
+        steps_ms: [
+            step("hold_ms"),
+            step("fence_ms"),
+            step("final_delta_ms"),
+            step("switch_ms"),
+            step("repoint_ms"),
+        ],
         rounds: rounds.iter().filter(|r| r["cutover"] == false).count(),
         final_bytes: rounds
             .iter()
@@ -213,8 +223,9 @@ fn main() -> Result<()> {
     for i in 0..runs {
         let r = one_run(i, &dir)?;
         eprintln!(
-            "run {i}: downtime {} ms, {} rounds, final delta {} KiB, {:.1} s, writer p99 {} us idle / {} us during, largest gap {} ms",
+            "run {i}: downtime {} ms (hold/fence/final/switch/repoint {:?}), {} rounds, final delta {} KiB, {:.1} s, writer p99 {} us idle / {} us during, largest gap {} ms",
             r.downtime_ms,
+            r.steps_ms,
             r.rounds,
             r.final_bytes >> 10,
             r.seconds,
@@ -235,6 +246,21 @@ fn main() -> Result<()> {
         "downtime, hold to resume (ms; target: median < 100)",
         all.iter().map(|r| r.downtime_ms).collect(),
     );
+    for (i, name) in [
+        "hold",
+        "fence (the source's lock)",
+        "final delta",
+        "catalog switch",
+        "re-point and resume",
+    ]
+    .iter()
+    .enumerate()
+    {
+        out += &row(
+            &format!("- of which {name} (ms)"),
+            all.iter().map(|r| r.steps_ms[i]).collect(),
+        );
+    }
     out += &row(
         "replay rounds before the cutover",
         all.iter().map(|r| r.rounds as u64).collect(),

@@ -14,9 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use livemig::catalog::{Access, Catalog, RadosCatalog, Volume, VolumeStatus};
+use livemig::catalog::{Access, Backing, Catalog, RadosCatalog, Volume, VolumeStatus};
 use livemig::ceph::{CreateOptions, Image, IoCtx};
 use livemig::hypervisor::test_instance::{apply_log, command, LogEntry};
+use livemig::hypervisor::{Hypervisor, TestInstanceHook};
 use livemig::job::{JobRecord, JobStore, Phase};
 use livemig::spec::ImageSpec;
 
@@ -366,6 +367,14 @@ async fn attached_volume_moves_with_every_acknowledged_write() {
         "the instance was held {} ms, the job recorded {downtime} ms",
         r - h
     );
+    // Where the downtime went: the steps are those of this cutover and fit in it.
+    let final_round = live.rounds.iter().find(|r| r.cutover).unwrap();
+    let steps = cutover.steps;
+    assert_eq!(steps.final_delta_ms, final_round.millis, "{steps:?}");
+    assert!(
+        steps.hold_ms + steps.fence_ms + steps.final_delta_ms + steps.switch_ms + steps.repoint_ms <= downtime,
+        "{steps:?} do not fit in {downtime} ms"
+    );
     // The retired source went to the trash without the job's snapshots.
     assert!(!env.src_io.image_exists(&env.volume).await.unwrap());
     let trashed = env
@@ -635,4 +644,57 @@ async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
             "images changed"
         );
     }
+}
+
+/// The test instance's hook readies the destination while held; a resume
+/// without a re-point lets go of it (an abort then removes it), and a
+/// re-point uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readied_destination_is_let_go_on_resume_and_used_by_the_repoint() {
+    let mut env = setup("prepare", &["--rate", "200"]).await;
+    let dst_name = format!("{}-next", env.volume);
+    env.dst_io
+        .create_image(&dst_name, SIZE, &CreateOptions::default())
+        .await
+        .unwrap();
+    let socket = env.instance().socket.clone();
+    let hook = TestInstanceHook::new(&socket, vec![]);
+    let attachment = env.catalog.attachments(&env.volume).await.unwrap().remove(0);
+    let to = Backing {
+        cluster: attachment.connection.cluster.clone(),
+        image: ImageSpec::new(DST, &dst_name),
+    };
+    let watchers = |io: IoCtx, name: String| async move {
+        let img = io.open_image_read_only(&name, None).await.unwrap();
+        let n = img.watchers().await.unwrap().len();
+        img.close().await;
+        n
+    };
+    // Readying needs the instance held.
+    assert!(hook.prepare_repoint(&attachment, &to).await.is_err());
+    hook.hold(&attachment).await.unwrap();
+    hook.prepare_repoint(&attachment, &to).await.unwrap();
+    hook.prepare_repoint(&attachment, &to).await.unwrap();
+    assert_eq!(
+        watchers(env.dst_io.clone(), dst_name.clone()).await,
+        1,
+        "the instance has it open once"
+    );
+    hook.resume(&attachment).await.unwrap();
+    assert_eq!(
+        watchers(env.dst_io.clone(), dst_name.clone()).await,
+        0,
+        "resume let go of it"
+    );
+    env.instance().wait_acks(10).await;
+    // Readied, then re-pointed: the instance writes to it.
+    hook.hold(&attachment).await.unwrap();
+    hook.prepare_repoint(&attachment, &to).await.unwrap();
+    hook.repoint(&attachment, &to).await.unwrap();
+    hook.resume(&attachment).await.unwrap();
+    env.instance().wait_acks(10).await;
+    assert_eq!(env.instance().status().await["image"], to.image.to_string());
+    assert_eq!(watchers(env.dst_io.clone(), dst_name.clone()).await, 1);
+    env.instance.take().unwrap().stop().await;
+    env.dst_io.remove_image(&dst_name).await.unwrap();
 }

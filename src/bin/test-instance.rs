@@ -117,6 +117,7 @@ enum Control {
     Hold,
     Resume,
     Repoint { conf: Option<PathBuf>, image: ImageSpec },
+    Prepare { conf: Option<PathBuf>, image: ImageSpec },
     Status,
     StatsReset,
     Stop,
@@ -131,6 +132,10 @@ fn parse_control(line: &str) -> Result<Control, String> {
         ["stats-reset"] => Ok(Control::StatsReset),
         ["stop"] => Ok(Control::Stop),
         ["repoint", conf, image] => Ok(Control::Repoint {
+            conf: (*conf != "-").then(|| PathBuf::from(conf)),
+            image: image.parse().map_err(|e: livemig::Error| e.to_string())?,
+        }),
+        ["prepare", conf, image] => Ok(Control::Prepare {
             conf: (*conf != "-").then(|| PathBuf::from(conf)),
             image: image.parse().map_err(|e: livemig::Error| e.to_string())?,
         }),
@@ -246,6 +251,32 @@ async fn connect(conf: PathBuf) -> anyhow::Result<Cluster> {
     Ok(Cluster::connect(config).await?)
 }
 
+/// An image opened ahead of a re-point.
+struct Prepared {
+    conf: Option<PathBuf>,
+    spec: ImageSpec,
+    cluster: Cluster,
+    image: Image,
+    size: u64,
+}
+
+impl Prepared {
+    async fn open(me: &Instance, conf: Option<PathBuf>, spec: ImageSpec) -> anyhow::Result<Prepared> {
+        let cluster = match &conf {
+            Some(c) => connect(c.clone()).await?,
+            None => me.cluster.clone(),
+        };
+        let (image, size) = open(&cluster, &spec).await?;
+        Ok(Prepared {
+            conf,
+            spec,
+            cluster,
+            image,
+            size,
+        })
+    }
+}
+
 async fn open(cluster: &Cluster, spec: &ImageSpec) -> anyhow::Result<(Image, u64)> {
     let io = cluster.ioctx(&spec.pool, &spec.namespace).await?;
     let image = io.open_image(&spec.image).await?;
@@ -321,6 +352,8 @@ async fn main() -> anyhow::Result<()> {
     let mut in_flight = FuturesUnordered::new();
     let mut ranges: Vec<Op> = Vec::new();
     let mut held = false;
+    // An image opened by `prepare` for the `repoint` to come.
+    let mut prepared: Option<Prepared> = None;
     let mut holds: VecDeque<oneshot::Sender<String>> = VecDeque::new();
     let mut stop: Option<oneshot::Sender<String>> = None;
     let mut stats = Stats::default();
@@ -363,6 +396,10 @@ async fn main() -> anyhow::Result<()> {
                     holds.push_back(reply);
                 }
                 Control::Resume => {
+                    // Readied for a re-point that did not come: let go.
+                    if let Some(p) = prepared.take() {
+                        p.image.close().await;
+                    }
                     if held {
                         held = false;
                         next_issue = Instant::now();
@@ -371,8 +408,24 @@ async fn main() -> anyhow::Result<()> {
                     }
                     let _ = reply.send("ok resumed".into());
                 }
-                Control::Repoint { .. } if me.args.ignore_hold => {
-                    let _ = reply.send("ok repointed".into());
+                Control::Repoint { .. } | Control::Prepare { .. } if me.args.ignore_hold => {
+                    let _ = reply.send("ok".into());
+                }
+                Control::Prepare { conf, image } => {
+                    let r = if !held {
+                        Err(anyhow::anyhow!("not held: hold first"))
+                    } else if prepared.as_ref().is_some_and(|p| p.spec == image && p.conf == conf) {
+                        Ok(())
+                    } else {
+                        if let Some(p) = prepared.take() {
+                            p.image.close().await;
+                        }
+                        Prepared::open(&me, conf, image).await.map(|p| prepared = Some(p))
+                    };
+                    let _ = reply.send(match r {
+                        Ok(()) => "ok prepared".into(),
+                        Err(e) => format!("err {e:#}"),
+                    });
                 }
                 Control::Repoint { conf, image } => {
                     let r = if image == me.spec && conf.is_none() {
@@ -381,17 +434,21 @@ async fn main() -> anyhow::Result<()> {
                         Err(anyhow::anyhow!("not held: hold first"))
                     } else {
                         async {
-                            let cluster = match conf {
-                                Some(c) => connect(c).await?,
-                                None => me.cluster.clone(),
+                            let ready = match prepared.take() {
+                                Some(p) if p.spec == image && p.conf == conf => p,
+                                other => {
+                                    if let Some(p) = other {
+                                        p.image.close().await;
+                                    }
+                                    Prepared::open(&me, conf, image).await?
+                                }
                             };
-                            let (new_image, size) = open(&cluster, &image).await?;
-                            let old = std::mem::replace(&mut me.image, new_image);
+                            let old = std::mem::replace(&mut me.image, ready.image);
                             old.close().await;
-                            me.cluster = cluster;
-                            me.spec = image.clone();
-                            me.size = size;
-                            Ok(())
+                            me.cluster = ready.cluster;
+                            me.spec = ready.spec;
+                            me.size = ready.size;
+                            Ok::<_, anyhow::Error>(())
                         }.await
                     };
                     let _ = reply.send(match r {

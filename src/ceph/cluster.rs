@@ -289,6 +289,10 @@ impl Cluster {
     }
 }
 
+/// Objects an exact diff asks the OSDs about at a time (librbd's
+/// `rbd_concurrent_management_ops`, 10 by default, set on our handles).
+pub(crate) const DIFF_OBJECTS_AT_ONCE: u32 = 64;
+
 fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
     let describe = config.describe();
     let unreachable_msg = || format!("cannot connect to the Ceph cluster of {describe}");
@@ -352,7 +356,7 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
             // every object of the image, this many at a time (librbd's
             // default is 10): it bounds how long a round, and the cutover
             // with the instance held, spends enumerating.
-            ("rbd_concurrent_management_ops".into(), "64".into()),
+            ("rbd_concurrent_management_ops".into(), DIFF_OBJECTS_AT_ONCE.to_string()),
         ];
         if let Some(k) = &config.keyring {
             opts.push(("keyring".into(), k.to_string_lossy().into_owned()));

@@ -16,6 +16,7 @@ use std::os::raw::{c_int, c_void};
 use livemig_ceph_sys as sys;
 use tokio::sync::mpsc;
 
+use super::cluster::DIFF_OBJECTS_AT_ONCE;
 use super::image::Image;
 use super::{check, cstring};
 use crate::error::{Error, ErrorKind, Result};
@@ -37,14 +38,23 @@ pub struct DiffStream {
     done: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
-/// Collects whole-object extents into runs of adjacent byte ranges.
+/// Changed objects this close (in bytes) are diffed by one call: each call
+/// waits for its last object, so many short calls would ask the OSDs far
+/// fewer objects at a time than one long one.
+struct RunCollector {
+    runs: Vec<(u64, u64)>,
+    join_gap: u64,
+}
+
+/// Collects whole-object extents into runs, joining those `join_gap` apart.
 extern "C" fn on_changed_object(offset: u64, len: usize, _exists: c_int, arg: *mut c_void) -> c_int {
-    // SAFETY: arg points at the Vec owned by `changed_object_runs`, which
-    // outlives the rbd_diff_iterate2 call that invokes this callback.
-    let runs = unsafe { &mut *(arg as *mut Vec<(u64, u64)>) };
-    match runs.last_mut() {
-        Some(last) if last.0 + last.1 == offset => last.1 += len as u64,
-        _ => runs.push((offset, len as u64)),
+    // SAFETY: arg points at the collector owned by `changed_object_runs`,
+    // which outlives the rbd_diff_iterate2 call that invokes this callback.
+    let c = unsafe { &mut *(arg as *mut RunCollector) };
+    let end = offset + len as u64;
+    match c.runs.last_mut() {
+        Some(last) if last.0 + last.1 + c.join_gap >= offset => last.1 = end.max(last.0 + last.1) - last.0,
+        _ => c.runs.push((offset, len as u64)),
     }
     0
 }
@@ -64,9 +74,19 @@ fn changed_object_runs(image: &Image, from: &CStr, offset: u64, len: u64) -> Res
     {
         return Ok(None);
     }
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    // SAFETY: the image is open; `from` is a valid C string; `runs` outlives
-    // the call, and the callback is only invoked during it.
+    // SAFETY: rbd_image_info_t is plain data; all zeros is a valid value.
+    let mut stat: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the image is open; stat is writable for its size.
+    check("rbd_stat", unsafe {
+        sys::rbd_stat(image.raw(), &mut stat, std::mem::size_of::<sys::rbd_image_info_t>())
+    })?;
+    let mut collector = RunCollector {
+        runs: Vec::new(),
+        // As many objects as librbd asks at a time.
+        join_gap: u64::from(DIFF_OBJECTS_AT_ONCE) * stat.obj_size.max(1),
+    };
+    // SAFETY: the image is open; `from` is a valid C string; `collector`
+    // outlives the call, and the callback is only invoked during it.
     let ret = unsafe {
         sys::rbd_diff_iterate2(
             image.raw(),
@@ -76,11 +96,11 @@ fn changed_object_runs(image: &Image, from: &CStr, offset: u64, len: u64) -> Res
             1,
             1,
             Some(on_changed_object),
-            &mut runs as *mut Vec<(u64, u64)> as *mut c_void,
+            &mut collector as *mut RunCollector as *mut c_void,
         )
     };
     check("rbd_diff_iterate2", ret).map_err(|e| e.target(image.spec()).offset(offset))?;
-    Ok(Some(runs))
+    Ok(Some(collector.runs))
 }
 
 extern "C" fn on_extent(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {

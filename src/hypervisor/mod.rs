@@ -42,6 +42,14 @@ pub trait Hypervisor: Send + Sync {
     async fn resume(&self, attachment: &Attachment) -> Result<()>;
     /// Makes a held instance use `to` instead of its current image.
     async fn repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()>;
+    /// While the instance is held and before the switch: readies `to` (opens
+    /// it) so that the re-point that follows, inside the downtime, is only a
+    /// swap. It runs beside the fence and the final delta. Best effort: an
+    /// error only means `repoint` does all the work; a `resume` without a
+    /// `repoint` must let go of what was readied. The default does nothing.
+    async fn prepare_repoint(&self, _attachment: &Attachment, _to: &Backing) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Chooses the hook for an attachment from how the catalog says to reach it.

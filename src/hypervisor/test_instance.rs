@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `hold` | stop issuing writes; reply once every issued write completed and was flushed |
 //! | `resume` | issue writes again |
-//! | `repoint <conf or -> <pool[/ns]/image>` | (held only) close the image, open this one (`-`: same cluster) |
+//! | `prepare <conf or -> <pool[/ns]/image>` | (held only) open this image for a `repoint` to come; `resume` without one closes it |
+//! | `repoint <conf or -> <pool[/ns]/image>` | (held only) close the image, use this one (`-`: same cluster) |
 //! | `status` | `ok {json}`: held, image, counts |
 //! | `stop` | drain, flush, exit |
 
@@ -90,6 +91,22 @@ impl TestInstanceHook {
     fn socket(&self) -> String {
         self.socket.to_string_lossy().into_owned()
     }
+
+    /// The ceph.conf argument for `to`: `-` on the instance's own cluster.
+    fn conf_for(&self, attachment: &Attachment, to: &Backing) -> Result<String> {
+        if to.cluster == attachment.connection.cluster {
+            return Ok("-".to_owned());
+        }
+        self.cluster_confs
+            .iter()
+            .find(|(name, _)| *name == to.cluster)
+            .map(|(_, conf)| conf.clone())
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Config, "re-point instance")
+                    .target(attachment.instance_id.clone())
+                    .message(format!("no ceph.conf is known for cluster `{}`", to.cluster))
+            })
+    }
 }
 
 #[async_trait::async_trait]
@@ -103,20 +120,15 @@ impl Hypervisor for TestInstanceHook {
     }
 
     async fn repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()> {
-        let conf = if to.cluster == attachment.connection.cluster {
-            "-".to_owned()
-        } else {
-            self.cluster_confs
-                .iter()
-                .find(|(name, _)| *name == to.cluster)
-                .map(|(_, conf)| conf.clone())
-                .ok_or_else(|| {
-                    Error::new(ErrorKind::Config, "re-point instance")
-                        .target(attachment.instance_id.clone())
-                        .message(format!("no ceph.conf is known for cluster `{}`", to.cluster))
-                })?
-        };
+        let conf = self.conf_for(attachment, to)?;
         command(&self.socket(), &format!("repoint {conf} {}", to.image))
+            .await
+            .map(|_| ())
+    }
+
+    async fn prepare_repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()> {
+        let conf = self.conf_for(attachment, to)?;
+        command(&self.socket(), &format!("prepare {conf} {}", to.image))
             .await
             .map(|_| ())
     }

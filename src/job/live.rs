@@ -371,22 +371,31 @@ impl Migrator {
             self.store.save(s).await?;
         }
         fault::point("live-after-cutover-recorded");
-        let held = Instant::now();
         // Opened before the hold, so that the downtime does not include it.
         self.replay_destination(&s.record).await?;
+        let mut steps = CutoverSteps::default();
+        let step = Instant::now();
         hook.hold(&attachment).await?;
-        debug!(ms = held.elapsed().as_millis() as u64, "instance held");
+        steps.hold_ms = step.elapsed().as_millis() as u64;
         fault::point("live-after-hold");
+        // The instance readies the destination while the delta is applied.
+        let destination = s.record.destination.clone();
+        let prepare = async {
+            if let Err(e) = hook.prepare_repoint(&attachment, &destination).await {
+                warn!(error = %e, "readying the instance's re-point; the re-point does it all");
+            }
+        };
         let applied = async {
+            let step = Instant::now();
             self.ensure_fenced(s).await?;
-            debug!(ms = held.elapsed().as_millis() as u64, "source fenced");
+            steps.fence_ms = step.elapsed().as_millis() as u64;
             fault::point("live-after-fence");
             let fenced = self.fence.lock().await.clone().expect("fenced above");
             let mut report = self.apply_delta(s, &fenced, &base, round, lost).await?;
             report.cutover = true;
             Ok::<_, Error>(report)
-        }
-        .await;
+        };
+        let ((), applied) = tokio::join!(prepare, applied);
         // The instance opens the destination next: this process lets go of
         // it (and of its lock) first.
         self.close_replay_destination().await;
@@ -409,13 +418,24 @@ impl Migrator {
         info!(
             changed = report.changed_bytes,
             ms = report.millis,
+            hold_ms = steps.hold_ms,
+            fence_ms = steps.fence_ms,
             "final delta applied with the instance held"
         );
+        steps.final_delta_ms = report.millis;
         self.live_mut(s).rounds.push(report);
 
         // The commit point.
+        let step = Instant::now();
         if !self.commit_switch(s).await? {
             return Ok(());
+        }
+        steps.switch_ms = step.elapsed().as_millis() as u64;
+        if let Some(c) = self.live_mut(s).cutover.as_mut() {
+            c.steps = CutoverSteps {
+                repoint_ms: c.steps.repoint_ms,
+                ..steps
+            };
         }
         fault::point("live-after-switch");
         self.enter(s, Phase::Switched { snapshot: base }).await?;
@@ -427,12 +447,14 @@ impl Migrator {
     pub(super) async fn step_repoint(&self, s: &mut Stored, snapshot: String) -> Result<()> {
         let (attachment, hook) = self.live_hook(&s.record)?;
         let destination = s.record.destination.clone();
+        let step = Instant::now();
         hook.repoint(&attachment, &destination).await?;
         fault::point("live-after-repoint");
         self.connect_attachment_to_destination(s).await?;
         hook.resume(&attachment).await?;
         fault::point("live-after-resume");
         let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
+        cutover.steps.repoint_ms = step.elapsed().as_millis() as u64;
         if cutover.resumed_at_ms.is_none() {
             cutover.resumed_at_ms = Some(now_ms());
         }

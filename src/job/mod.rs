@@ -21,8 +21,8 @@ mod store;
 
 pub use live::round_snapshot;
 pub use record::{
-    decode, encode, CutoverReport, Engine, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall, Phase,
-    QemuMirror, RetirePolicy, RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
+    decode, encode, CutoverReport, CutoverSteps, Engine, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall,
+    Phase, QemuMirror, RetirePolicy, RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
 };
 pub use store::{JobStore, Lease, Stored};
 

@@ -251,6 +251,27 @@ pub struct CutoverReport {
     /// How the source was fenced.
     #[serde(default)]
     pub fence: FenceReport,
+    /// Where the downtime went.
+    #[serde(default)]
+    pub steps: CutoverSteps,
+}
+
+/// Milliseconds each step of a cutover took, as measured by the run that
+/// carried it out (a step redone after a crash records its last run). The
+/// hold is requested after the record of `held_at_ms` is written, which the
+/// downtime includes and these do not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CutoverSteps {
+    /// The hypervisor hook's hold, until every acknowledged write is on the source.
+    pub hold_ms: u64,
+    /// Taking the source's exclusive lock (and breaking it, if need be).
+    pub fence_ms: u64,
+    /// Finding and applying the last changes.
+    pub final_delta_ms: u64,
+    /// The atomic catalog switch, the commit point.
+    pub switch_ms: u64,
+    /// The hook's re-point to the destination and its resume.
+    pub repoint_ms: u64,
 }
 
 impl CutoverReport {
