@@ -75,8 +75,8 @@ async fn c_program_migrates_under_valgrind() {
         img.close().await;
     }
 
-    let dir = tempdir();
-    let program = dir.join("migrate_volumes");
+    let dir = TempDir::new();
+    let program = dir.0.join("migrate_volumes");
     compile(&program);
     let out = Command::new("valgrind")
         .args([
@@ -146,8 +146,20 @@ async fn c_program_migrates_under_valgrind() {
     }
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("livemig-c-test"));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
+/// A directory for the compiled program, removed when the test ends
+/// (passed or failed).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(unique("livemig-c-test"));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
