@@ -539,18 +539,30 @@ async fn a_destination_pool_that_fills_up_stops_the_mirror_and_rolls_back() {
     let catalog = register(&src, &g, size).await;
     let original = catalog.volume(&src.image).await.unwrap();
     let fio = g.fio("16M", "100", &["--time_based", "--runtime=15"]);
-    // Slow (2 MB/s for 64 MiB), so that the pool fills up mid-mirror.
+    // A quota leaves the pool room for the source's allocated objects (32
+    // MiB: its data and the guest's writes, so the precheck lets the job
+    // start) but not for all the mirror has to copy (64 MiB). The quota is set while the
+    // pool is empty: pool statistics lag by seconds, and a quota computed
+    // from them mid-mirror could leave no room at all, so that the pool
+    // blocks writes before anything can notice.
+    cluster().cli(
+        "ceph",
+        &[
+            "osd",
+            "pool",
+            "set-quota",
+            &pool,
+            "max_bytes",
+            &(40u64 << 20).to_string(),
+        ],
+    );
+    // Slow (2 MB/s for 64 MiB), so that the mirror is still running when
+    // the engine looks at the pool.
     let job = migrate(&["start", &src.image, "--to", &pool, "--bwlimit", "2M", "--no-progress"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Something else takes the pool's space: a quota leaves 16 MiB of room,
-    // less than the mirror still has to copy.
-    let stored = c.pool_usage(&pool).await.unwrap().stored;
-    let quota = (stored + (16 << 20)).to_string();
-    cluster().cli("ceph", &["osd", "pool", "set-quota", &pool, "max_bytes", &quota]);
     let out = tokio::task::spawn_blocking(move || job.wait_with_output())
         .await
         .unwrap()
