@@ -261,19 +261,33 @@ struct Prepared {
 }
 
 impl Prepared {
-    async fn open(me: &Instance, conf: Option<PathBuf>, spec: ImageSpec) -> anyhow::Result<Prepared> {
+    /// Leaves `slot` holding `spec` (on `conf`'s cluster) open: kept if it
+    /// already does, otherwise whatever it held is closed and `spec` opened.
+    async fn ensure(
+        slot: &mut Option<Prepared>,
+        me: &Instance,
+        conf: Option<PathBuf>,
+        spec: ImageSpec,
+    ) -> anyhow::Result<()> {
+        if slot.as_ref().is_some_and(|p| p.spec == spec && p.conf == conf) {
+            return Ok(());
+        }
+        if let Some(p) = slot.take() {
+            p.image.close().await;
+        }
         let cluster = match &conf {
             Some(c) => connect(c.clone()).await?,
             None => me.cluster.clone(),
         };
         let (image, size) = open(&cluster, &spec).await?;
-        Ok(Prepared {
+        *slot = Some(Prepared {
             conf,
             spec,
             cluster,
             image,
             size,
-        })
+        });
+        Ok(())
     }
 }
 
@@ -414,13 +428,8 @@ async fn main() -> anyhow::Result<()> {
                 Control::Prepare { conf, image } => {
                     let r = if !held {
                         Err(anyhow::anyhow!("not held: hold first"))
-                    } else if prepared.as_ref().is_some_and(|p| p.spec == image && p.conf == conf) {
-                        Ok(())
                     } else {
-                        if let Some(p) = prepared.take() {
-                            p.image.close().await;
-                        }
-                        Prepared::open(&me, conf, image).await.map(|p| prepared = Some(p))
+                        Prepared::ensure(&mut prepared, &me, conf, image).await
                     };
                     let _ = reply.send(match r {
                         Ok(()) => "ok prepared".into(),
@@ -434,15 +443,8 @@ async fn main() -> anyhow::Result<()> {
                         Err(anyhow::anyhow!("not held: hold first"))
                     } else {
                         async {
-                            let ready = match prepared.take() {
-                                Some(p) if p.spec == image && p.conf == conf => p,
-                                other => {
-                                    if let Some(p) = other {
-                                        p.image.close().await;
-                                    }
-                                    Prepared::open(&me, conf, image).await?
-                                }
-                            };
+                            Prepared::ensure(&mut prepared, &me, conf, image).await?;
+                            let ready = prepared.take().expect("prepared above");
                             let old = std::mem::replace(&mut me.image, ready.image);
                             old.close().await;
                             me.cluster = ready.cluster;

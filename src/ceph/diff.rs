@@ -63,27 +63,19 @@ extern "C" fn on_changed_object(offset: u64, len: usize, _exists: c_int, arg: *m
 /// `from` (by the object map), or `None` if the image has no usable
 /// fast-diff (then every object has to be asked).
 fn changed_object_runs(image: &Image, from: &CStr, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64)>>> {
-    let (mut features, mut flags) = (0u64, 0u64);
-    // SAFETY: the image is open; both are valid out-pointers.
-    check("rbd_get_features", unsafe {
-        sys::rbd_get_features(image.raw(), &mut features)
-    })?;
-    // SAFETY: as above.
+    let info = image.info_blocking()?;
+    let mut flags = 0u64;
+    // SAFETY: the image is open; flags is a valid out-pointer.
     check("rbd_get_flags", unsafe { sys::rbd_get_flags(image.raw(), &mut flags) })?;
-    if features & u64::from(sys::RBD_FEATURE_FAST_DIFF) == 0 || flags & u64::from(sys::RBD_FLAG_FAST_DIFF_INVALID) != 0
+    if info.features & u64::from(sys::RBD_FEATURE_FAST_DIFF) == 0
+        || flags & u64::from(sys::RBD_FLAG_FAST_DIFF_INVALID) != 0
     {
         return Ok(None);
     }
-    // SAFETY: rbd_image_info_t is plain data; all zeros is a valid value.
-    let mut stat: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the image is open; stat is writable for its size.
-    check("rbd_stat", unsafe {
-        sys::rbd_stat(image.raw(), &mut stat, std::mem::size_of::<sys::rbd_image_info_t>())
-    })?;
     let mut collector = RunCollector {
         runs: Vec::new(),
         // As many objects as librbd asks at a time.
-        join_gap: u64::from(DIFF_OBJECTS_AT_ONCE) * stat.obj_size.max(1),
+        join_gap: u64::from(DIFF_OBJECTS_AT_ONCE) * info.object_size.max(1),
     };
     // SAFETY: the image is open; `from` is a valid C string; `collector`
     // outlives the call, and the callback is only invoked during it.

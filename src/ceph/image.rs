@@ -288,53 +288,55 @@ impl Image {
 
     /// Size, object size, features and striping.
     pub async fn info(&self) -> Result<ImageInfo> {
-        self.call(|img| {
-            let h = img.raw();
-            let err = |op, ret| Error::from_errno(op, ret).target(img.spec());
-            // SAFETY: zeroed is a valid value for this plain C struct.
-            let mut st: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
-            // SAFETY: h is open; st is a valid out-pointer of the right size.
-            let ret = unsafe { sys::rbd_stat(h, &mut st, std::mem::size_of::<sys::rbd_image_info_t>()) };
-            if ret < 0 {
-                return Err(err("rbd_stat", ret));
-            }
-            let mut features = 0u64;
-            // SAFETY: h is open; features is a valid out-pointer.
-            let ret = unsafe { sys::rbd_get_features(h, &mut features) };
-            if ret < 0 {
-                return Err(err("rbd_get_features", ret));
-            }
-            let (mut su, mut sc) = (0u64, 0u64);
-            // SAFETY: h is open; out-pointers valid.
-            let ret = unsafe { sys::rbd_get_stripe_unit(h, &mut su) };
-            if ret < 0 {
-                return Err(err("rbd_get_stripe_unit", ret));
-            }
-            // SAFETY: h is open; out-pointers valid.
-            let ret = unsafe { sys::rbd_get_stripe_count(h, &mut sc) };
-            if ret < 0 {
-                return Err(err("rbd_get_stripe_count", ret));
-            }
-            let mut id = vec![0u8; 64];
-            // SAFETY: id is writable for its length.
-            let ret = unsafe { sys::rbd_get_id(h, id.as_mut_ptr().cast(), id.len()) };
-            if ret < 0 {
-                return Err(err("rbd_get_id", ret));
-            }
-            let id = CStr::from_bytes_until_nul(&id)
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(ImageInfo {
-                size: st.size,
-                object_size: st.obj_size,
-                order: st.order as u8,
-                features,
-                stripe_unit: su,
-                stripe_count: sc,
-                id,
-            })
+        self.call(Image::info_blocking).await
+    }
+
+    /// [`Image::info`], for code already on the blocking pool.
+    pub(crate) fn info_blocking(&self) -> Result<ImageInfo> {
+        let h = self.raw();
+        let err = |op, ret| Error::from_errno(op, ret).target(self.spec());
+        // SAFETY: zeroed is a valid value for this plain C struct.
+        let mut st: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
+        // SAFETY: h is open; st is a valid out-pointer of the right size.
+        let ret = unsafe { sys::rbd_stat(h, &mut st, std::mem::size_of::<sys::rbd_image_info_t>()) };
+        if ret < 0 {
+            return Err(err("rbd_stat", ret));
+        }
+        let mut features = 0u64;
+        // SAFETY: h is open; features is a valid out-pointer.
+        let ret = unsafe { sys::rbd_get_features(h, &mut features) };
+        if ret < 0 {
+            return Err(err("rbd_get_features", ret));
+        }
+        let (mut su, mut sc) = (0u64, 0u64);
+        // SAFETY: h is open; out-pointers valid.
+        let ret = unsafe { sys::rbd_get_stripe_unit(h, &mut su) };
+        if ret < 0 {
+            return Err(err("rbd_get_stripe_unit", ret));
+        }
+        // SAFETY: h is open; out-pointers valid.
+        let ret = unsafe { sys::rbd_get_stripe_count(h, &mut sc) };
+        if ret < 0 {
+            return Err(err("rbd_get_stripe_count", ret));
+        }
+        let mut id = vec![0u8; 64];
+        // SAFETY: id is writable for its length.
+        let ret = unsafe { sys::rbd_get_id(h, id.as_mut_ptr().cast(), id.len()) };
+        if ret < 0 {
+            return Err(err("rbd_get_id", ret));
+        }
+        let id = CStr::from_bytes_until_nul(&id)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(ImageInfo {
+            size: st.size,
+            object_size: st.obj_size,
+            order: st.order as u8,
+            features,
+            stripe_unit: su,
+            stripe_count: sc,
+            id,
         })
-        .await
     }
 
     /// All image-meta key/value pairs.

@@ -212,7 +212,6 @@ impl Migrator {
         }
         fault::point("live-after-round-snapshot");
         let at_snap = src_io.open_image_read_only(&src_name, Some(&snap)).await?;
-        debug!(round, "round snapshot open");
         let report = self.apply_delta(s, &at_snap, &base, round, lost).await;
         at_snap.close().await;
         let report = report?;
@@ -432,10 +431,7 @@ impl Migrator {
         }
         steps.switch_ms = step.elapsed().as_millis() as u64;
         if let Some(c) = self.live_mut(s).cutover.as_mut() {
-            c.steps = CutoverSteps {
-                repoint_ms: c.steps.repoint_ms,
-                ..steps
-            };
+            c.steps = steps;
         }
         fault::point("live-after-switch");
         self.enter(s, Phase::Switched { snapshot: base }).await?;

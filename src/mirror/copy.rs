@@ -432,7 +432,7 @@ impl Copier {
         let (total_bytes, already) = if overwrite {
             (0, 0)
         } else {
-            extent_bytes(src, since, info.size, resume_from, whole_object).await?
+            extent_bytes(src, info.size, resume_from).await?
         };
         let mut progress = Progress {
             total_bytes,
@@ -491,12 +491,9 @@ impl Copier {
                     Vec::new()
                 };
                 let op = ChunkOp {
-                    offset,
-                    len: len as usize,
-                    fill,
+                    piece,
                     overwrite,
                     zero_block,
-                    changed: piece.changed,
                 };
                 tasks.push(copy_chunk(src.clone(), dst.clone(), op, buffer));
             }
@@ -509,9 +506,9 @@ impl Copier {
                 _ = self.cancel.cancelled(), if !stopping => {}
                 Some(done) = tasks.next(), if !tasks.is_empty() => match done {
                     Ok(mut chunk) => {
-                        in_flight_offsets.remove(&chunk.op.offset);
-                        let len = chunk.op.len as u64;
-                        if chunk.op.fill == Fill::Data {
+                        in_flight_offsets.remove(&chunk.op.piece.offset);
+                        let len = chunk.op.piece.len;
+                        if chunk.op.piece.fill == Fill::Data {
                             in_flight -= BUFFERS_PER_CHUNK * len;
                             free_buffers.push(std::mem::take(&mut chunk.buffer));
                         }
@@ -623,17 +620,13 @@ struct Piece {
     changed: Vec<Range<usize>>,
 }
 
-/// One chunk to move.
-#[derive(Debug, Clone)]
+/// One chunk to move: a piece, and how to write it.
+#[derive(Debug)]
 struct ChunkOp {
-    offset: u64,
-    len: usize,
-    fill: Fill,
+    piece: Piece,
     /// The destination may hold old data: zero what is zero in the source.
     overwrite: bool,
     zero_block: usize,
-    /// What changed in the chunk, when overwriting (see [`Piece::changed`]).
-    changed: Vec<Range<usize>>,
 }
 
 /// A chunk that has been moved.
@@ -647,15 +640,15 @@ struct ChunkDone {
 /// to the destination; when overwriting, what changed is made equal (see
 /// [`overwrite_plan`]). A `Fill::Zero` chunk is only zeroed.
 async fn copy_chunk(src: Image, dst: Image, op: ChunkOp, buffer: Vec<u8>) -> Result<ChunkDone> {
-    let (offset, len) = (op.offset, op.len);
-    if op.fill == Fill::Zero {
+    let (offset, len) = (op.piece.offset, op.piece.len as usize);
+    if op.piece.fill == Fill::Zero {
         dst.write_zeroes(offset, len as u64).await?;
         return Ok(ChunkDone { op, buffer, written: 0 });
     }
     let mut buffer = src.read(offset, len, buffer).await?;
     let runs = nonzero_runs(&buffer[..len], op.zero_block);
     let plan = if op.overwrite {
-        overwrite_plan(&runs, &op.changed)
+        overwrite_plan(&runs, &op.piece.changed)
     } else {
         runs.into_iter().map(Overwrite::Data).collect()
     };
@@ -672,20 +665,14 @@ async fn copy_chunk(src: Image, dst: Image, op: ChunkOp, buffer: Vec<u8>) -> Res
     Ok(ChunkDone { op, buffer, written })
 }
 
-/// Bytes to move in all, and below `split`: allocated extents (or, against
-/// a snapshot, changed extents, discarded ones included).
-async fn extent_bytes(
-    img: &Image,
-    since: Option<&str>,
-    size: u64,
-    split: u64,
-    whole_object: bool,
-) -> Result<(u64, u64)> {
-    let mut diff = img.diff(since, 0, size, whole_object);
+/// Bytes a full copy moves in all, and below `split`: the allocated
+/// extents, whole objects at a time (as the copy enumerates them).
+async fn extent_bytes(img: &Image, size: u64, split: u64) -> Result<(u64, u64)> {
+    let mut diff = img.diff(None, 0, size, true);
     let (mut total, mut below) = (0, 0);
     while let Some(e) = diff.next().await {
         let e = e?;
-        if e.exists || since.is_some() {
+        if e.exists {
             total += e.len;
             below += split.min(e.offset + e.len).saturating_sub(e.offset);
         }
