@@ -472,8 +472,18 @@ async fn show_progress(mut rx: watch::Receiver<Progress>, output: Output) {
             break;
         }
         if output == Output::Json || output == Output::Lines {
-            // Throttle: at most one line per interval.
-            tick.tick().await;
+            // Throttle: at most one line per interval, but stop waiting as
+            // soon as the copy ends (waiting out the tick held the exit up
+            // to a whole interval).
+            let ended = loop {
+                tokio::select! {
+                    _ = tick.tick() => break false,
+                    r = rx.changed() => if r.is_err() { break true },
+                }
+            };
+            if ended {
+                break;
+            }
         }
     }
     if let Some(bar) = bar {
