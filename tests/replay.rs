@@ -24,16 +24,37 @@ async fn allocated_in(img: &Image, offset: u64, len: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
+    // A plain layout: each object's changes are read and written in one
+    // RADOS operation each (DataObjects).
+    rounds_of_deltas(CreateOptions::default(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_of_deltas_on_a_striped_image_go_through_librbd() {
+    let features = u64::from(
+        livemig_ceph_sys::RBD_FEATURE_LAYERING
+            | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
+            | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
+            | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
+            | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
+    );
+    let striped = CreateOptions {
+        order: Some(20),
+        features: Some(features),
+        stripe_unit: Some(64 << 10),
+        stripe_count: Some(4),
+    };
+    rounds_of_deltas(striped, false).await;
+}
+
+async fn rounds_of_deltas(layout: CreateOptions, direct: bool) {
     cluster().ensure_pool(SRC);
     cluster().ensure_pool(DST);
     let c = cluster().connect().await;
     let src_io = c.ioctx(SRC, "").await.unwrap();
     let dst_io = c.ioctx(DST, "").await.unwrap();
     let name = unique("delta");
-    src_io
-        .create_image(&name, 32 << 20, &CreateOptions::default())
-        .await
-        .unwrap();
+    src_io.create_image(&name, 32 << 20, &layout).await.unwrap();
     let src = src_io.open_image(&name).await.unwrap();
     write_at(&src, 0, random_bytes(1, 20 << 20)).await;
     src.snap_create("s0").await.unwrap();
@@ -60,6 +81,9 @@ async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
     write_at(&src, 30 << 20, random_bytes(3, 70_000)).await;
     src.snap_create("s1").await.unwrap();
     let s1 = src_io.open_image_read_only(&name, Some("s1")).await.unwrap();
+    // Which path the rounds take: objects directly, or librbd.
+    assert_eq!(s1.data_objects().await.unwrap().is_some(), direct);
+    assert_eq!(dst.data_objects().await.unwrap().is_some(), direct);
     let round1 = Copier::new(CopyOptions::default())
         .replay(&s1, &dst, "s0")
         .await
@@ -77,12 +101,16 @@ async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
         "round 1 missed changes: {} bytes",
         round1.done_bytes
     );
-    // The discarded range is not allocated on the destination.
-    assert_eq!(
-        allocated_in(&dst, 12 << 20, 4 << 20).await,
-        0,
-        "discard not replayed as a deallocation"
-    );
+    // The discarded range is not allocated on the destination. (On a
+    // striped image the diff reports a discard one stripe unit at a time,
+    // and zeroing those pieces leaves the objects allocated: a known gap.)
+    if direct {
+        assert_eq!(
+            allocated_in(&dst, 12 << 20, 4 << 20).await,
+            0,
+            "discard not replayed as a deallocation"
+        );
+    }
 
     // Round 2 on top of round 1.
     write_at(&src, 1 << 20, random_bytes(4, 5000)).await;

@@ -491,6 +491,29 @@ impl IoCtx {
         self.inner.handle.0
     }
 
+    /// A second handle on the same pool and namespace, for settings that
+    /// apply to a whole io-context (the snapshot reads are made at), so
+    /// that they do not leak to other users of this one.
+    pub(crate) fn private_copy_blocking(&self) -> Result<IoCtx> {
+        let mut io: sys::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: self's handle is valid; the cluster is connected; io is a valid out-pointer.
+        let ret =
+            unsafe { sys::rados_ioctx_create2(self.inner.cluster.raw(), sys::rados_ioctx_get_id(self.raw()), &mut io) };
+        check("rados_ioctx_create2", ret).map_err(|e| e.target(self.pool_spec()))?;
+        let copy = IoCtx {
+            inner: Arc::new(IoCtxInner {
+                handle: IoHandle(io),
+                cluster: self.inner.cluster.clone(),
+                pool: self.inner.pool.clone(),
+                namespace: self.inner.namespace.clone(),
+            }),
+        };
+        let ns = cstring(&self.inner.namespace, "namespace")?;
+        // SAFETY: io is valid and not yet shared; ns is a valid C string.
+        unsafe { sys::rados_ioctx_set_namespace(io, ns.as_ptr()) };
+        Ok(copy)
+    }
+
     /// The cluster this io-context belongs to.
     pub fn cluster(&self) -> &Cluster {
         &self.inner.cluster

@@ -258,6 +258,11 @@ impl IoCtx {
 }
 
 impl Image {
+    /// The snapshot the image is open at, if any.
+    pub fn snap_name(&self) -> Option<&str> {
+        self.inner.snap.as_deref()
+    }
+
     pub(crate) fn raw(&self) -> sys::rbd_image_t {
         self.inner.handle.0
     }

@@ -16,6 +16,7 @@
 
 mod aio;
 mod cluster;
+mod data_objects;
 mod diff;
 mod image;
 mod object;
@@ -24,6 +25,7 @@ mod release;
 pub use release::wait_for_releases;
 
 pub use cluster::{Cluster, ClusterConfig, IoCtx, PoolUsage};
+pub use data_objects::DataObjects;
 pub use diff::{DiffStream, Extent};
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
 pub use object::{GuardedObject, OmapEntries};

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -31,8 +32,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use livemig_ceph_sys as sys;
 
-use super::zero::{nonzero_runs, overwrite_plan, Overwrite};
-use crate::ceph::{Cluster, CreateOptions, Image, ImageInfo, IoCtx};
+use super::zero::{exact_overwrite_plan, nonzero_runs, overwrite_plan, Overwrite};
+use crate::ceph::{Cluster, CreateOptions, DataObjects, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
 
@@ -418,6 +419,16 @@ impl Copier {
         let overwrite = since.is_some();
         let whole_object = !overwrite;
         let info = src.info().await?;
+        // Where both layouts allow (see `DataObjects`), a delta's changes to
+        // one object are read in one operation and written in one.
+        let direct = match overwrite {
+            true => match (src.data_objects().await?, dst.data_objects().await?) {
+                (Some(src), Some(dst)) => Some(Arc::new(Direct { src, dst })),
+                _ => None,
+            },
+            false => None,
+        };
+        let object_size = info.object_size.max(1);
         let chunk = match self.options.chunk_size {
             Some(c) => c.clamp(4096, 64 << 20),
             None => info.object_size.clamp(1 << 20, 16 << 20),
@@ -467,10 +478,27 @@ impl Copier {
         loop {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
             let mut rate_wait = None;
+            let mut tasks_issued_now = 0usize;
             // Issue chunks while the byte budget and the rate limit allow.
-            while let Some(&Piece { offset, len, fill, .. }) = queue.front().filter(|_| !stopping) {
-                // Zeroing holds no buffer; it is bounded by the operation count.
-                let cost = if fill == Fill::Data { BUFFERS_PER_CHUNK * len } else { 0 };
+            // A delta's last piece may still grow while the diff streams.
+            let ready = if overwrite && !extents_done {
+                queue.len().saturating_sub(1)
+            } else {
+                queue.len()
+            };
+            while let Some(piece) = queue.front().filter(|_| !stopping && ready > tasks_issued_now) {
+                let (offset, len, fill) = (piece.offset, piece.len, piece.fill);
+                // Zeroing holds no buffer; it is bounded by the operation
+                // count. A piece read directly holds only its changes.
+                let held = match &direct {
+                    Some(_) => piece.changed.iter().map(|c| c.len() as u64).sum(),
+                    None => len,
+                };
+                let cost = if fill == Fill::Data {
+                    BUFFERS_PER_CHUNK * held
+                } else {
+                    0
+                };
                 if (in_flight > 0 && in_flight + cost > budget) || tasks.len() >= MAX_OPS {
                     break;
                 }
@@ -482,6 +510,7 @@ impl Copier {
                     }
                 }
                 let piece = queue.pop_front().expect("looked at above");
+                tasks_issued_now += 1;
                 in_flight_offsets.insert(offset);
                 in_flight += cost;
                 issued += len;
@@ -494,8 +523,9 @@ impl Copier {
                     piece,
                     overwrite,
                     zero_block,
+                    cost,
                 };
-                tasks.push(copy_chunk(src.clone(), dst.clone(), op, buffer));
+                tasks.push(copy_chunk(src.clone(), dst.clone(), direct.clone(), op, buffer));
             }
             if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
                 break;
@@ -508,8 +538,8 @@ impl Copier {
                     Ok(mut chunk) => {
                         in_flight_offsets.remove(&chunk.op.piece.offset);
                         let len = chunk.op.piece.len;
+                        in_flight -= chunk.op.cost;
                         if chunk.op.piece.fill == Fill::Data {
-                            in_flight -= BUFFERS_PER_CHUNK * len;
                             free_buffers.push(std::mem::take(&mut chunk.buffer));
                         }
                         // Merged gaps are moved but were not counted as changed.
@@ -551,11 +581,12 @@ impl Copier {
                         // operation count: nearby changed extents are read
                         // as one (see `overwrite_plan` for what is written).
                         let back = queue.back_mut().filter(|p| {
-                            overwrite
-                                && p.fill == Fill::Data
-                                && start >= p.offset + p.len
-                                && start - (p.offset + p.len) <= MERGE_GAP
-                                && end - p.offset <= chunk
+                            let near = match direct {
+                                // One operation per object, whatever the gaps.
+                                Some(_) => p.offset / object_size == (end - 1) / object_size,
+                                None => start - (p.offset + p.len) <= MERGE_GAP && end - p.offset <= chunk,
+                            };
+                            overwrite && p.fill == Fill::Data && start >= p.offset + p.len && near
                         });
                         match (fill.filter(|_| end > start), back) {
                             (Some(Fill::Data), Some(back)) => {
@@ -627,6 +658,8 @@ struct ChunkOp {
     /// The destination may hold old data: zero what is zero in the source.
     overwrite: bool,
     zero_block: usize,
+    /// What it counts against the in-flight budget.
+    cost: u64,
 }
 
 /// A chunk that has been moved.
@@ -639,11 +672,56 @@ struct ChunkDone {
 /// Moves one chunk: reads it from the source and writes its non-zero runs
 /// to the destination; when overwriting, what changed is made equal (see
 /// [`overwrite_plan`]). A `Fill::Zero` chunk is only zeroed.
-async fn copy_chunk(src: Image, dst: Image, op: ChunkOp, buffer: Vec<u8>) -> Result<ChunkDone> {
+/// The source's (at its snapshot) and destination's data objects, for a
+/// delta applied an object at a time.
+struct Direct {
+    src: DataObjects,
+    dst: DataObjects,
+}
+
+async fn copy_chunk(
+    src: Image,
+    dst: Image,
+    direct: Option<Arc<Direct>>,
+    op: ChunkOp,
+    buffer: Vec<u8>,
+) -> Result<ChunkDone> {
     let (offset, len) = (op.piece.offset, op.piece.len as usize);
     if op.piece.fill == Fill::Zero {
         dst.write_zeroes(offset, len as u64).await?;
         return Ok(ChunkDone { op, buffer, written: 0 });
+    }
+    let mut buffer = buffer;
+    if let Some(direct) = direct.filter(|_| op.overwrite) {
+        let ranges: Vec<Range<u64>> = op
+            .piece
+            .changed
+            .iter()
+            .map(|c| offset + c.start as u64..offset + c.end as u64)
+            .collect();
+        let (found, packed) = direct.src.read_packed(&ranges, buffer).await?;
+        buffer = packed;
+        if found {
+            let (mut writes, mut zeros) = (Vec::new(), Vec::new());
+            let mut pos = 0;
+            for r in &ranges {
+                let part = &buffer[pos..pos + (r.end - r.start) as usize];
+                pos += part.len();
+                let whole = 0..part.len();
+                for w in exact_overwrite_plan(&nonzero_runs(part, op.zero_block), std::slice::from_ref(&whole)) {
+                    match w {
+                        Overwrite::Data(d) => writes.push((r.start + d.start as u64, &part[d])),
+                        Overwrite::Zeros(z) => zeros.push(r.start + z.start as u64..r.start + z.end as u64),
+                    }
+                }
+            }
+            if direct.dst.write_packed(&writes, &zeros).await? {
+                let written = writes.iter().map(|w| w.1.len() as u64).sum();
+                return Ok(ChunkDone { op, buffer, written });
+            }
+        }
+        // The object does not exist (yet) on one side: librbd reads it from
+        // the snapshot's parent or creates it on the destination, below.
     }
     let mut buffer = src.read(offset, len, buffer).await?;
     let runs = nonzero_runs(&buffer[..len], op.zero_block);
