@@ -114,19 +114,7 @@ async fn non_default_object_size_and_striping_are_kept() {
     let c = cluster().connect().await;
     let (src_io, dst_io) = pools(&c).await;
     let name = unique("striped");
-    let features = u64::from(
-        livemig_ceph_sys::RBD_FEATURE_LAYERING
-            | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
-            | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
-            | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
-            | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
-    );
-    let opts = CreateOptions {
-        order: Some(20),
-        features: Some(features),
-        stripe_unit: Some(64 << 10),
-        stripe_count: Some(4),
-    };
+    let opts = striped_layout();
     src_io.create_image(&name, 24 << 20, &opts).await.unwrap();
     let img = src_io.open_image(&name).await.unwrap();
     write_at(&img, 100_000, random_bytes(11, 3 << 20)).await;

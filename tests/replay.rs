@@ -31,20 +31,7 @@ async fn rounds_of_deltas_bring_the_destination_to_each_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_of_deltas_on_a_striped_image_go_through_librbd() {
-    let features = u64::from(
-        livemig_ceph_sys::RBD_FEATURE_LAYERING
-            | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
-            | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
-            | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
-            | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
-    );
-    let striped = CreateOptions {
-        order: Some(20),
-        features: Some(features),
-        stripe_unit: Some(64 << 10),
-        stripe_count: Some(4),
-    };
-    rounds_of_deltas(striped, false).await;
+    rounds_of_deltas(striped_layout(), false).await;
 }
 
 async fn rounds_of_deltas(layout: CreateOptions, direct: bool) {

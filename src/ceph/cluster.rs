@@ -459,18 +459,9 @@ impl IoCtx {
                 .target(pool.clone())
                 .message(format!("pool `{pool}` does not exist in {}", cluster.describe()))
         })?;
-        let ioctx = IoCtx {
-            inner: Arc::new(IoCtxInner {
-                handle: IoHandle(io),
-                cluster,
-                pool,
-                namespace,
-            }),
-        };
+        let ioctx = IoCtx::wrap(cluster, io, pool, namespace)?;
         if !ioctx.inner.namespace.is_empty() {
             let ns = cstring(&ioctx.inner.namespace, "namespace")?;
-            // SAFETY: io is valid and not yet shared.
-            unsafe { sys::rados_ioctx_set_namespace(io, ns.as_ptr()) };
             let mut exists = false;
             // SAFETY: io is valid; exists is a valid out-pointer.
             let ret = unsafe { sys::rbd_namespace_exists(io, ns.as_ptr(), &mut exists) };
@@ -500,18 +491,31 @@ impl IoCtx {
         let ret =
             unsafe { sys::rados_ioctx_create2(self.inner.cluster.raw(), sys::rados_ioctx_get_id(self.raw()), &mut io) };
         check("rados_ioctx_create2", ret).map_err(|e| e.target(self.pool_spec()))?;
-        let copy = IoCtx {
+        IoCtx::wrap(
+            self.inner.cluster.clone(),
+            io,
+            self.inner.pool.clone(),
+            self.inner.namespace.clone(),
+        )
+    }
+
+    /// Takes ownership of a freshly created io-context handle and puts it
+    /// in `namespace` (released with the `IoCtx`, also on error).
+    fn wrap(cluster: Cluster, io: sys::rados_ioctx_t, pool: String, namespace: String) -> Result<IoCtx> {
+        let ioctx = IoCtx {
             inner: Arc::new(IoCtxInner {
                 handle: IoHandle(io),
-                cluster: self.inner.cluster.clone(),
-                pool: self.inner.pool.clone(),
-                namespace: self.inner.namespace.clone(),
+                cluster,
+                pool,
+                namespace,
             }),
         };
-        let ns = cstring(&self.inner.namespace, "namespace")?;
-        // SAFETY: io is valid and not yet shared; ns is a valid C string.
-        unsafe { sys::rados_ioctx_set_namespace(io, ns.as_ptr()) };
-        Ok(copy)
+        if !ioctx.inner.namespace.is_empty() {
+            let ns = cstring(&ioctx.inner.namespace, "namespace")?;
+            // SAFETY: io is valid and not yet shared; ns is a valid C string.
+            unsafe { sys::rados_ioctx_set_namespace(io, ns.as_ptr()) };
+        }
+        Ok(ioctx)
     }
 
     /// The cluster this io-context belongs to.

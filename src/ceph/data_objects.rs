@@ -31,35 +31,9 @@ use std::ops::Range;
 use livemig_ceph_sys as sys;
 
 use super::aio::AioOp;
+use super::object::{ReadOp, WriteOp};
 use super::{blocking, check, cstring, Image, IoCtx};
 use crate::error::{Error, Result};
-
-/// A RADOS write operation, released when dropped (after its completion).
-struct WriteOp(sys::rados_write_op_t);
-// SAFETY: the handle is only used by one thread at a time: built before
-// submission, then only released, after the completion has fired.
-unsafe impl Send for WriteOp {}
-// SAFETY: as above; no method takes &self.
-unsafe impl Sync for WriteOp {}
-impl Drop for WriteOp {
-    fn drop(&mut self) {
-        // SAFETY: created by rados_create_write_op, released once.
-        unsafe { sys::rados_release_write_op(self.0) };
-    }
-}
-
-/// A RADOS read operation, released when dropped (after its completion).
-struct ReadOp(sys::rados_read_op_t);
-// SAFETY: as for WriteOp.
-unsafe impl Send for ReadOp {}
-// SAFETY: as for WriteOp.
-unsafe impl Sync for ReadOp {}
-impl Drop for ReadOp {
-    fn drop(&mut self) {
-        // SAFETY: created by rados_create_read_op, released once.
-        unsafe { sys::rados_release_read_op(self.0) };
-    }
-}
 
 /// An image's data objects, when they may be used directly (see the
 /// module docs). Holds the image open.

@@ -36,7 +36,14 @@ pub struct GuardedObject {
     pub omap: BTreeMap<String, Vec<u8>>,
 }
 
-struct ReadOp(sys::rados_read_op_t);
+/// A RADOS read operation, released when dropped.
+pub(super) struct ReadOp(pub(super) sys::rados_read_op_t);
+// SAFETY: the handle is used by one thread at a time: built, submitted,
+// then only released (for an asynchronous operation, kept with it and
+// released after its completion has fired).
+unsafe impl Send for ReadOp {}
+// SAFETY: as above; no method takes &self.
+unsafe impl Sync for ReadOp {}
 impl Drop for ReadOp {
     fn drop(&mut self) {
         // SAFETY: created by rados_create_read_op, released once.
@@ -44,7 +51,12 @@ impl Drop for ReadOp {
     }
 }
 
-struct WriteOp(sys::rados_write_op_t);
+/// A RADOS write operation, released when dropped.
+pub(super) struct WriteOp(pub(super) sys::rados_write_op_t);
+// SAFETY: as for ReadOp.
+unsafe impl Send for WriteOp {}
+// SAFETY: as for ReadOp.
+unsafe impl Sync for WriteOp {}
 impl Drop for WriteOp {
     fn drop(&mut self) {
         // SAFETY: created by rados_create_write_op, released once.

@@ -478,15 +478,10 @@ impl Copier {
         loop {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
             let mut rate_wait = None;
-            let mut tasks_issued_now = 0usize;
             // Issue chunks while the byte budget and the rate limit allow.
             // A delta's last piece may still grow while the diff streams.
-            let ready = if overwrite && !extents_done {
-                queue.len().saturating_sub(1)
-            } else {
-                queue.len()
-            };
-            while let Some(piece) = queue.front().filter(|_| !stopping && ready > tasks_issued_now) {
+            let still_growing = usize::from(overwrite && !extents_done);
+            while let Some(piece) = queue.front().filter(|_| !stopping && queue.len() > still_growing) {
                 let (offset, len, fill) = (piece.offset, piece.len, piece.fill);
                 // Zeroing holds no buffer; it is bounded by the operation
                 // count. A piece read directly holds only its changes.
@@ -510,7 +505,6 @@ impl Copier {
                     }
                 }
                 let piece = queue.pop_front().expect("looked at above");
-                tasks_issued_now += 1;
                 in_flight_offsets.insert(offset);
                 in_flight += cost;
                 issued += len;
@@ -669,9 +663,6 @@ struct ChunkDone {
     written: u64,
 }
 
-/// Moves one chunk: reads it from the source and writes its non-zero runs
-/// to the destination; when overwriting, what changed is made equal (see
-/// [`overwrite_plan`]). A `Fill::Zero` chunk is only zeroed.
 /// The source's (at its snapshot) and destination's data objects, for a
 /// delta applied an object at a time.
 struct Direct {
@@ -679,6 +670,10 @@ struct Direct {
     dst: DataObjects,
 }
 
+/// Moves one chunk: reads it from the source and writes its non-zero runs
+/// to the destination; when overwriting, what changed is made equal (see
+/// [`overwrite_plan`]; with `direct`, an object's changes in one read and
+/// one write). A `Fill::Zero` chunk is only zeroed.
 async fn copy_chunk(
     src: Image,
     dst: Image,
@@ -692,7 +687,7 @@ async fn copy_chunk(
         return Ok(ChunkDone { op, buffer, written: 0 });
     }
     let mut buffer = buffer;
-    if let Some(direct) = direct.filter(|_| op.overwrite) {
+    if let Some(direct) = direct {
         let ranges: Vec<Range<u64>> = op
             .piece
             .changed

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use livemig::ceph::{Cluster, ClusterConfig, Image, IoCtx};
+use livemig::ceph::{Cluster, ClusterConfig, CreateOptions, Image, IoCtx};
 use rand::{Rng, SeedableRng};
 
 pub struct TestCluster {
@@ -146,6 +146,24 @@ impl TestCluster {
 }
 
 /// A name unique to this test run.
+/// A layout librbd must stripe: 1 MiB objects, 64 KiB stripe units over 4
+/// objects, with the usual features.
+pub fn striped_layout() -> CreateOptions {
+    let features = u64::from(
+        livemig_ceph_sys::RBD_FEATURE_LAYERING
+            | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
+            | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
+            | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
+            | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
+    );
+    CreateOptions {
+        order: Some(20),
+        features: Some(features),
+        stripe_unit: Some(64 << 10),
+        stripe_count: Some(4),
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
