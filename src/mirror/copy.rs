@@ -686,37 +686,8 @@ async fn copy_chunk(
         dst.write_zeroes(offset, len as u64).await?;
         return Ok(ChunkDone { op, buffer, written: 0 });
     }
-    let mut buffer = buffer;
     if let Some(direct) = direct {
-        let ranges: Vec<Range<u64>> = op
-            .piece
-            .changed
-            .iter()
-            .map(|c| offset + c.start as u64..offset + c.end as u64)
-            .collect();
-        let (found, packed) = direct.src.read_packed(&ranges, buffer).await?;
-        buffer = packed;
-        if found {
-            let (mut writes, mut zeros) = (Vec::new(), Vec::new());
-            let mut pos = 0;
-            for r in &ranges {
-                let part = &buffer[pos..pos + (r.end - r.start) as usize];
-                pos += part.len();
-                let whole = 0..part.len();
-                for w in exact_overwrite_plan(&nonzero_runs(part, op.zero_block), std::slice::from_ref(&whole)) {
-                    match w {
-                        Overwrite::Data(d) => writes.push((r.start + d.start as u64, &part[d])),
-                        Overwrite::Zeros(z) => zeros.push(r.start + z.start as u64..r.start + z.end as u64),
-                    }
-                }
-            }
-            if direct.dst.write_packed(&writes, &zeros).await? {
-                let written = writes.iter().map(|w| w.1.len() as u64).sum();
-                return Ok(ChunkDone { op, buffer, written });
-            }
-        }
-        // The object does not exist (yet) on one side: librbd reads it from
-        // the snapshot's parent or creates it on the destination, below.
+        return apply_changes_by_object(&src, &dst, &direct, op, buffer).await;
     }
     let mut buffer = src.read(offset, len, buffer).await?;
     let runs = nonzero_runs(&buffer[..len], op.zero_block);
@@ -733,6 +704,67 @@ async fn copy_chunk(
                 buffer = dst.write(offset + run.start as u64, buffer, run).await?;
             }
             Overwrite::Zeros(r) => dst.write_zeroes(offset + r.start as u64, r.len() as u64).await?,
+        }
+    }
+    Ok(ChunkDone { op, buffer, written })
+}
+
+/// Applies a delta piece (all in one object) an object at a time: its
+/// changed ranges are read from the source's snapshot in one operation,
+/// packed into `buffer`, and written to the destination in one. Where the
+/// object is missing on one side (not at the snapshot, or not yet on the
+/// destination), librbd reads or writes the same ranges instead, so the
+/// chunk holds only its changes either way, as the budget counted.
+async fn apply_changes_by_object(
+    src: &Image,
+    dst: &Image,
+    direct: &Direct,
+    op: ChunkOp,
+    buffer: Vec<u8>,
+) -> Result<ChunkDone> {
+    let offset = op.piece.offset;
+    let ranges: Vec<Range<u64>> = op
+        .piece
+        .changed
+        .iter()
+        .map(|c| offset + c.start as u64..offset + c.end as u64)
+        .collect();
+    let (found, mut buffer) = direct.src.read_packed(&ranges, buffer).await?;
+    if !found {
+        buffer.resize(ranges.iter().map(|r| (r.end - r.start) as usize).sum(), 0);
+        let mut pos = 0;
+        for r in &ranges {
+            let len = (r.end - r.start) as usize;
+            let part = src.read(r.start, len, Vec::new()).await?;
+            buffer[pos..pos + len].copy_from_slice(&part);
+            pos += len;
+        }
+    }
+    // What to write: (image offset, range of `buffer`) and image ranges to zero.
+    let (mut writes, mut zeros) = (Vec::new(), Vec::new());
+    let mut pos = 0;
+    for r in &ranges {
+        let len = (r.end - r.start) as usize;
+        let whole = 0..len;
+        let runs = nonzero_runs(&buffer[pos..pos + len], op.zero_block);
+        for w in exact_overwrite_plan(&runs, std::slice::from_ref(&whole)) {
+            match w {
+                Overwrite::Data(d) => writes.push((r.start + d.start as u64, pos + d.start..pos + d.end)),
+                Overwrite::Zeros(z) => zeros.push(r.start + z.start as u64..r.start + z.end as u64),
+            }
+        }
+        pos += len;
+    }
+    let written = writes.iter().map(|w| w.1.len() as u64).sum();
+    let slices: Vec<(u64, &[u8])> = writes.iter().map(|(o, b)| (*o, &buffer[b.clone()])).collect();
+    if !direct.dst.write_packed(&slices, &zeros).await? {
+        // The destination object does not exist yet: librbd creates it.
+        drop(slices);
+        for (o, b) in writes {
+            buffer = dst.write(o, buffer, b).await?;
+        }
+        for z in zeros {
+            dst.write_zeroes(z.start, z.end - z.start).await?;
         }
     }
     Ok(ChunkDone { op, buffer, written })
