@@ -120,6 +120,29 @@ async fn rounds_of_deltas(layout: CreateOptions, direct: bool) {
         .unwrap();
     assert_eq!(idle.done_bytes, 0);
 
+    // The cutover's delta: from the last snapshot to the (fenced) head. The
+    // head is read directly too, though the image has snapshots; only the
+    // destination, which has none, is written directly.
+    write_at(&src, 5 << 20, random_bytes(5, 9000)).await;
+    write_at(&src, 9 << 20, vec![0u8; 8192]).await;
+    src.discard(20 << 20, 1 << 20).await.unwrap();
+    if direct {
+        let head = src.data_objects().await.unwrap().expect("the head is read directly");
+        assert!(!head.writable(), "an image with snapshots is not written directly");
+        assert!(dst.data_objects().await.unwrap().unwrap().writable());
+    }
+    let last = Copier::new(CopyOptions::default())
+        .replay(&src, &dst, "s3")
+        .await
+        .unwrap();
+    assert!(
+        last.done_bytes < 3 << 20,
+        "the last delta moved {} bytes",
+        last.done_bytes
+    );
+    let report = compare_images(&src, &dst).await.unwrap();
+    assert!(report.identical(), "after the delta from the head: {report:?}");
+
     for img in [s0, s1, s2, s3, dst, src] {
         img.close().await;
     }

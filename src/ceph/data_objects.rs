@@ -12,8 +12,10 @@
 //! - the layout is plain: format 2, no striping (stripe unit = object size,
 //!   count 1), data in the image's own pool, no parent (no copy-up owed),
 //!   no journal (which would have to record the writes);
-//! - for writing, the image has no snapshots (writes carry no snapshot
-//!   context); reading is done at the snapshot the image is open at;
+//! - for writing, the image is open at its head and has no snapshots
+//!   (writes carry no snapshot context); reading is done at the snapshot
+//!   the image is open at, or at its head (a fenced source, whose round
+//!   snapshots do not matter to a read);
 //! - the object already exists: the operation first asserts it and fails
 //!   whole with nothing written otherwise, and the caller then writes
 //!   through librbd, which creates it. librbd marks an object as existing
@@ -38,10 +40,10 @@ use crate::error::{Error, Result};
 /// An image's data objects, when they may be used directly (see the
 /// module docs). Holds the image open.
 pub struct DataObjects {
-    /// A private io-context: reads are made at the image's snapshot.
+    /// A private io-context: reads are made at the image's snapshot (or head).
     ioctx: IoCtx,
-    /// The snapshot the image is open at (reads only), or none (writes only).
-    snap_id: Option<u64>,
+    /// Open at its head with no snapshots: writes may go to the objects.
+    writable: bool,
     prefix: String,
     object_size: u64,
     image: Image,
@@ -55,9 +57,9 @@ impl std::fmt::Debug for DataObjects {
 
 impl Image {
     /// This image's data objects, if they may be used directly: read at the
-    /// snapshot the image is open at, or written if it is open at its head.
-    /// `None` when its layout, snapshots or features need librbd (see
-    /// [`DataObjects`]).
+    /// snapshot the image is open at (or its head), and written if it is
+    /// open at its head and has no snapshots ([`DataObjects::writable`]).
+    /// `None` when its layout or features need librbd (see [`DataObjects`]).
     pub async fn data_objects(&self) -> Result<Option<DataObjects>> {
         let img = self.clone();
         blocking(move || DataObjects::for_image(img)).await
@@ -88,6 +90,7 @@ impl DataObjects {
         if (ret < 0 && ret != -libc::ENOENT) || (ret == 0 && overlap > 0) {
             return Ok(None);
         }
+        let mut writable = false;
         let snap_id = match image.snap_name() {
             Some(name) => {
                 let name = cstring(name, "snapshot name")?;
@@ -102,9 +105,10 @@ impl DataObjects {
                 // SAFETY: h is open; with room for no entry librbd only reports
                 // how many it needs (the snapshots and a terminator) in max_snaps.
                 let ret = unsafe { sys::rbd_snap_list(h, std::ptr::null_mut(), &mut max_snaps) };
-                if !(ret == 0 || (ret == -libc::ERANGE && max_snaps <= 1)) {
+                if !(ret == 0 || ret == -libc::ERANGE) {
                     return Ok(None);
                 }
+                writable = ret == 0 || max_snaps <= 1;
                 None
             }
         };
@@ -125,11 +129,17 @@ impl DataObjects {
         }
         Ok(Some(DataObjects {
             ioctx,
-            snap_id,
+            writable,
             prefix,
             object_size: info.object_size,
             image,
         }))
+    }
+
+    /// Whether [`write_packed`](Self::write_packed) may write: the image is
+    /// open at its head and had no snapshots when this was made.
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 
     fn object_name(&self, object_no: u64) -> Result<CString> {
@@ -149,15 +159,14 @@ impl DataObjects {
     }
 
     /// Reads `ranges` (image offsets, sorted, all in one object) at the
-    /// snapshot, packed one after another into `buf` (resized to their total
-    /// length), in one operation. Returns `false` with the buffer when the
-    /// ranges span objects or the object does not exist at the snapshot:
-    /// the caller then reads through librbd.
+    /// snapshot (or head) the image is open at, packed one after another
+    /// into `buf` (resized to their total length), in one operation.
+    /// Returns `false` with the buffer when the ranges span objects or the
+    /// object does not exist there: the caller then reads through librbd.
     pub async fn read_packed(&self, ranges: &[Range<u64>], mut buf: Vec<u8>) -> Result<(bool, Vec<u8>)> {
         let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        let object_no = match self.object_of(ranges.iter().cloned()) {
-            Some(no) if self.snap_id.is_some() => no,
-            _ => return Ok((false, buf)),
+        let Some(object_no) = self.object_of(ranges.iter().cloned()) else {
+            return Ok((false, buf));
         };
         let name = self.object_name(object_no)?;
         let target = format!("{} object {}", self.image.spec(), name.to_string_lossy());
@@ -235,15 +244,16 @@ impl DataObjects {
 
     /// Writes each `(image offset, bytes)` of `writes` and zeros each of
     /// `zeros` (image ranges), all in one object, in one operation. Returns
-    /// `false`, having written nothing, when they span objects or the
-    /// object does not exist yet: the caller then writes through librbd.
+    /// `false`, having written nothing, when they span objects, the object
+    /// does not exist yet or the image is not [`writable`](Self::writable):
+    /// the caller then writes through librbd.
     pub async fn write_packed(&self, writes: &[(u64, &[u8])], zeros: &[Range<u64>]) -> Result<bool> {
         let ranges = writes
             .iter()
             .map(|(o, b)| *o..*o + b.len() as u64)
             .chain(zeros.iter().cloned());
         let object_no = match self.object_of(ranges) {
-            Some(no) if self.snap_id.is_none() => no,
+            Some(no) if self.writable => no,
             _ => return Ok(false),
         };
         let name = self.object_name(object_no)?;

@@ -325,17 +325,45 @@ impl Migrator {
         }
     }
 
-    /// Takes the source's exclusive lock (kept until cleanup or abort).
-    async fn ensure_fenced(&self, s: &mut Stored) -> Result<()> {
+    /// The source opened for [`ensure_fenced`](Self::ensure_fenced), or
+    /// `None` if this process already holds its lock. Opening it costs
+    /// ~10 ms, which the cutover spends before the hold.
+    async fn open_source_for_fence(&self, r: &JobRecord) -> Result<Option<Image>> {
+        if self.fence.lock().await.is_some() {
+            return Ok(None);
+        }
+        let (src_io, _) = self.ioctxs(r).await?;
+        let src_name = &r.source.image.image;
+        retry_busy("open the source", || src_io.open_image(src_name))
+            .await
+            .map(Some)
+    }
+
+    /// Takes the source's exclusive lock (kept until cleanup or abort),
+    /// through `opened` if given (else it opens the source).
+    async fn ensure_fenced(&self, s: &mut Stored, opened: Option<Image>) -> Result<()> {
         let mut fence_slot = self.fence.lock().await;
         if fence_slot.is_some() {
+            if let Some(img) = opened {
+                img.close().await;
+            }
             return Ok(());
         }
-        let (src_io, _) = self.ioctxs(&s.record).await?;
-        let src_name = &s.record.source.image.image;
-        let src = retry_busy("open the source", || src_io.open_image(src_name)).await?;
+        let src = match opened {
+            Some(img) => img,
+            None => match self.open_source_for_fence(&s.record).await? {
+                Some(img) => img,
+                None => return Ok(()),
+            },
+        };
         let timeout = Duration::from_millis(self.live_mut(s).policy.fence_timeout_ms);
-        let report = fence(&src, timeout).await?;
+        let report = match fence(&src, timeout).await {
+            Ok(report) => report,
+            Err(e) => {
+                src.close().await;
+                return Err(e);
+            }
+        };
         if let Some(c) = self.live_mut(s).cutover.as_mut() {
             c.fence.blocklisted.extend(report.blocklisted);
         }
@@ -363,18 +391,32 @@ impl Migrator {
     ) -> Result<()> {
         let (attachment, hook) = self.live_hook(&s.record)?;
         let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
-        if cutover.held_at_ms == 0 {
+        let first_hold = cutover.held_at_ms == 0;
+        if first_hold {
             // Recorded before the hold: whoever finds this record knows the
             // instance may be held.
             cutover.held_at_ms = now_ms();
             self.store.save(s).await?;
         }
         fault::point("live-after-cutover-recorded");
-        // Opened before the hold, so that the downtime does not include it.
+        // Opened before the hold, so that the downtime does not include them.
         self.replay_destination(&s.record).await?;
+        let fence_source = self.open_source_for_fence(&s.record).await?;
+        if first_hold {
+            // The downtime counts from the hold itself (the record keeps the
+            // earlier time until its next save).
+            if let Some(c) = self.live_mut(s).cutover.as_mut() {
+                c.held_at_ms = now_ms();
+            }
+        }
         let mut steps = CutoverSteps::default();
         let step = Instant::now();
-        hook.hold(&attachment).await?;
+        if let Err(e) = hook.hold(&attachment).await {
+            if let Some(img) = fence_source {
+                img.close().await;
+            }
+            return Err(e);
+        }
         steps.hold_ms = step.elapsed().as_millis() as u64;
         fault::point("live-after-hold");
         // The instance readies the destination while the delta is applied.
@@ -386,7 +428,7 @@ impl Migrator {
         };
         let applied = async {
             let step = Instant::now();
-            self.ensure_fenced(s).await?;
+            self.ensure_fenced(s, fence_source).await?;
             steps.fence_ms = step.elapsed().as_millis() as u64;
             fault::point("live-after-fence");
             let fenced = self.fence.lock().await.clone().expect("fenced above");
@@ -446,16 +488,19 @@ impl Migrator {
         let step = Instant::now();
         hook.repoint(&attachment, &destination).await?;
         fault::point("live-after-repoint");
-        self.connect_attachment_to_destination(s).await?;
         hook.resume(&attachment).await?;
+        let resumed_at_ms = now_ms();
         fault::point("live-after-resume");
         let cutover = self.live_mut(s).cutover.get_or_insert_with(Default::default);
         cutover.steps.repoint_ms = step.elapsed().as_millis() as u64;
         if cutover.resumed_at_ms.is_none() {
-            cutover.resumed_at_ms = Some(now_ms());
+            cutover.resumed_at_ms = Some(resumed_at_ms);
         }
         let downtime = cutover.downtime_ms();
         info!(downtime_ms = ?downtime, "instance resumed on the destination");
+        // The catalog's attachment follows the instance (a run that dies
+        // before this repeats the re-point and resume, which are idempotent).
+        self.connect_attachment_to_destination(s).await?;
         self.enter(s, Phase::Repointed { snapshot }).await?;
         fault::point("live-after-resumed-recorded");
         Ok(())

@@ -244,7 +244,10 @@ pub struct RoundReport {
 pub struct CutoverReport {
     /// Why the rounds stopped (converged, or the policy's verdict).
     pub reason: String,
-    /// Unix milliseconds when the hold was requested (0: not yet).
+    /// Unix milliseconds when the hold was requested (0: not yet). It is
+    /// written before the hold, so that whoever finds the record knows the
+    /// instance may be held, and set again when the hold is requested: the
+    /// downtime counts from there.
     pub held_at_ms: u64,
     /// Unix milliseconds when the instance ran again on the destination.
     pub resumed_at_ms: Option<u64>,
@@ -258,8 +261,8 @@ pub struct CutoverReport {
 
 /// Milliseconds each step of a cutover took, as measured by the run that
 /// carried it out (a step redone after a crash records its last run). The
-/// hold is requested after the record of `held_at_ms` is written, which the
-/// downtime includes and these do not.
+/// downtime also counts the job record's saves between steps, which these
+/// do not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CutoverSteps {
     /// The hypervisor hook's hold, until every acknowledged write is on the source.

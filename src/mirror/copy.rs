@@ -423,7 +423,7 @@ impl Copier {
         // one object are read in one operation and written in one.
         let direct = match overwrite {
             true => match (src.data_objects().await?, dst.data_objects().await?) {
-                (Some(src), Some(dst)) => Some(Arc::new(Direct { src, dst })),
+                (Some(src), Some(dst)) if dst.writable() => Some(Arc::new(Direct { src, dst })),
                 _ => None,
             },
             false => None,
