@@ -54,6 +54,10 @@ unsafe fn finish<B>(arg: *mut c_void, ret: i64) {
         o.ret = Some(ret);
         o.waker.take()
     };
+    // The library's reference goes before the task wakes: once the future
+    // has its result and is dropped, nothing of the operation (such as its
+    // reference to the image) is left.
+    drop(completion);
     if let Some(w) = waker {
         w.wake();
     }

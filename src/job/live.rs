@@ -40,6 +40,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The images a live job keeps open from one round to the next within a
+/// run. Opening one costs 10-20 ms (header reads, a watch; the destination
+/// also its lock again at the first write), which each round would add to
+/// the next round's delta, and the cutover to the downtime.
+#[derive(Default)]
+pub(super) struct LiveHandles {
+    /// The source, read-write: round snapshots are taken through it, and
+    /// the cutover fences it (it then moves to `Migrator::fence`).
+    source: Option<Image>,
+    /// The destination the deltas are written to.
+    destination: Option<Image>,
+}
+
 /// What to do after a round.
 #[derive(Debug, PartialEq)]
 enum Verdict {
@@ -107,20 +120,42 @@ impl Migrator {
     /// The destination, opened by the first round of this run and kept
     /// open until the cutover has applied its delta.
     async fn replay_destination(&self, r: &JobRecord) -> Result<Image> {
-        let mut slot = self.replay_destination.lock().await;
-        if let Some(img) = slot.as_ref() {
+        let mut handles = self.live_handles.lock().await;
+        if let Some(img) = handles.destination.as_ref() {
             return Ok(img.clone());
         }
         let (_, dst_io) = self.ioctxs(r).await?;
         let dst_name = &r.destination.image.image;
         let img = retry_busy("open the destination", || dst_io.open_image(dst_name)).await?;
-        *slot = Some(img.clone());
+        handles.destination = Some(img.clone());
+        Ok(img)
+    }
+
+    /// The source, read-write, opened by the first round of this run.
+    async fn live_source(&self, r: &JobRecord) -> Result<Image> {
+        let mut handles = self.live_handles.lock().await;
+        if let Some(img) = handles.source.as_ref() {
+            return Ok(img.clone());
+        }
+        let (src_io, _) = self.ioctxs(r).await?;
+        let src_name = &r.source.image.image;
+        let img = retry_busy("open the source", || src_io.open_image(src_name)).await?;
+        handles.source = Some(img.clone());
         Ok(img)
     }
 
     /// Closes the destination if a round left it open.
     pub(super) async fn close_replay_destination(&self) {
-        if let Some(img) = self.replay_destination.lock().await.take() {
+        let destination = self.live_handles.lock().await.destination.take();
+        if let Some(img) = destination {
+            img.close().await;
+        }
+    }
+
+    /// Closes every image the rounds left open (not the fence).
+    pub(super) async fn close_live_handles(&self) {
+        let handles = std::mem::take(&mut *self.live_handles.lock().await);
+        for img in [handles.source, handles.destination].into_iter().flatten() {
             img.close().await;
         }
     }
@@ -195,10 +230,8 @@ impl Migrator {
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(round);
         let id = s.record.id.clone();
-        let (src_io, _) = self.ioctxs(&s.record).await?;
-        let src_name = s.record.source.image.image.clone();
         let snap = round_snapshot(&id, round);
-        let src = retry_busy("open the source", || src_io.open_image(&src_name)).await?;
+        let src = self.live_source(&s.record).await?;
         // A round redone after a crash reuses its snapshot: it is newer than
         // `base`, which is all the delta needs.
         if !snapshot_exists(&src, &snap).await? {
@@ -211,7 +244,10 @@ impl Migrator {
             );
         }
         fault::point("live-after-round-snapshot");
-        let at_snap = src_io.open_image_read_only(&src_name, Some(&snap)).await?;
+        let (src_io, _) = self.ioctxs(&s.record).await?;
+        let at_snap = src_io
+            .open_image_read_only(&s.record.source.image.image, Some(&snap))
+            .await?;
         let report = self.apply_delta(s, &at_snap, &base, round, lost).await;
         at_snap.close().await;
         let report = report?;
@@ -278,8 +314,6 @@ impl Migrator {
         // The previous base (and any snapshot of a crashed attempt) goes.
         if sweep_now {
             self.sweep_in_background(src, &id, &snap).await?;
-        } else {
-            src.close().await;
         }
         if let Some(reason) = stalled {
             warn!(%reason, "pausing: the writer outpaces the copy");
@@ -293,16 +327,11 @@ impl Migrator {
     /// Removes the job's snapshots on `src` other than `keep` in a task of
     /// its own (after the previous such task ended). The list is taken now,
     /// so snapshots that later rounds create are not touched; a removal
-    /// that fails is left to cleanup, which sweeps again.
+    /// that fails is left to cleanup, which sweeps again. `src` is shared
+    /// with the rounds: the task lets go of it without closing it.
     async fn sweep_in_background(&self, src: Image, job: &str, keep: &str) -> Result<()> {
         self.finish_sweep().await;
-        let stale = match job_snapshots(&src, job, Some(keep)).await {
-            Ok(stale) => stale,
-            Err(e) => {
-                src.close().await;
-                return Err(e);
-            }
-        };
+        let stale = job_snapshots(&src, job, Some(keep)).await?;
         let task = tokio::spawn(
             async move {
                 for name in stale {
@@ -310,7 +339,6 @@ impl Migrator {
                         warn!(snapshot = %name, error = %e, "removing an earlier round's snapshot; cleanup retries");
                     }
                 }
-                src.close().await;
             }
             .in_current_span(),
         );
@@ -325,18 +353,21 @@ impl Migrator {
         }
     }
 
-    /// The source opened for [`ensure_fenced`](Self::ensure_fenced), or
-    /// `None` if this process already holds its lock. Opening it costs
-    /// ~10 ms, which the cutover spends before the hold.
+    /// The source for [`ensure_fenced`](Self::ensure_fenced) (the rounds'
+    /// handle, else a new one), or `None` if this process already holds its
+    /// lock. Opening it costs ~10 ms, which the cutover spends before the hold.
     async fn open_source_for_fence(&self, r: &JobRecord) -> Result<Option<Image>> {
         if self.fence.lock().await.is_some() {
             return Ok(None);
         }
-        let (src_io, _) = self.ioctxs(r).await?;
-        let src_name = &r.source.image.image;
-        retry_busy("open the source", || src_io.open_image(src_name))
-            .await
-            .map(Some)
+        self.take_live_source(r).await.map(Some)
+    }
+
+    /// The rounds' source handle, taken from them (or a new one).
+    async fn take_live_source(&self, r: &JobRecord) -> Result<Image> {
+        let img = self.live_source(r).await?;
+        self.live_handles.lock().await.source = None;
+        Ok(img)
     }
 
     /// Takes the source's exclusive lock (kept until cleanup or abort),
@@ -351,10 +382,7 @@ impl Migrator {
         }
         let src = match opened {
             Some(img) => img,
-            None => match self.open_source_for_fence(&s.record).await? {
-                Some(img) => img,
-                None => return Ok(()),
-            },
+            None => self.take_live_source(&s.record).await?,
         };
         let timeout = Duration::from_millis(self.live_mut(s).policy.fence_timeout_ms);
         let report = match fence(&src, timeout).await {

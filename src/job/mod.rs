@@ -118,11 +118,8 @@ pub struct Migrator {
     first_round: std::sync::Mutex<Option<u32>>,
     /// Removal of earlier rounds' snapshots, running beside the next round.
     sweeping: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The destination, open from the first replay round of a run to the
-    /// end of its cutover: opening it (and taking its lock again at the
-    /// first write) costs tens of milliseconds, which every round would add
-    /// to the next round's delta and the cutover to the downtime.
-    replay_destination: tokio::sync::Mutex<Option<Image>>,
+    /// The images a live job keeps open from round to round within a run.
+    live_handles: tokio::sync::Mutex<live::LiveHandles>,
 }
 
 /// Retries an operation that fails with `Busy` while a dead client's watch
@@ -184,7 +181,7 @@ impl Migrator {
             fence: tokio::sync::Mutex::new(None),
             first_round: std::sync::Mutex::new(None),
             sweeping: tokio::sync::Mutex::new(None),
-            replay_destination: tokio::sync::Mutex::new(None),
+            live_handles: tokio::sync::Mutex::new(Default::default()),
         }
     }
 
@@ -351,9 +348,9 @@ impl Migrator {
             }
         }
         let result = self.drive(id, &lost).instrument(info_span!("job", job = %id)).await;
-        // No background removal or open destination outlives the run.
+        // No background removal or open image outlives the run.
         self.finish_sweep().await;
-        self.close_replay_destination().await;
+        self.close_live_handles().await;
         // A fence this run still holds (after an error) goes with the run.
         if let Some(img) = self.fence.lock().await.take() {
             let _ = img.lock_release().await;
@@ -879,7 +876,7 @@ impl Migrator {
         if r.is_qemu() {
             self.cancel_mirror(&r).await?;
         } else if let Some(live) = &r.live {
-            self.close_replay_destination().await;
+            self.close_live_handles().await;
             self.release_fence().await;
             // Only a cutover that got as far as recording the hold may have
             // left the instance held; otherwise it is not asked (it may be
