@@ -465,14 +465,12 @@ impl Migrator {
             Ok::<_, Error>(report)
         };
         let ((), applied) = tokio::join!(prepare, applied);
-        // The instance opens the destination next: this process lets go of
-        // it (and of its lock) first.
-        self.close_replay_destination().await;
         let report = match applied {
             Ok(r) => r,
             Err(e) => {
                 // Not switched: the instance goes on with the source, the
                 // job back to replaying (resume retries, abort rolls back).
+                self.close_replay_destination().await;
                 self.release_fence().await;
                 if let Err(re) = hook.resume(&attachment).await {
                     warn!(error = %re, "resuming the instance after a failed cutover");
@@ -494,9 +492,11 @@ impl Migrator {
         steps.final_delta_ms = report.millis;
         self.live_mut(s).rounds.push(report);
 
-        // The commit point.
+        // The commit point. The instance opens the destination next: this
+        // process lets go of it (and of its lock) meanwhile.
         let step = Instant::now();
-        if !self.commit_switch(s).await? {
+        let (switched, ()) = tokio::join!(self.commit_switch(s), self.close_replay_destination());
+        if !switched? {
             return Ok(());
         }
         steps.switch_ms = step.elapsed().as_millis() as u64;
