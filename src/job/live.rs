@@ -120,27 +120,32 @@ impl Migrator {
     /// The destination, opened by the first round of this run and kept
     /// open until the cutover has applied its delta.
     async fn replay_destination(&self, r: &JobRecord) -> Result<Image> {
-        let mut handles = self.live_handles.lock().await;
-        if let Some(img) = handles.destination.as_ref() {
-            return Ok(img.clone());
-        }
-        let (_, dst_io) = self.ioctxs(r).await?;
-        let dst_name = &r.destination.image.image;
-        let img = retry_busy("open the destination", || dst_io.open_image(dst_name)).await?;
-        handles.destination = Some(img.clone());
-        Ok(img)
+        self.kept_open(r, false).await
     }
 
     /// The source, read-write, opened by the first round of this run.
     async fn live_source(&self, r: &JobRecord) -> Result<Image> {
+        self.kept_open(r, true).await
+    }
+
+    /// The source's or the destination's handle in [`LiveHandles`], opened
+    /// read-write if there is none yet.
+    async fn kept_open(&self, r: &JobRecord, source: bool) -> Result<Image> {
         let mut handles = self.live_handles.lock().await;
-        if let Some(img) = handles.source.as_ref() {
+        let slot = match source {
+            true => &mut handles.source,
+            false => &mut handles.destination,
+        };
+        if let Some(img) = slot.as_ref() {
             return Ok(img.clone());
         }
-        let (src_io, _) = self.ioctxs(r).await?;
-        let src_name = &r.source.image.image;
-        let img = retry_busy("open the source", || src_io.open_image(src_name)).await?;
-        handles.source = Some(img.clone());
+        let (src_io, dst_io) = self.ioctxs(r).await?;
+        let (io, name, what) = match source {
+            true => (src_io, &r.source.image.image, "open the source"),
+            false => (dst_io, &r.destination.image.image, "open the destination"),
+        };
+        let img = retry_busy(what, || io.open_image(name)).await?;
+        *slot = Some(img.clone());
         Ok(img)
     }
 
