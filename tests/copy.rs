@@ -562,19 +562,7 @@ async fn an_interrupted_transfer_resumed_from_its_watermark_is_complete() {
     for striped in [false, true] {
         let name = unique(if striped { "resume-striped" } else { "resume" });
         let opts = if striped {
-            let features = u64::from(
-                livemig_ceph_sys::RBD_FEATURE_LAYERING
-                    | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
-                    | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
-                    | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
-                    | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
-            );
-            CreateOptions {
-                order: Some(20),
-                features: Some(features),
-                stripe_unit: Some(64 << 10),
-                stripe_count: Some(4),
-            }
+            striped_layout()
         } else {
             CreateOptions::default()
         };

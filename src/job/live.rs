@@ -358,37 +358,20 @@ impl Migrator {
         }
     }
 
-    /// The source for [`ensure_fenced`](Self::ensure_fenced) (the rounds'
-    /// handle, else a new one), or `None` if this process already holds its
-    /// lock. Opening it costs ~10 ms, which the cutover spends before the hold.
-    async fn open_source_for_fence(&self, r: &JobRecord) -> Result<Option<Image>> {
+    /// The source to fence: the rounds' handle, taken from them (else a new
+    /// one), or `None` if this process already holds its lock. Taken before
+    /// the hold, so that the downtime does not include opening it.
+    async fn source_to_fence(&self, r: &JobRecord) -> Result<Option<Image>> {
         if self.fence.lock().await.is_some() {
             return Ok(None);
         }
-        self.take_live_source(r).await.map(Some)
-    }
-
-    /// The rounds' source handle, taken from them (or a new one).
-    async fn take_live_source(&self, r: &JobRecord) -> Result<Image> {
         let img = self.live_source(r).await?;
         self.live_handles.lock().await.source = None;
-        Ok(img)
+        Ok(Some(img))
     }
 
-    /// Takes the source's exclusive lock (kept until cleanup or abort),
-    /// through `opened` if given (else it opens the source).
-    async fn ensure_fenced(&self, s: &mut Stored, opened: Option<Image>) -> Result<()> {
-        let mut fence_slot = self.fence.lock().await;
-        if fence_slot.is_some() {
-            if let Some(img) = opened {
-                img.close().await;
-            }
-            return Ok(());
-        }
-        let src = match opened {
-            Some(img) => img,
-            None => self.take_live_source(&s.record).await?,
-        };
+    /// Takes `src`'s exclusive lock (kept until cleanup or abort).
+    async fn fence_source(&self, s: &mut Stored, src: Image) -> Result<()> {
         let timeout = Duration::from_millis(self.live_mut(s).policy.fence_timeout_ms);
         let report = match fence(&src, timeout).await {
             Ok(report) => report,
@@ -400,7 +383,7 @@ impl Migrator {
         if let Some(c) = self.live_mut(s).cutover.as_mut() {
             c.fence.blocklisted.extend(report.blocklisted);
         }
-        *fence_slot = Some(src);
+        *self.fence.lock().await = Some(src);
         Ok(())
     }
 
@@ -434,7 +417,7 @@ impl Migrator {
         fault::point("live-after-cutover-recorded");
         // Opened before the hold, so that the downtime does not include them.
         self.replay_destination(&s.record).await?;
-        let fence_source = self.open_source_for_fence(&s.record).await?;
+        let fence_source = self.source_to_fence(&s.record).await?;
         if first_hold {
             // The downtime counts from the hold itself (the record keeps the
             // earlier time until its next save).
@@ -461,7 +444,9 @@ impl Migrator {
         };
         let applied = async {
             let step = Instant::now();
-            self.ensure_fenced(s, fence_source).await?;
+            if let Some(src) = fence_source {
+                self.fence_source(s, src).await?;
+            }
             steps.fence_ms = step.elapsed().as_millis() as u64;
             fault::point("live-after-fence");
             let fenced = self.fence.lock().await.clone().expect("fenced above");

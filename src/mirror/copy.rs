@@ -663,8 +663,8 @@ struct ChunkDone {
     written: u64,
 }
 
-/// The source's (at its snapshot) and destination's data objects, for a
-/// delta applied an object at a time.
+/// The source's (at its snapshot, or its fenced head) and the destination's
+/// data objects, for a delta applied an object at a time.
 struct Direct {
     src: DataObjects,
     dst: DataObjects,
@@ -710,11 +710,11 @@ async fn copy_chunk(
 }
 
 /// Applies a delta piece (all in one object) an object at a time: its
-/// changed ranges are read from the source's snapshot in one operation,
-/// packed into `buffer`, and written to the destination in one. Where the
-/// object is missing on one side (not at the snapshot, or not yet on the
-/// destination), librbd reads or writes the same ranges instead, so the
-/// chunk holds only its changes either way, as the budget counted.
+/// changed ranges are read from the source (at its snapshot or head) in one
+/// operation, packed into `buffer`, and written to the destination in one.
+/// Where the object is missing on one side (not on the source there, or not
+/// yet on the destination), librbd reads or writes the same ranges instead,
+/// so the chunk holds only its changes either way, as the budget counted.
 async fn apply_changes_by_object(
     src: &Image,
     dst: &Image,

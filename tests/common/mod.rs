@@ -145,7 +145,6 @@ impl TestCluster {
     }
 }
 
-/// A name unique to this test run.
 /// A layout librbd must stripe: 1 MiB objects, 64 KiB stripe units over 4
 /// objects, with the usual features.
 pub fn striped_layout() -> CreateOptions {
@@ -164,6 +163,7 @@ pub fn striped_layout() -> CreateOptions {
     }
 }
 
+/// A name unique to this test run.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
