@@ -31,6 +31,12 @@ struct Env {
 
 /// A registered, detached 24 MiB volume with 12 MiB of data and image-meta.
 async fn setup(tag: &str) -> Env {
+    setup_sized(tag, 24 << 20).await
+}
+
+/// A registered, detached volume of `size` bytes with `size / 2` bytes of
+/// data from 1 MiB on, and image-meta.
+async fn setup_sized(tag: &str, size: u64) -> Env {
     for p in [SRC, DST, CATALOG] {
         cluster().ensure_pool(p);
     }
@@ -40,19 +46,19 @@ async fn setup(tag: &str) -> Env {
     let catalog_io = c.ioctx(CATALOG, "").await.unwrap();
     let volume = unique(tag);
     src_io
-        .create_image(&volume, 24 << 20, &CreateOptions::default())
+        .create_image(&volume, size, &CreateOptions::default())
         .await
         .unwrap();
     let img = src_io.open_image(&volume).await.unwrap();
-    write_at(&img, 1 << 20, random_bytes(3, 12 << 20)).await;
+    write_at(&img, 1 << 20, random_bytes(3, (size / 2) as usize)).await;
     img.metadata_set("tenant", "t1").await.unwrap();
     let metadata = img.metadata_list().await.unwrap();
-    let digest = digest(&img, 24 << 20).await;
+    let digest = digest(&img, size).await;
     img.close().await;
     let catalog = RadosCatalog::new(catalog_io.clone());
     let original = Volume {
         id: volume.clone(),
-        size: 24 << 20,
+        size,
         status: VolumeStatus::Available,
         migration: None,
         backing: Backing {
@@ -107,12 +113,23 @@ impl Env {
 
     /// The (only) job of this volume.
     async fn job_id(&self) -> String {
+        match self.try_job_id().await {
+            Some(id) => id,
+            None => panic!("no job for volume {}", self.volume),
+        }
+    }
+
+    /// The job of this volume, if one is recorded yet. Other tests' records
+    /// (some deliberately unreadable) are skipped.
+    async fn try_job_id(&self) -> Option<String> {
         for id in self.store.ids().await.unwrap() {
-            if self.store.load(&id).await.unwrap().record.volume_id == self.volume {
-                return id;
+            if let Ok(stored) = self.store.load(&id).await {
+                if stored.record.volume_id == self.volume {
+                    return Some(id);
+                }
             }
         }
-        panic!("no job for volume {}", self.volume);
+        None
     }
 
     async fn phase(&self, job: &str) -> Phase {
@@ -147,7 +164,11 @@ impl Env {
             "destination pool"
         );
         let dst = self.dst_io.open_image_read_only(&self.volume, None).await.unwrap();
-        assert_eq!(digest(&dst, 24 << 20).await, self.digest, "destination content");
+        assert_eq!(
+            digest(&dst, self.original.size).await,
+            self.digest,
+            "destination content"
+        );
         assert_eq!(
             dst.metadata_list().await.unwrap(),
             self.metadata,
@@ -169,12 +190,10 @@ impl Env {
             .source_image_id
             .expect("recorded");
         let trashed = self.src_io.open_image_by_id_read_only(&source_id).await.unwrap();
-        assert!(
-            trashed.snap_list().await.unwrap().is_empty(),
-            "snapshot left on the retired source"
-        );
+        let left: Vec<String> = trashed.snap_list().await.unwrap().into_iter().map(|s| s.name).collect();
+        assert!(left.is_empty(), "snapshots left on the retired source: {left:?}");
         assert_eq!(
-            digest(&trashed, 24 << 20).await,
+            digest(&trashed, self.original.size).await,
             self.digest,
             "the retired source is intact"
         );
@@ -200,7 +219,7 @@ impl Env {
         );
         let src = self.src_io.open_image_read_only(&self.volume, None).await.unwrap();
         assert!(src.snap_list().await.unwrap().is_empty(), "snapshot leftovers");
-        assert_eq!(digest(&src, 24 << 20).await, self.digest);
+        assert_eq!(digest(&src, self.original.size).await, self.digest);
         assert_eq!(src.metadata_list().await.unwrap(), self.metadata);
         src.close().await;
     }
@@ -346,60 +365,97 @@ async fn abort_after_the_switch_is_refused_and_resume_rolls_forward() {
     env.assert_finished(&job).await;
 }
 
-/// SIGKILL at random moments of a throttled copy, each time resumed by a new process.
+/// SIGKILL at random moments of a throttled copy, each time resumed by a new
+/// process. Each kill waits until the record shows more progress than at the
+/// kill before (so a slow start cannot turn every kill into a kill during
+/// the lease wait), and every watermark the record ever shows must be at
+/// least the one before: a resume continues from it, never from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_during_the_copy_then_resume() {
     use rand::{Rng, SeedableRng};
-    let env = setup("randkill").await;
+    // 32 MiB of data: 8 objects at 4 MiB/s, one recorded step a second.
+    let env = setup_sized("randkill", 64 << 20).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
-    let mut args = env.start_args();
-    args.extend(["--bwlimit".to_string(), "2M".to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = migrate(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut kills = 0;
-    let mut watermarks = Vec::new();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        kills += 1;
-        let job = env.job_id().await;
-        if let Phase::Copying { watermark, .. } = env.phase(&job).await {
-            watermarks.push(watermark);
-        }
-        child = migrate(&[
+    let resume_args = |job: &str| -> Vec<String> {
+        let args = [
             "resume",
-            &job,
+            job,
             "--wait",
             "60",
             "--lease-secs",
             LEASE,
-            "--bwlimit",
-            "2M",
             "--no-progress",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+            "--bwlimit",
+            "4M",
+        ];
+        args.iter().map(|s| s.to_string()).collect()
+    };
+    let mut args = env.start_args();
+    args.extend(["--bwlimit".to_string(), "4M".to_string()]);
+    let spawn = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        migrate(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&args);
+    let mut killed_at = Vec::new();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut job = None;
+    while killed_at.len() < 3 {
+        // Wait for recorded progress past the last kill's.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let before = killed_at.last().copied().unwrap_or(0);
+        let mut exited = false;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no recorded progress past {before} in 90 s: {seen:?}"
+            );
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+            if job.is_none() {
+                job = env.try_job_id().await;
+            }
+            if let Some(id) = &job {
+                if let Phase::Copying { watermark, .. } = env.phase(id).await {
+                    if seen.last() != Some(&watermark) {
+                        seen.push(watermark);
+                    }
+                    if watermark > before {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if exited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..700))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let id = job.clone().expect("a job recorded progress");
+        child = spawn(&resume_args(&id));
+        match env.phase(&id).await {
+            Phase::Copying { watermark, .. } => killed_at.push(watermark),
+            // Killed just after the copy: the resume finishes the rest.
+            _ => break,
+        }
     }
-    assert!(child.wait().unwrap().success());
-    assert!(kills >= 2, "the copy finished before the kills");
-    // Progress was persisted and resumed, not restarted.
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?} {killed_at:?} {seen:?}");
     assert!(
-        watermarks.windows(2).all(|w| w[0] <= w[1]),
-        "watermarks went back: {watermarks:?}"
+        killed_at.len() >= 2,
+        "the copy finished before the kills: {killed_at:?}"
     );
     assert!(
-        watermarks.last().copied().unwrap_or(0) > 0,
-        "no progress persisted: {watermarks:?}"
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "a recorded watermark went back (the copy restarted): {seen:?}"
     );
     env.assert_finished(&env.job_id().await).await;
 }

@@ -645,6 +645,10 @@ impl Migrator {
             fault::point("after-partial-created");
         }
         let dst = retry_busy("open partial", || dst_io.open_image(&partial)).await?;
+        if let Err(e) = fence_out_earlier_drivers(&dst).await {
+            dst.close().await;
+            return Err(e);
+        }
 
         // Copy, persisting the watermark as it advances.
         let (tx, mut rx) = watch::channel(Progress::default());
@@ -933,6 +937,27 @@ pub fn snapshot_name(job: &str) -> String {
 async fn sweep_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<()> {
     for name in job_snapshots(img, job, keep).await? {
         remove_snapshot(img, &name).await?;
+    }
+    Ok(())
+}
+
+/// Breaks the exclusive lock of whoever still owns `partial`, blocklisting
+/// it. Only a job's driver writes a partial destination, and this process
+/// holds the job's lease, so an owner is a driver that died (or lost the
+/// lease and may still be running): left alone, librbd would wait for its
+/// watch to time out (30 s by default) before the first write; broken, none
+/// of its writes can land any more.
+async fn fence_out_earlier_drivers(partial: &Image) -> Result<()> {
+    if partial.info().await?.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 {
+        return Ok(());
+    }
+    for owner in partial.lock_owners().await? {
+        warn!(image = %partial.spec(), %owner, "an earlier driver still owns the partial destination's lock; breaking it (blocklists that client)");
+        match partial.lock_break(&owner).await {
+            // Released or broken meanwhile.
+            Err(e) if e.kind() == ErrorKind::ImageNotFound => {}
+            other => other?,
+        }
     }
     Ok(())
 }

@@ -473,7 +473,11 @@ impl Copier {
         let mut in_flight_offsets = BTreeSet::new();
         let mut free_buffers: Vec<Vec<u8>> = Vec::new();
         let mut in_flight = 0u64;
-        let mut issued = 0u64;
+        let mut pacer = self
+            .options
+            .bandwidth_limit
+            .filter(|l| *l > 0)
+            .map(|l| Pacer::new(l, started));
         let mut failure: Option<Error> = None;
         loop {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
@@ -497,17 +501,17 @@ impl Copier {
                 if (in_flight > 0 && in_flight + cost > budget) || tasks.len() >= MAX_OPS {
                     break;
                 }
-                if let Some(limit) = self.options.bandwidth_limit.filter(|l| *l > 0) {
-                    let allowed_at = started + Duration::from_secs_f64(issued as f64 / limit as f64);
-                    if Instant::now() < allowed_at {
-                        rate_wait = Some(allowed_at);
+                if let Some(pacer) = &mut pacer {
+                    let now = Instant::now();
+                    if now < pacer.next_at {
+                        rate_wait = Some(pacer.next_at);
                         break;
                     }
+                    pacer.take(len, now);
                 }
                 let piece = queue.pop_front().expect("looked at above");
                 in_flight_offsets.insert(offset);
                 in_flight += cost;
-                issued += len;
                 let buffer = if fill == Fill::Data {
                     free_buffers.pop().unwrap_or_default()
                 } else {
@@ -615,6 +619,34 @@ impl Copier {
         if let Some(tx) = &self.progress {
             tx.send_replace(progress.clone());
         }
+    }
+}
+
+/// Paces reads to a bandwidth limit. Time the copy could not use (a stall
+/// on a lock, a slow OSD) is not saved up: at most `PACER_SLACK` of it is
+/// made up afterwards, so the limit holds over any window an operator
+/// would look at, not only on average since the start.
+struct Pacer {
+    bytes_per_sec: u64,
+    /// When the next chunk may be issued.
+    next_at: Instant,
+}
+
+/// Lateness the pacer forgives (scheduling delays), and so the largest burst.
+const PACER_SLACK: Duration = Duration::from_millis(100);
+
+impl Pacer {
+    fn new(bytes_per_sec: u64, start: Instant) -> Self {
+        Pacer {
+            bytes_per_sec,
+            next_at: start,
+        }
+    }
+
+    /// Accounts for `len` bytes issued at `now` (not before `next_at`).
+    fn take(&mut self, len: u64, now: Instant) {
+        let base = self.next_at.max(now.checked_sub(PACER_SLACK).unwrap_or(now));
+        self.next_at = base + Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);
     }
 }
 
@@ -890,6 +922,48 @@ async fn reclaim_stale_partial(io: &IoCtx, partial: &str, src_io: &IoCtx, src: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issues 1 MiB chunks as soon as the pacer allows, from `from` for
+    /// `span`; returns the issue times.
+    fn issue_times(pacer: &mut Pacer, from: Instant, span: Duration) -> Vec<Instant> {
+        let mut times = Vec::new();
+        loop {
+            let now = from.max(pacer.next_at);
+            if now >= from + span {
+                break;
+            }
+            pacer.take(1 << 20, now);
+            times.push(now);
+        }
+        times
+    }
+
+    #[test]
+    fn the_pacer_holds_the_rate_and_does_not_make_up_a_stall() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(4 << 20, start);
+        // Steady: 4 chunks a second, evenly spaced.
+        let steady = issue_times(&mut pacer, start, Duration::from_secs(2));
+        assert_eq!(steady.len(), 8);
+        assert!(steady.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(250)));
+        // A 7 s stall, then: no burst beyond the slack's worth.
+        let resumed = start + Duration::from_secs(9);
+        let after = issue_times(&mut pacer, resumed, Duration::from_secs(1));
+        let in_first_second = after.iter().filter(|t| **t < resumed + Duration::from_secs(1)).count();
+        assert!(
+            in_first_second <= 5,
+            "{in_first_second} MiB in the second after a stall at 4 MiB/s"
+        );
+        assert!(in_first_second >= 4);
+        // Lateness within the slack is forgiven: the average rate holds.
+        let mut pacer = Pacer::new(4 << 20, start);
+        let mut now = start;
+        for _ in 0..40 {
+            now = now.max(pacer.next_at) + Duration::from_millis(20);
+            pacer.take(1 << 20, now);
+        }
+        assert!(now - start < Duration::from_millis(10_000 + 300), "{:?}", now - start);
+    }
 
     #[test]
     fn chunks_follow_the_grid_and_cover_the_extent() {
