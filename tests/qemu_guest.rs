@@ -134,8 +134,9 @@ impl Env {
     }
 
     /// Done: the guest runs, on the destination only, still writing, and
-    /// the destination holds every write it saw acknowledged.
-    async fn assert_moved(&mut self) -> JobRecord {
+    /// the destination holds every write it saw acknowledged. Returns the
+    /// job and the name of QEMU's node of the destination.
+    async fn assert_moved(&mut self) -> (JobRecord, String) {
         let job = self.job().await;
         assert_eq!(job.phase, Phase::Done, "{job:?}");
         let live = job.live.as_ref().unwrap();
@@ -160,7 +161,12 @@ impl Env {
         let root = &devices[0]["inserted"];
         assert_eq!(root["node-name"], "libvirt-1-format");
         assert!(root["image"]["filename"].as_str().unwrap().contains(DST), "{root}");
-        assert!(node.node_name.starts_with("livemig-rbd-"), "{node:?}");
+        // Readied while the guest was held (a run killed before that
+        // re-points without it).
+        assert!(
+            node.node_name.starts_with("livemig-next-") || node.node_name.starts_with("livemig-rbd-"),
+            "{node:?}"
+        );
         drop(qmp);
         let v = self.catalog.volume(&self.volume).await.unwrap();
         assert_eq!(
@@ -173,7 +179,7 @@ impl Env {
         self.vm.wait_acks(20, Duration::from_secs(30));
         let written = self.stop_and_verify(&self.dst_io).await;
         assert!(written > 100, "only {written} blocks written");
-        job
+        (job, node.node_name)
     }
 
     /// Rolled back: the guest runs on the source, which holds every
@@ -188,6 +194,11 @@ impl Env {
             .await
             .unwrap()
             .is_some());
+        assert_eq!(
+            rbd_node_if_any(&qmp, &ImageSpec::new(DST, &self.volume)).await.unwrap(),
+            None,
+            "QEMU still has the destination open"
+        );
         drop(qmp);
         assert!(!self.dst_io.image_exists(&self.volume).await.unwrap());
         self.vm.wait_acks(20, Duration::from_secs(30));
@@ -200,12 +211,17 @@ async fn a_writing_guest_moves_by_the_native_engine_with_every_acknowledged_writ
     let mut env = setup("guest-native").await;
     let out = migrate(&env.start_args()).output().unwrap();
     assert_ok(&out, "migrate start --engine native");
-    let job = env.assert_moved().await;
+    let (job, node) = env.assert_moved().await;
+    assert!(
+        node.starts_with("livemig-next-"),
+        "the re-point did not use the destination readied while the guest was held: {node}"
+    );
     let cutover = job.live.unwrap().cutover.unwrap();
     eprintln!(
-        "guest held for {} ms ({})",
+        "guest held for {} ms ({}); {:?}",
         cutover.downtime_ms().unwrap(),
-        cutover.reason
+        cutover.reason,
+        cutover.steps
     );
 }
 
@@ -243,7 +259,9 @@ async fn killed_after_the_repoint_then_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_the_guest_is_held_then_aborted() {
     let mut env = setup("guest-kill-abort").await;
-    run_killed_at(migrate(&env.start_args()), "live-after-fence");
+    // Held, fenced, the final delta applied and the destination readied in
+    // QEMU: the abort must resume the guest and close the readied image.
+    run_killed_at(migrate(&env.start_args()), "live-after-final-applied");
     assert_eq!(env.vm_status().await, "paused");
     let job = env.job().await;
     let out = migrate(&["abort", &job.id, "--wait", "60", "--lease-secs", LEASE])

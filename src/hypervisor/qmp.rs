@@ -3,11 +3,17 @@
 //! - hold: `stop`. QEMU pauses the vCPUs, then drains and flushes every
 //!   block device before it answers, so every write the guest saw
 //!   acknowledged is on the image and no new one can start.
-//! - repoint: `blockdev-add` an rbd node for the new image (with the old
-//!   node's cache settings), swap it in as the `file` child of the raw node
-//!   the guest device reads through (`blockdev-reopen`), `blockdev-del` the
-//!   old node (which closes the source image in QEMU).
-//! - resume: `cont`.
+//! - prepare_repoint (while held, beside the fence and the final delta):
+//!   `blockdev-add` an rbd node for the new image (with the old node's
+//!   cache settings), so that opening the image is not part of the downtime.
+//! - repoint: the same `blockdev-add` unless prepared, then swap the new
+//!   node in as the `file` child of the raw node the guest device reads
+//!   through (`blockdev-reopen`).
+//! - resume: `cont`, then `blockdev-del` the nodes no device reads any
+//!   more: the old node after a re-point (closing the source image in QEMU
+//!   is not part of the downtime), or a readied node after a cutover that
+//!   failed or was aborted before the re-point (so that QEMU does not keep
+//!   the destination open).
 //!
 //! Each step looks at QEMU's state first, so repeating it after a crash of
 //! `migrate` is harmless. A paused instance is taken to be paused by
@@ -24,7 +30,7 @@ use super::Hypervisor;
 use crate::catalog::{Attachment, Backing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::qemu::graph::{
-    add_rbd_node, find_rbd_node, format_node_over, rbd_node_among, rbd_nodes, swap_file_child, RbdTarget,
+    add_rbd_node, find_rbd_node, format_node_over, rbd_node_among, rbd_nodes, swap_file_child, RbdNode, RbdTarget,
 };
 use crate::qemu::Qmp;
 
@@ -44,13 +50,20 @@ fn hook_error(op: &'static str, instance: &str, why: String) -> Error {
         .message(why)
 }
 
+/// Prefix of the rbd nodes the re-point adds itself.
+const REPOINTED_PREFIX: &str = "livemig-rbd-";
+/// Prefix of the rbd nodes readied ahead of the re-point: one that no
+/// device reads by the resume is left over from a cutover that did not
+/// switch, and is deleted.
+const READIED_PREFIX: &str = "livemig-next-";
+
 /// The node name livemig gives the rbd node of `image` (QEMU allows 31
 /// characters, so a digest rather than the image's name).
-fn node_name_for(image: &str) -> String {
+fn node_name_for(prefix: &str, image: &str) -> String {
     let digest = image.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    format!("livemig-rbd-{:012x}", digest & 0xffff_ffff_ffff)
+    format!("{prefix}{:012x}", digest & 0xffff_ffff_ffff)
 }
 
 impl QmpHook {
@@ -66,6 +79,47 @@ impl QmpHook {
 
     async fn connect(&self) -> Result<Qmp> {
         Qmp::connect(&self.socket).await
+    }
+
+    /// How QEMU is to open `to`: like `old`, with the ceph.conf of `to`'s
+    /// cluster when that is another one.
+    fn target_for(
+        &self,
+        op: &'static str,
+        instance: &str,
+        old: &RbdNode,
+        from_cluster: &str,
+        to: &Backing,
+    ) -> Result<RbdTarget> {
+        let conf = if to.cluster == from_cluster {
+            old.conf.clone()
+        } else {
+            let conf = self.cluster_confs.iter().find(|(name, _)| *name == to.cluster);
+            Some(conf.map(|(_, conf)| conf.clone()).ok_or_else(|| {
+                Error::new(ErrorKind::Config, op)
+                    .target(instance.to_owned())
+                    .message(format!("no ceph.conf is known for cluster `{}`", to.cluster))
+            })?)
+        };
+        Ok(RbdTarget {
+            image: to.image.clone(),
+            conf,
+            user: old.user.clone(),
+        })
+    }
+
+    /// Deletes the nodes of the attachment's image and the readied nodes
+    /// that no device reads any more.
+    async fn close_unused(qmp: &Qmp, attachment: &Attachment) -> Result<()> {
+        for node in rbd_nodes(qmp).await? {
+            let ours = node.node_name.starts_with(READIED_PREFIX) || node.image == attachment.connection.image;
+            if ours && format_node_over(qmp, &node).await?.is_none() {
+                qmp.execute("blockdev-del", json!({"node-name": node.node_name}))
+                    .await?;
+                info!(instance = %attachment.instance_id, node = %node.node_name, image = %node.image, "closed an image no device reads any more");
+            }
+        }
+        Ok(())
     }
 
     async fn status(qmp: &Qmp) -> Result<String> {
@@ -130,14 +184,36 @@ impl Hypervisor for QmpHook {
     async fn resume(&self, attachment: &Attachment) -> Result<()> {
         let qmp = self.connect().await?;
         match Self::status(&qmp).await?.as_str() {
-            "paused" => qmp.execute("cont", json!({})).await.map(|_| ()),
-            "running" => Ok(()),
-            other => Err(hook_error(
-                "resume instance",
-                &attachment.instance_id,
-                format!("the instance is `{other}`; only a paused QEMU can be resumed"),
-            )),
+            "paused" => qmp.execute("cont", json!({})).await.map(|_| ())?,
+            "running" => {}
+            other => {
+                return Err(hook_error(
+                    "resume instance",
+                    &attachment.instance_id,
+                    format!("the instance is `{other}`; only a paused QEMU can be resumed"),
+                ))
+            }
         }
+        Self::close_unused(&qmp, attachment).await
+    }
+
+    async fn prepare_repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()> {
+        let op = "ready the re-point";
+        let instance = &attachment.instance_id;
+        let qmp = self.connect().await?;
+        let nodes = rbd_nodes(&qmp).await?;
+        let (Some(old), None) = (
+            rbd_node_among(&nodes, &attachment.connection.image)?,
+            rbd_node_among(&nodes, &to.image)?,
+        ) else {
+            // Re-pointed already, or readied already: nothing to do.
+            return Ok(());
+        };
+        let target = self.target_for(op, instance, &old, &attachment.connection.cluster, to)?;
+        let name = node_name_for(READIED_PREFIX, &to.image.to_string());
+        add_rbd_node(&qmp, &old, &target, &name).await?;
+        info!(instance = %instance, node = %name, image = %to.image, "destination readied for the re-point");
+        Ok(())
     }
 
     async fn repoint(&self, attachment: &Attachment, to: &Backing) -> Result<()> {
@@ -148,7 +224,7 @@ impl Hypervisor for QmpHook {
         let old = rbd_node_among(&nodes, &attachment.connection.image)?;
         let new = rbd_node_among(&nodes, &to.image)?;
         let Some(old) = old else {
-            // Done before (the old node is deleted last), or a mismatch.
+            // Done before (the resume deleted the old node), or a mismatch.
             return match new {
                 Some(_) => Ok(()),
                 None => Err(hook_error(
@@ -164,22 +240,8 @@ impl Hypervisor for QmpHook {
         let new_node = match new {
             Some(node) => node.node_name,
             None => {
-                let conf = if to.cluster == attachment.connection.cluster {
-                    old.conf.clone()
-                } else {
-                    let conf = self.cluster_confs.iter().find(|(name, _)| *name == to.cluster);
-                    Some(conf.map(|(_, conf)| conf.clone()).ok_or_else(|| {
-                        Error::new(ErrorKind::Config, op)
-                            .target(instance.clone())
-                            .message(format!("no ceph.conf is known for cluster `{}`", to.cluster))
-                    })?)
-                };
-                let target = RbdTarget {
-                    image: to.image.clone(),
-                    conf,
-                    user: old.user.clone(),
-                };
-                let name = node_name_for(&to.image.to_string());
+                let target = self.target_for(op, instance, &old, &attachment.connection.cluster, to)?;
+                let name = node_name_for(REPOINTED_PREFIX, &to.image.to_string());
                 add_rbd_node(&qmp, &old, &target, &name).await?;
                 name
             }
@@ -189,7 +251,7 @@ impl Hypervisor for QmpHook {
             swap_file_child(&qmp, &format, &new_node).await?;
             info!(instance = %instance, format = %format.node_name, from = %old.node_name, to = %new_node, "guest device re-pointed");
         }
-        qmp.execute("blockdev-del", json!({"node-name": old.node_name})).await?;
+        // The old node goes after the resume (see `close_unused`).
         Ok(())
     }
 }
@@ -200,9 +262,11 @@ mod tests {
 
     #[test]
     fn node_names_fit_qemu_and_differ_per_image() {
-        let a = node_name_for("pool/vol-1");
-        assert!(a.len() <= 31 && a.starts_with("livemig-"), "{a}");
-        assert_eq!(a, node_name_for("pool/vol-1"));
-        assert_ne!(a, node_name_for("pool/vol-2"));
+        for prefix in [REPOINTED_PREFIX, READIED_PREFIX] {
+            let a = node_name_for(prefix, "pool/vol-1");
+            assert!(a.len() <= 31 && a.starts_with(prefix), "{a}");
+            assert_eq!(a, node_name_for(prefix, "pool/vol-1"));
+            assert_ne!(a, node_name_for(prefix, "pool/vol-2"));
+        }
     }
 }
