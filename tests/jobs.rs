@@ -365,6 +365,43 @@ async fn abort_after_the_switch_is_refused_and_resume_rolls_forward() {
     env.assert_finished(&job).await;
 }
 
+/// librbd removes a snapshot by first moving it to its trash namespace
+/// under a generated name: a process killed right after that leaves it
+/// there. The resume must still leave the retired source without it (a
+/// trashed image with a snapshot can never be purged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_removal_cut_short_is_finished_by_the_resume() {
+    let env = setup("snaptrash").await;
+    let job = env.start_killed_at("after-switched-recorded").await;
+    let Phase::Switched { snapshot } = env.phase(&job).await else {
+        panic!("not switched: {:?}", env.phase(&job).await)
+    };
+    let img = env.src_io.open_image(&env.volume).await.unwrap();
+    let snap = img
+        .snap_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == snapshot)
+        .expect("the job's snapshot");
+    let header = format!("rbd_header.{}", img.info().await.unwrap().id);
+    img.close().await;
+    // cls_rbd's snapshot_trash_add: what rbd_snap_remove does first.
+    env.src_io
+        .exec(&header, "rbd", "snapshot_trash_add", snap.id.to_le_bytes().to_vec(), 0)
+        .await
+        .unwrap();
+    let img = env.src_io.open_image_read_only(&env.volume, None).await.unwrap();
+    let listed = img.snap_list().await.unwrap();
+    img.close().await;
+    let trashed = listed.iter().find(|s| s.id == snap.id).expect("still listed");
+    assert_ne!(trashed.name, snapshot, "not moved to the trash namespace");
+    assert_eq!(trashed.given_name(), snapshot);
+
+    assert_ok(&env.resume(&job), "resume");
+    env.assert_finished(&job).await;
+}
+
 /// SIGKILL at random moments of a throttled copy, each time resumed by a new
 /// process. Each kill waits until the record shows more progress than at the
 /// kill before (so a slow start cannot turn every kill into a kill during

@@ -591,6 +591,48 @@ impl IoCtx {
         Ok(self.list_images().await?.iter().any(|n| n == name))
     }
 
+    /// Calls method `method` of object class `class` on `object` with
+    /// `input`; returns up to `max_output` bytes of its output. (Tests use
+    /// it to stage what an interrupted librbd operation leaves behind.)
+    pub async fn exec(
+        &self,
+        object: &str,
+        class: &str,
+        method: &str,
+        input: Vec<u8>,
+        max_output: usize,
+    ) -> Result<Vec<u8>> {
+        let io = self.clone();
+        let (object, class, method) = (object.to_owned(), class.to_owned(), method.to_owned());
+        blocking(move || {
+            let (o, c, m) = (
+                cstring(&object, "object name")?,
+                cstring(&class, "object class")?,
+                cstring(&method, "object class method")?,
+            );
+            let mut out = vec![0u8; max_output];
+            // SAFETY: io is valid; o, c, m are valid C strings; input and
+            // out are valid for their lengths for the whole (synchronous) call.
+            let ret = unsafe {
+                sys::rados_exec(
+                    io.raw(),
+                    o.as_ptr(),
+                    c.as_ptr(),
+                    m.as_ptr(),
+                    input.as_ptr().cast(),
+                    input.len(),
+                    out.as_mut_ptr().cast(),
+                    out.len(),
+                )
+            };
+            let n = check("rados_exec", ret)
+                .map_err(|e| e.target(format!("{} {object} {class}.{method}", io.pool_spec())))?;
+            out.truncate(n as usize);
+            Ok(out)
+        })
+        .await
+    }
+
     /// Removes an image (it must have no snapshots and no watchers).
     pub async fn remove_image(&self, name: &str) -> Result<()> {
         let io = self.clone();

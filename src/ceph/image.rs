@@ -78,6 +78,18 @@ pub struct SnapInfo {
     pub size: u64,
     /// Snapshot name.
     pub name: String,
+    /// For a snapshot in librbd's trash namespace, the name it had. A
+    /// removal first moves the snapshot there, so one that was interrupted
+    /// (its process killed) leaves it there under a generated name; so does
+    /// removing a snapshot that clones still use.
+    pub trashed_name: Option<String>,
+}
+
+impl SnapInfo {
+    /// The name the snapshot was given (its name before the trash, if there).
+    pub fn given_name(&self) -> &str {
+        self.trashed_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// A client watching an image (it has it open).
@@ -254,6 +266,33 @@ impl IoCtx {
             })
         })
         .await
+    }
+}
+
+/// The name snapshot `id` had before librbd moved it to the trash
+/// namespace; `None` if it is not there (on the blocking pool).
+fn trashed_name(img: &Image, id: u64) -> Result<Option<String>> {
+    let mut kind: sys::rbd_snap_namespace_type_t = 0;
+    // SAFETY: image open; kind is a valid out-pointer.
+    let ret = unsafe { sys::rbd_snap_get_namespace_type(img.raw(), id, &mut kind) };
+    check("rbd_snap_get_namespace_type", ret).map_err(|e| e.target(img.spec()))?;
+    if kind != sys::rbd_snap_namespace_type_t_RBD_SNAP_NAMESPACE_TYPE_TRASH {
+        return Ok(None);
+    }
+    let mut max = 256usize;
+    loop {
+        let mut name = vec![0u8; max];
+        // SAFETY: image open; name has room for `max` bytes, which librbd
+        // fills with a NUL-terminated string or refuses with ERANGE.
+        let ret = unsafe { sys::rbd_snap_get_trash_namespace(img.raw(), id, name.as_mut_ptr().cast(), max) };
+        if ret == -libc::ERANGE && max < 1 << 16 {
+            max *= 4;
+            continue;
+        }
+        check("rbd_snap_get_trash_namespace", ret).map_err(|e| e.target(img.spec()))?;
+        let original = CStr::from_bytes_until_nul(&name)
+            .map_err(|_| Error::from_errno("rbd_snap_get_trash_namespace", -libc::EINVAL).target(img.spec()))?;
+        return Ok(Some(original.to_string_lossy().into_owned()));
     }
 }
 
@@ -453,7 +492,47 @@ impl Image {
         .await
     }
 
-    /// Lists snapshots.
+    /// Removes the snapshot with id `id` (whatever its namespace).
+    pub async fn snap_remove_by_id(&self, id: u64) -> Result<()> {
+        self.call(move |img| {
+            // SAFETY: image open.
+            let ret = unsafe { sys::rbd_snap_remove_by_id(img.raw(), id) };
+            check("rbd_snap_remove_by_id", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(format!("{}@{{id {id}}}", img.spec())))
+        })
+        .await
+    }
+
+    /// Removes `snap` (as [`Image::snap_list`] gave it): by name, or by id
+    /// if it is in the trash namespace. One already gone is fine.
+    pub async fn snap_remove_listed(&self, snap: &SnapInfo) -> Result<()> {
+        let removed = match snap.trashed_name {
+            Some(_) => self.snap_remove_by_id(snap.id).await,
+            None => self.snap_remove(&snap.name).await,
+        };
+        match removed {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes every snapshot given the name `name` (see
+    /// [`SnapInfo::given_name`]); returns how many there were.
+    pub async fn snap_remove_given(&self, name: &str) -> Result<usize> {
+        let named: Vec<SnapInfo> = self
+            .snap_list()
+            .await?
+            .into_iter()
+            .filter(|s| s.given_name() == name)
+            .collect();
+        for snap in &named {
+            self.snap_remove_listed(snap).await?;
+        }
+        Ok(named.len())
+    }
+
+    /// Lists snapshots, in every namespace (user and trash).
     pub async fn snap_list(&self) -> Result<Vec<SnapInfo>> {
         self.call(|img| {
             let mut max: libc::c_int = 16;
@@ -466,17 +545,22 @@ impl Image {
                     continue;
                 }
                 let n = check("rbd_snap_list", ret).map_err(|e| e.target(img.spec()))? as usize;
-                let out = snaps[..n]
+                let listed: Vec<SnapInfo> = snaps[..n]
                     .iter()
                     .map(|s| SnapInfo {
                         id: s.id,
                         size: s.size,
                         // SAFETY: librbd filled a valid C string.
                         name: unsafe { CStr::from_ptr(s.name) }.to_string_lossy().into_owned(),
+                        trashed_name: None,
                     })
                     .collect();
                 // SAFETY: entries filled by rbd_snap_list, cleaned once.
                 unsafe { sys::rbd_snap_list_end(snaps.as_mut_ptr()) };
+                let mut out = listed;
+                for snap in &mut out {
+                    snap.trashed_name = trashed_name(img, snap.id)?;
+                }
                 return Ok(out);
             }
         })

@@ -339,9 +339,9 @@ impl Migrator {
         let stale = job_snapshots(&src, job, Some(keep)).await?;
         let task = tokio::spawn(
             async move {
-                for name in stale {
-                    if let Err(e) = remove_snapshot(&src, &name).await {
-                        warn!(snapshot = %name, error = %e, "removing an earlier round's snapshot; cleanup retries");
+                for snap in stale {
+                    if let Err(e) = remove_snapshot(&src, &snap).await {
+                        warn!(snapshot = %snap.given_name(), error = %e, "removing an earlier round's snapshot; cleanup retries");
                     }
                 }
             }

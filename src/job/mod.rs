@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::catalog::{Access, Cas, CasPurpose, Catalog, Volume, VolumeStatus};
-use crate::ceph::{Image, IoCtx};
+use crate::ceph::{Image, IoCtx, SnapInfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
 use crate::mirror::copy::{create_partial, finish_partial, PARTIAL_SUFFIX};
@@ -935,8 +935,8 @@ pub fn snapshot_name(job: &str) -> String {
 /// Removes the job's snapshots (the bulk copy's and every round's) from the
 /// source, except `keep`.
 async fn sweep_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<()> {
-    for name in job_snapshots(img, job, keep).await? {
-        remove_snapshot(img, &name).await?;
+    for snap in job_snapshots(img, job, keep).await? {
+        remove_snapshot(img, &snap).await?;
     }
     Ok(())
 }
@@ -962,23 +962,23 @@ async fn fence_out_earlier_drivers(partial: &Image) -> Result<()> {
     Ok(())
 }
 
-/// The job's snapshots on `img`, but `keep`.
-async fn job_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<Vec<String>> {
+/// The job's snapshots on `img`, but `keep`; with those a removal that
+/// was interrupted left in librbd's trash namespace.
+async fn job_snapshots(img: &Image, job: &str, keep: Option<&str>) -> Result<Vec<SnapInfo>> {
     let base = snapshot_name(job);
     let round_prefix = format!("{base}.");
     Ok(img
         .snap_list()
         .await?
         .into_iter()
-        .map(|snap| snap.name)
-        .filter(|name| (*name == base || name.starts_with(&round_prefix)) && keep != Some(name.as_str()))
+        .filter(|snap| {
+            let name = snap.given_name();
+            (name == base || name.starts_with(&round_prefix)) && keep != Some(name)
+        })
         .collect())
 }
 
 /// Removes a snapshot; one already gone is fine.
-async fn remove_snapshot(img: &Image, name: &str) -> Result<()> {
-    match retry_busy("remove a job snapshot", || img.snap_remove(name)).await {
-        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
+async fn remove_snapshot(img: &Image, snap: &SnapInfo) -> Result<()> {
+    retry_busy("remove a job snapshot", || img.snap_remove_listed(snap)).await
 }

@@ -908,12 +908,11 @@ async fn reclaim_stale_partial(io: &IoCtx, partial: &str, src_io: &IoCtx, src: &
     let ours = format!("{} {src}@", src_io.cluster().fsid());
     if let Some(snap) = marker.strip_prefix(&ours).filter(|s| s.starts_with(SNAPSHOT_PREFIX)) {
         let img = src_io.open_image(&src.image).await?;
-        let removed = img.snap_remove(snap).await;
+        // Also one a removal that was cut short left in the trash namespace.
+        let removed = img.snap_remove_given(snap).await;
         img.close().await;
-        match removed {
-            Ok(()) => warn!(snapshot = %snap, "removed the snapshot of the copy that did not finish"),
-            Err(e) if e.errno() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
+        if removed? > 0 {
+            warn!(snapshot = %snap, "removed the snapshot of the copy that did not finish");
         }
     }
     Ok(())
