@@ -239,3 +239,21 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
         img.close().await;
     }
 }
+
+/// Replay rounds raise their connection's OSD operation priority (the live
+/// policy's `delta_op_priority`) and put it back afterwards, however the
+/// raises of the source's and the destination's cluster nest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_op_priority_nests_and_falls_back() {
+    const KEY: &str = "osd_client_op_priority";
+    let c = cluster().connect().await;
+    let before = c.option(KEY).unwrap();
+    assert_eq!(before, "63", "Ceph's client default");
+    let first = c.raise_op_priority(200).unwrap();
+    assert_eq!(c.option(KEY).unwrap(), "200");
+    let second = c.clone().raise_op_priority(200).unwrap();
+    drop(first);
+    assert_eq!(c.option(KEY).unwrap(), "200", "still raised by the second");
+    drop(second);
+    assert_eq!(c.option(KEY).unwrap(), before);
+}

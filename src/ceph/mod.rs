@@ -24,7 +24,7 @@ mod release;
 
 pub use release::wait_for_releases;
 
-pub use cluster::{Cluster, ClusterConfig, IoCtx, PoolUsage};
+pub use cluster::{Cluster, ClusterConfig, IoCtx, OpPriorityRaise, PoolUsage};
 pub use data_objects::DataObjects;
 pub use diff::{DiffStream, Extent};
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};

@@ -176,6 +176,18 @@ impl Migrator {
         lost: &CancellationToken,
     ) -> Result<RoundReport> {
         let dst = self.replay_destination(&s.record).await?;
+        // The delta's operations go ahead of the instance's: a round that
+        // shares the OSDs evenly with the writer takes as long as the
+        // writer needs to dirty as much again, and the final delta is what
+        // the writer dirtied during the last round.
+        let priority = s.record.live.as_ref().map_or(0, |l| l.policy.delta_op_priority);
+        let _raised = match priority {
+            0 => Vec::new(),
+            p => [src.ioctx().cluster(), dst.ioctx().cluster()]
+                .into_iter()
+                .map(|c| c.raise_op_priority(p))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let (tx, mut rx) = watch::channel(Progress::default());
         let copier = Copier::new(self.options.copy.clone())
             .progress(tx)

@@ -420,6 +420,8 @@ impl livemig_run_options {
                     _ => None,
                 },
                 fence_timeout_ms: nonzero(self.fence_timeout_ms),
+                // Not in the C options struct (its layout is the ABI): the default applies.
+                delta_op_priority: None,
             },
             qemu_stall_ms: nonzero(self.mirror_stall_ms).unwrap_or(defaults.qemu_stall_ms),
             engine: match self.engine {

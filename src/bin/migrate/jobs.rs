@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// it is broken and blocklisted [default: 20].
     #[arg(long, value_name = "SECS")]
     fence_timeout: Option<u64>,
+    /// Live: OSD priority of the replay rounds' and final delta's I/O (0:
+    /// Ceph's client default, 63). From 196 the OSDs serve it before the
+    /// instance's I/O: rounds end sooner and the hold is shorter, the
+    /// instance's write latency rises while a round runs [default: 200].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=255))]
+    delta_priority: Option<u32>,
     /// QEMU engine: seconds without progress before the mirror is switched
     /// to write-blocking (guest writes then wait for their copy, so it converges).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
@@ -81,6 +87,7 @@ impl RunArgs {
             max_rounds: None,
             on_stall: None,
             fence_timeout: None,
+            delta_priority: None,
             mirror_stall_secs: 10,
         }
     }
@@ -113,6 +120,7 @@ impl RunArgs {
                     _ => OnStall::Cutover,
                 }),
                 fence_timeout_ms: self.fence_timeout.map(|s| s.saturating_mul(1000)),
+                delta_op_priority: self.delta_priority,
             },
             qemu_stall_ms: self.mirror_stall_secs.saturating_mul(1000),
             ..Default::default()
