@@ -365,6 +365,40 @@ async fn abort_after_the_switch_is_refused_and_resume_rolls_forward() {
     env.assert_finished(&job).await;
 }
 
+/// A driver killed mid-copy leaves its lock on the partial destination:
+/// the one that resumes breaks it (blocklisting the dead client) instead of
+/// waiting for its watch to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resume_fences_the_dead_driver_out_of_the_partial() {
+    let env = setup("takeover").await;
+    let job = env.start_killed_at("after-first-progress").await;
+    let Phase::Copying { partial, .. } = env.phase(&job).await else {
+        panic!("not copying: {:?}", env.phase(&job).await)
+    };
+    // (Owners are listed through a read-write handle; opening takes no lock.)
+    let img = env.dst_io.open_image(&partial).await.unwrap();
+    let owners = img.lock_owners().await.unwrap();
+    img.close().await;
+    assert_eq!(owners.len(), 1, "the dead driver's lock on the partial: {owners:?}");
+
+    let out = env.resume(&job);
+    assert_ok(&out, "resume");
+    env.assert_finished(&job).await;
+    // The job broke it (librbd would too, but only once the dead client's
+    // watch timed out).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("still owns the partial destination's lock") && stderr.contains(&owners[0]),
+        "{stderr}"
+    );
+    let blocklist = cluster().cli("ceph", &["osd", "blocklist", "ls"]);
+    assert!(
+        blocklist.lines().any(|l| l.starts_with(&owners[0])),
+        "{} not blocklisted: {blocklist}",
+        owners[0]
+    );
+}
+
 /// librbd removes a snapshot by first moving it to its trash namespace
 /// under a generated name: a process killed right after that leaves it
 /// there. The resume must still leave the retired source without it (a

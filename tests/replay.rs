@@ -257,3 +257,30 @@ async fn a_raised_op_priority_nests_and_falls_back() {
     drop(second);
     assert_eq!(c.option(KEY).unwrap(), before);
 }
+
+/// A lock owner is named by its address, as the image's watchers list it: a
+/// job that breaks an earlier driver's lock on its partial destination
+/// skips its own connection that way (breaking it would blocklist itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_owner_is_named_by_its_connection() {
+    cluster().ensure_pool(SRC);
+    let c = cluster().connect().await;
+    let io = c.ioctx(SRC, "").await.unwrap();
+    let name = unique("owner");
+    io.create_image(&name, 4 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = io.open_image(&name).await.unwrap();
+    write_at(&img, 0, vec![1u8; 4096]).await;
+    let mine: Vec<String> = img
+        .watchers()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.id == c.instance_id() as i64)
+        .map(|w| w.addr)
+        .collect();
+    assert_eq!(img.lock_owners().await.unwrap(), mine);
+    img.close().await;
+    io.remove_image(&name).await.unwrap();
+}

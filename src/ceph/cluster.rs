@@ -203,11 +203,10 @@ impl Cluster {
     /// other clients' operations. Every operation of this connection, from
     /// any user of it, is affected while a guard lives.
     pub fn raise_op_priority(&self, priority: u32) -> Result<OpPriorityRaise> {
-        const KEY: &str = "osd_client_op_priority";
-        let mut raises = self.inner.priority_raises.lock().expect("priority lock");
+        let mut raises = self.inner.priority_raises.lock().unwrap_or_else(|p| p.into_inner());
         if raises.0 == 0 {
-            let before = self.option(KEY)?;
-            self.set_option(KEY, &priority.to_string())?;
+            let before = self.option(OP_PRIORITY_OPTION)?;
+            self.set_option(OP_PRIORITY_OPTION, &priority.to_string())?;
             raises.1 = Some(before);
         }
         raises.0 += 1;
@@ -723,6 +722,9 @@ impl IoCtx {
     }
 }
 
+/// The client option that sets the OSD priority of a connection's operations.
+const OP_PRIORITY_OPTION: &str = "osd_client_op_priority";
+
 /// A raised operation priority (see [`Cluster::raise_op_priority`]); the
 /// last one of a connection to drop restores the value from before.
 #[must_use = "the priority falls back when the guard drops"]
@@ -732,11 +734,16 @@ pub struct OpPriorityRaise {
 
 impl Drop for OpPriorityRaise {
     fn drop(&mut self) {
-        let mut raises = self.cluster.inner.priority_raises.lock().expect("priority lock");
+        let mut raises = self
+            .cluster
+            .inner
+            .priority_raises
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         raises.0 -= 1;
         if raises.0 == 0 {
             if let Some(before) = raises.1.take() {
-                if let Err(e) = self.cluster.set_option("osd_client_op_priority", &before) {
+                if let Err(e) = self.cluster.set_option(OP_PRIORITY_OPTION, &before) {
                     tracing::warn!(error = %e, "restoring the OSD operation priority");
                 }
             }

@@ -951,7 +951,17 @@ async fn fence_out_earlier_drivers(partial: &Image) -> Result<()> {
     if partial.info().await?.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 {
         return Ok(());
     }
-    for owner in partial.lock_owners().await? {
+    // Never this process's own connection (breaking it would blocklist
+    // us): an owner is named by its address, as the watchers list it.
+    let me = partial.ioctx().cluster().instance_id() as i64;
+    let mine: Vec<String> = partial
+        .watchers()
+        .await?
+        .into_iter()
+        .filter(|w| w.id == me)
+        .map(|w| w.addr)
+        .collect();
+    for owner in partial.lock_owners().await?.into_iter().filter(|o| !mine.contains(o)) {
         warn!(image = %partial.spec(), %owner, "an earlier driver still owns the partial destination's lock; breaking it (blocklists that client)");
         match partial.lock_break(&owner).await {
             // Released or broken meanwhile.
