@@ -564,7 +564,18 @@ async fn the_lease_keeps_out_a_second_driver_until_the_holder_dies() {
     let busy = run(&["resume", &job, "--lease-secs", LEASE, "--json"]);
     assert_eq!(busy.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("being driven by another process"));
-    // The holder dies; after its lease expires, resume takes over and finishes.
+    // The holder dies (once it has recorded copy progress: a kill inside
+    // its snapshot creation is another test's matter); after its lease
+    // expires, resume takes over and finishes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(env.phase(&job).await, Phase::Copying { watermark, .. } if watermark > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no copy progress recorded: {:?}",
+            env.phase(&job).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_ok(&env.resume(&job), "resume after the holder died");
