@@ -105,7 +105,13 @@ impl Env {
 
     /// Runs `migrate start` that kills itself at `point`; returns the job id.
     async fn start_killed_at(&self, point: &str) -> String {
-        let args = self.start_args();
+        self.start_with_killed_at(&[], point).await
+    }
+
+    /// [`Self::start_killed_at`] with `extra` arguments to `migrate start`.
+    async fn start_with_killed_at(&self, extra: &[&str], point: &str) -> String {
+        let mut args = self.start_args();
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_killed_at(migrate(&args), point);
         self.job_id().await
@@ -371,7 +377,12 @@ async fn abort_after_the_switch_is_refused_and_resume_rolls_forward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resume_fences_the_dead_driver_out_of_the_partial() {
     let env = setup("takeover").await;
-    let job = env.start_killed_at("after-first-progress").await;
+    // Throttled, so the kill comes while the copy still writes (an
+    // unthrottled copy can finish, and release the lock, before the first
+    // progress is recorded).
+    let job = env
+        .start_with_killed_at(&["--bwlimit", "4M"], "after-first-progress")
+        .await;
     let Phase::Copying { partial, .. } = env.phase(&job).await else {
         panic!("not copying: {:?}", env.phase(&job).await)
     };
