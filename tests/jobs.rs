@@ -410,6 +410,44 @@ async fn the_resume_fences_the_dead_driver_out_of_the_partial() {
     );
 }
 
+/// A crash inside the job's snapshot creation (librbd takes the source's
+/// lock, allocates the id, adds the snapshot to the header, then writes its
+/// object map): whatever part of it happened, the resume finishes the
+/// migration. The kill comes a range of delays after the creation starts,
+/// so the runs land before, inside and after it. The dead driver's watch
+/// (and lock) on the source would stall the resume until the OSD's watch
+/// timeout: the resume blocklists it instead, as one of the job's drivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_inside_the_snapshot_creation_then_resume() {
+    for delay_us in [0, 2_000, 8_000, 16_000, 32_000, 64_000, 128_000] {
+        let env = setup(&format!("snapkill{delay_us}")).await;
+        let args = env.start_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut start = migrate(&args);
+        start.env(livemig::job::fault::KILL_DELAY_ENV, delay_us.to_string());
+        run_killed_at(start, "inside-snapshot-create");
+        let job = env.job_id().await;
+        let drivers = env.store.load(&job).await.unwrap().record.source_drivers;
+        assert_eq!(drivers.len(), 1, "the dead driver recorded its source connection");
+
+        let out = env.resume(&job);
+        let what = format!("resume after a kill {delay_us} us into the snapshot creation");
+        assert_ok(&out, &what);
+        env.assert_finished(&job).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("an earlier driver of this job still has the source open") && stderr.contains(&drivers[0]),
+            "{what}: the dead driver was not fenced out: {stderr}"
+        );
+        let blocklist = cluster().cli("ceph", &["osd", "blocklist", "ls"]);
+        assert!(
+            blocklist.lines().any(|l| l.starts_with(&drivers[0])),
+            "{what}: {} not blocklisted: {blocklist}",
+            drivers[0]
+        );
+    }
+}
+
 /// librbd removes a snapshot by first moving it to its trash namespace
 /// under a generated name: a process killed right after that leaves it
 /// there. The resume must still leave the retired source without it (a

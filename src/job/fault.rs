@@ -4,9 +4,17 @@
 //! there: no destructor, no flush, exactly like a crash. The crash tests run
 //! `migrate` once per point and then prove that `migrate resume` (from
 //! another process) or `migrate abort` ends in a consistent state.
+//!
+//! A point is between two steps. To crash *inside* a step (a librbd call
+//! that makes several changes, like a snapshot creation), [`arm`] kills the
+//! process `LIVEMIG_TEST_KILL_DELAY_US` microseconds after it is reached,
+//! from another thread, while the step runs.
 
 /// The environment variable naming the point to die at.
 pub const KILL_AT_ENV: &str = "LIVEMIG_TEST_KILL_AT";
+
+/// The delay after an armed point (see [`arm`]), in microseconds.
+pub const KILL_DELAY_ENV: &str = "LIVEMIG_TEST_KILL_DELAY_US";
 
 /// Every kill point, in the order a migration (then an abort) passes them.
 pub const POINTS: &[&str] = &[
@@ -14,6 +22,7 @@ pub const POINTS: &[&str] = &[
     "after-mark",
     "after-marked-recorded",
     "after-copying-recorded",
+    "inside-snapshot-create",
     "after-snapshot",
     "after-partial-created",
     "after-first-progress",
@@ -56,5 +65,23 @@ pub fn point(name: &'static str) {
         eprintln!("livemig: test kill point `{name}` reached; killing this process");
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// If the test asked to die at `name`: dies `LIVEMIG_TEST_KILL_DELAY_US`
+/// (default 0) microseconds from now, whatever this process is doing then.
+pub fn arm(name: &'static str) {
+    debug_assert!(POINTS.contains(&name), "unknown kill point {name}");
+    if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == name) {
+        let delay = std::env::var(KILL_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+            eprintln!("livemig: test kill point `{name}` + {delay} us reached; killing this process");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        });
     }
 }

@@ -322,6 +322,7 @@ impl Migrator {
             history: vec![("created".into(), t)],
             last_error: None,
             live,
+            source_drivers: Vec::new(),
         };
         let stored = self.store.create(&record).await?;
         fault::point("after-create");
@@ -621,7 +622,7 @@ impl Migrator {
             return Ok(());
         }
 
-        let src_rw = src_io.open_image(&src_name).await?;
+        let src_rw = self.open_source_as_driver(s, &src_io).await?;
         if !snapshot_exists(&src_rw, &snapshot).await? {
             if dst_io.image_exists(&partial).await? {
                 // The partial cannot have come from a snapshot that does not exist.
@@ -629,6 +630,7 @@ impl Migrator {
                 retry_busy("remove partial", || dst_io.remove_image(&partial)).await?;
             }
             watermark = 0;
+            fault::arm("inside-snapshot-create");
             src_rw.snap_create(&snapshot).await?;
         }
         let metadata = src_rw.metadata_list().await?;
@@ -818,12 +820,61 @@ impl Migrator {
             .await
     }
 
+    /// Opens the source read-write for this job's driver. An earlier driver
+    /// of the job that still watches it died (or lost the lease and is
+    /// hung): it is blocklisted, and its lock broken, so that neither its
+    /// watch nor its lock stalls this driver's snapshot work or the retire
+    /// until the OSD's watch timeout. This driver's own address is recorded
+    /// first, for the next one.
+    async fn open_source_as_driver(&self, s: &mut Stored, src_io: &IoCtx) -> Result<Image> {
+        let name = s.record.source.image.image.clone();
+        let img = retry_busy("open the source", || src_io.open_image(&name)).await?;
+        if let Err(e) = self.fence_out_earlier_source_drivers(s, &img).await {
+            img.close().await;
+            return Err(e);
+        }
+        Ok(img)
+    }
+
+    async fn fence_out_earlier_source_drivers(&self, s: &mut Stored, img: &Image) -> Result<()> {
+        let me = img.ioctx().cluster().instance_id() as i64;
+        let watchers = img.watchers().await?;
+        let mine: Vec<String> = watchers.iter().filter(|w| w.id == me).map(|w| w.addr.clone()).collect();
+        let earlier: Vec<String> = watchers
+            .into_iter()
+            .filter(|w| w.id != me && s.record.source_drivers.contains(&w.addr))
+            .map(|w| w.addr)
+            .collect();
+        if !earlier.is_empty() {
+            let owners = img.lock_owners().await?;
+            for addr in earlier {
+                warn!(image = %img.spec(), %addr, "an earlier driver of this job still has the source open; blocklisting it");
+                if owners.contains(&addr) {
+                    crate::mirror::fence::break_lock(img, &addr).await?;
+                } else {
+                    img.ioctx().cluster().blocklist_add(&addr, 3600).await?;
+                }
+            }
+        }
+        let new: Vec<String> = mine
+            .into_iter()
+            .filter(|a| !s.record.source_drivers.contains(a))
+            .collect();
+        if !new.is_empty() {
+            s.record.source_drivers.extend(new);
+            let excess = s.record.source_drivers.len().saturating_sub(MAX_SOURCE_DRIVERS);
+            s.record.source_drivers.drain(..excess);
+            self.store.save(s).await?;
+        }
+        Ok(())
+    }
+
     async fn step_cleanup(&self, s: &mut Stored, _snapshot: String) -> Result<()> {
         let r = s.record.clone();
         let (src_io, dst_io) = self.ioctxs(&r).await?;
         let src_name = &r.source.image.image;
         if src_io.image_exists(src_name).await? {
-            let img = retry_busy("open the source", || src_io.open_image(src_name)).await?;
+            let img = self.open_source_as_driver(s, &src_io).await?;
             if r.live.is_some() {
                 self.evict_stale_writers(s, &img).await?;
             }
@@ -904,7 +955,7 @@ impl Migrator {
         }
         fault::point("abort-after-images");
         if snapshot.is_some() && src_io.image_exists(&r.source.image.image).await? {
-            let img = retry_busy("open the source", || src_io.open_image(&r.source.image.image)).await?;
+            let img = self.open_source_as_driver(s, &src_io).await?;
             self.finish_sweep().await;
             sweep_snapshots(&img, &r.id, None).await?;
             img.close().await;
@@ -926,6 +977,9 @@ impl Migrator {
         Ok(())
     }
 }
+
+/// Earlier drivers' source addresses a record keeps (the latest).
+const MAX_SOURCE_DRIVERS: usize = 16;
 
 /// The source snapshot a job reads from (the live rounds' snapshots add `.N`).
 pub fn snapshot_name(job: &str) -> String {
@@ -951,6 +1005,10 @@ async fn fence_out_earlier_drivers(partial: &Image) -> Result<()> {
     if partial.info().await?.features & livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 {
         return Ok(());
     }
+    let owners = partial.lock_owners().await?;
+    if owners.is_empty() {
+        return Ok(());
+    }
     // Never this process's own connection (breaking it would blocklist
     // us): an owner is named by its address, as the watchers list it.
     let me = partial.ioctx().cluster().instance_id() as i64;
@@ -961,13 +1019,9 @@ async fn fence_out_earlier_drivers(partial: &Image) -> Result<()> {
         .filter(|w| w.id == me)
         .map(|w| w.addr)
         .collect();
-    for owner in partial.lock_owners().await?.into_iter().filter(|o| !mine.contains(o)) {
+    for owner in owners.into_iter().filter(|o| !mine.contains(o)) {
         warn!(image = %partial.spec(), %owner, "an earlier driver still owns the partial destination's lock; breaking it (blocklists that client)");
-        match partial.lock_break(&owner).await {
-            // Released or broken meanwhile.
-            Err(e) if e.kind() == ErrorKind::ImageNotFound => {}
-            other => other?,
-        }
+        crate::mirror::fence::break_lock(partial, &owner).await?;
     }
     Ok(())
 }

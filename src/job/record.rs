@@ -12,6 +12,8 @@
 //! - 3: adds live migration (attached volumes): the `live` section and the
 //!   phases `replaying`, `cutting_over` and `repointed`. A record of a
 //!   detached volume is still readable by format 1 readers; a live one needs 3.
+//!   Later in format 3: `source_drivers` (a reader that ignores it only
+//!   waits longer for a dead driver's watch on a resume).
 
 use crate::catalog::{Attachment, Backing, Volume};
 use crate::error::{Error, ErrorKind, Result};
@@ -386,6 +388,13 @@ pub struct JobRecord {
     /// Set for a volume attached to a running instance (live migration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveRecord>,
+    /// Addresses (as the image's watchers list them) of the connections
+    /// through which this job's drivers opened the source read-write, the
+    /// latest last. A driver that dies leaves its watch, and maybe the
+    /// image's lock, for the OSD's watch timeout (30 s by default); the
+    /// next driver blocklists what an earlier one left instead of waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_drivers: Vec<String>,
 }
 
 impl JobRecord {

@@ -50,15 +50,22 @@ pub async fn fence(image: &Image, timeout: Duration) -> Result<FenceReport> {
         // owner), then take it.
         for owner in image.lock_owners().await? {
             warn!(image = %image.spec(), %owner, "lock owner did not release the lock in time; breaking it (blocklists the owner)");
-            match image.lock_break(&owner).await {
-                Ok(()) => report.blocklisted.push(owner),
-                // Released or broken meanwhile.
-                Err(e) if e.kind() == ErrorKind::ImageNotFound => {}
-                Err(e) => return Err(e),
+            if break_lock(image, &owner).await? {
+                report.blocklisted.push(owner);
             }
         }
         image.lock_acquire_exclusive().await?;
         info!(image = %image.spec(), blocklisted = report.blocklisted.len(), "source fenced");
         return Ok(report);
+    }
+}
+
+/// Breaks `owner`'s exclusive lock on `image`, which blocklists that client
+/// cluster-wide. `false` when the lock was released or broken meanwhile.
+pub async fn break_lock(image: &Image, owner: &str) -> Result<bool> {
+    match image.lock_break(owner).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::ImageNotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
