@@ -467,6 +467,11 @@ const HELD_AT: &[&str] = &[
     "live-after-repoint",
 ];
 
+/// Where the killed driver held the source's lock (the fence), with the
+/// instance held: the resume must not wait for that lock (the fence timeout,
+/// all of it downtime), but fence the dead driver out as the job's own.
+const FENCED_AT: &[&str] = &["live-after-fence", "live-after-final-applied"];
+
 async fn live_killed_then_resumed(point: &str) {
     let mut env = setup("lkill", WRITER).await;
     let job = start_killed_at(&env, point).await;
@@ -476,6 +481,13 @@ async fn live_killed_then_resumed(point: &str) {
         .output()
         .unwrap();
     assert_ok(&out, &format!("resume after a kill at {point}"));
+    if FENCED_AT.contains(&point) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("an earlier driver of this job still has the source open"),
+            "the dead driver's fence was not broken at once: {stderr}"
+        );
+    }
     env.assert_finished_live().await;
 }
 

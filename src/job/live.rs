@@ -123,9 +123,16 @@ impl Migrator {
         self.kept_open(r, false).await
     }
 
-    /// The source, read-write, opened by the first round of this run.
-    async fn live_source(&self, r: &JobRecord) -> Result<Image> {
-        self.kept_open(r, true).await
+    /// The source, read-write, opened by the first round of this run (which
+    /// fences out an earlier driver's handle: see
+    /// `Migrator::fence_out_earlier_source_drivers`).
+    async fn live_source(&self, s: &mut Stored) -> Result<Image> {
+        let opened = self.live_handles.lock().await.source.is_none();
+        let img = self.kept_open(&s.record, true).await?;
+        if opened {
+            self.fence_out_earlier_source_drivers(s, &img).await?;
+        }
+        Ok(img)
     }
 
     /// The source's or the destination's handle in [`LiveHandles`], opened
@@ -248,7 +255,7 @@ impl Migrator {
             .get_or_insert(round);
         let id = s.record.id.clone();
         let snap = round_snapshot(&id, round);
-        let src = self.live_source(&s.record).await?;
+        let src = self.live_source(s).await?;
         // A round redone after a crash reuses its snapshot: it is newer than
         // `base`, which is all the delta needs.
         if !snapshot_exists(&src, &snap).await? {
@@ -373,11 +380,11 @@ impl Migrator {
     /// The source to fence: the rounds' handle, taken from them (else a new
     /// one), or `None` if this process already holds its lock. Taken before
     /// the hold, so that the downtime does not include opening it.
-    async fn source_to_fence(&self, r: &JobRecord) -> Result<Option<Image>> {
+    async fn source_to_fence(&self, s: &mut Stored) -> Result<Option<Image>> {
         if self.fence.lock().await.is_some() {
             return Ok(None);
         }
-        let img = self.live_source(r).await?;
+        let img = self.live_source(s).await?;
         self.live_handles.lock().await.source = None;
         Ok(Some(img))
     }
@@ -429,7 +436,7 @@ impl Migrator {
         fault::point("live-after-cutover-recorded");
         // Opened before the hold, so that the downtime does not include them.
         self.replay_destination(&s.record).await?;
-        let fence_source = self.source_to_fence(&s.record).await?;
+        let fence_source = self.source_to_fence(s).await?;
         if first_hold {
             // The downtime counts from the hold itself (the record keeps the
             // earlier time until its next save).

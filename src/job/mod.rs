@@ -836,7 +836,7 @@ impl Migrator {
         Ok(img)
     }
 
-    async fn fence_out_earlier_source_drivers(&self, s: &mut Stored, img: &Image) -> Result<()> {
+    pub(super) async fn fence_out_earlier_source_drivers(&self, s: &mut Stored, img: &Image) -> Result<()> {
         let me = img.ioctx().cluster().instance_id() as i64;
         let watchers = img.watchers().await?;
         let mine: Vec<String> = watchers.iter().filter(|w| w.id == me).map(|w| w.addr.clone()).collect();
