@@ -448,6 +448,70 @@ async fn kills_inside_the_snapshot_creation_then_resume() {
     }
 }
 
+/// A string as Ceph encodes it (cls_rbd's inputs and outputs).
+fn ceph_string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+/// librbd's rename of the complete partial cut short after its first step
+/// (the id object under the final name written) or its second (the
+/// directory renamed too, the old id object left): staged with cls_rbd's own
+/// methods, then resumed. Without the mend the first makes every later
+/// rename fail (`EEXIST`), and the second leaves an orphan id object.
+async fn rename_cut_short(tag: &str, directory_renamed: bool) {
+    let env = setup(tag).await;
+    let job = env.start_killed_at("after-copy-complete").await;
+    let Phase::Copying { partial, .. } = env.phase(&job).await else {
+        panic!("not copying: {:?}", env.phase(&job).await)
+    };
+    let final_name = env.volume.clone();
+    let img = env.dst_io.open_image_read_only(&partial, None).await.unwrap();
+    let id = img.info().await.unwrap().id;
+    img.close().await;
+    // What librbd's first step writes: the id object under the new name.
+    let file = std::env::temp_dir().join(format!("livemig-test-{tag}-{}", std::process::id()));
+    std::fs::write(&file, ceph_string(&id)).unwrap();
+    let object = format!("rbd_id.{final_name}");
+    cluster().cli("rados", &["-p", DST, "put", &object, file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    if directory_renamed {
+        let input = [ceph_string(&partial), ceph_string(&final_name), ceph_string(&id)].concat();
+        env.dst_io
+            .exec("rbd_directory", "rbd", "dir_rename_image", input, 0)
+            .await
+            .unwrap();
+    }
+
+    assert_ok(&env.resume(&job), "resume");
+    env.assert_finished(&job).await;
+    for name in [&partial, &final_name] {
+        let left = env
+            .dst_io
+            .exec(&format!("rbd_id.{name}"), "rbd", "get_id", Vec::new(), 256)
+            .await;
+        match name == &final_name {
+            true => assert_eq!(left.unwrap(), ceph_string(&id), "the final name's id object"),
+            false => assert_eq!(
+                left.map_err(|e| e.errno()),
+                Err(Some(libc::ENOENT)),
+                "the partial's id object is gone"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_cut_short_after_the_new_id_object_is_mended() {
+    rename_cut_short("renid", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_cut_short_after_the_directory_is_mended() {
+    rename_cut_short("rendir", true).await;
+}
+
 /// librbd removes a snapshot by first moving it to its trash namespace
 /// under a generated name: a process killed right after that leaves it
 /// there. The resume must still leave the retired source without it (a
