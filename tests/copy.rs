@@ -491,7 +491,12 @@ async fn a_stale_partial_from_a_dead_copy_is_reclaimed() {
         .await
         .unwrap();
     write_at(&p, 0, vec![0xee; 4096]).await;
+    let id = p.info().await.unwrap().id;
     p.close().await;
+    // ... and died renaming it, after librbd's first step: the id object
+    // under the final name (without the mend, the new copy's rename would
+    // fail on it with EEXIST).
+    put_id_object(DST_POOL, &name, &id);
     copy(&c, &ImageSpec::new(SRC_POOL, &name), &ImageSpec::new(DST_POOL, &name))
         .await
         .unwrap();

@@ -448,13 +448,6 @@ async fn kills_inside_the_snapshot_creation_then_resume() {
     }
 }
 
-/// A string as Ceph encodes it (cls_rbd's inputs and outputs).
-fn ceph_string(s: &str) -> Vec<u8> {
-    let mut b = (s.len() as u32).to_le_bytes().to_vec();
-    b.extend_from_slice(s.as_bytes());
-    b
-}
-
 /// librbd's rename of the complete partial cut short after its first step
 /// (the id object under the final name written) or its second (the
 /// directory renamed too, the old id object left): staged with cls_rbd's own
@@ -470,12 +463,7 @@ async fn rename_cut_short(tag: &str, directory_renamed: bool) {
     let img = env.dst_io.open_image_read_only(&partial, None).await.unwrap();
     let id = img.info().await.unwrap().id;
     img.close().await;
-    // What librbd's first step writes: the id object under the new name.
-    let file = std::env::temp_dir().join(format!("livemig-test-{tag}-{}", std::process::id()));
-    std::fs::write(&file, ceph_string(&id)).unwrap();
-    let object = format!("rbd_id.{final_name}");
-    cluster().cli("rados", &["-p", DST, "put", &object, file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
+    put_id_object(DST, &final_name, &id);
     if directory_renamed {
         let input = [ceph_string(&partial), ceph_string(&final_name), ceph_string(&id)].concat();
         env.dst_io

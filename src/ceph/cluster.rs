@@ -484,6 +484,9 @@ impl Drop for IoCtxInner {
     }
 }
 
+/// A format-2 image's id object is `rbd_id.<name>`: it holds the image's id.
+const RBD_ID_PREFIX: &str = "rbd_id.";
+
 /// An io-context: a pool (and namespace) of one cluster.
 #[derive(Clone)]
 pub struct IoCtx {
@@ -631,6 +634,45 @@ impl IoCtx {
     /// Whether an image of that name exists here.
     pub async fn image_exists(&self, name: &str) -> Result<bool> {
         Ok(self.list_images().await?.iter().any(|n| n == name))
+    }
+
+    /// Mends what a rename of `old` to `new` cut short left. librbd renames
+    /// an image in three steps: it writes the id object under the new name
+    /// (`rbd_id.<new>`), renames the directory entry, then removes the id
+    /// object under the old name. A crash after the first step leaves an id
+    /// object that makes every later rename to `new` fail (`EEXIST`); one
+    /// after the second, an orphan id object under `old`. Either is removed
+    /// when it holds the same id as the listed name's (anything else is not
+    /// the rename's and is left alone). Returns whether it removed one.
+    pub async fn mend_cut_short_rename(&self, old: &str, new: &str) -> Result<bool> {
+        let listed = self.list_images().await?;
+        let (stale, kept) = match (listed.iter().any(|n| n == old), listed.iter().any(|n| n == new)) {
+            (true, false) => (new, old),
+            (false, true) => (old, new),
+            _ => return Ok(false),
+        };
+        let Some(stale_id) = self.image_id_object(stale).await? else {
+            return Ok(false);
+        };
+        if self.image_id_object(kept).await? != Some(stale_id) {
+            return Ok(false);
+        }
+        tracing::warn!(name = %stale, image = %self.image_spec(kept), "removing the id object a rename cut short left under the other name");
+        self.remove_object(&format!("{RBD_ID_PREFIX}{stale}")).await?;
+        Ok(true)
+    }
+
+    /// What `name`'s id object holds (the image id, encoded as cls_rbd
+    /// returns it), if that object exists.
+    async fn image_id_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self
+            .exec(&format!("{RBD_ID_PREFIX}{name}"), "rbd", "get_id", Vec::new(), 256)
+            .await
+        {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Calls method `method` of object class `class` on `object` with

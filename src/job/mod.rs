@@ -152,49 +152,6 @@ async fn made_by_job(io: &IoCtx, image: &str, job: &str) -> Result<bool> {
     Ok(meta.iter().any(|(k, v)| k == JOB_META_KEY && v == job))
 }
 
-/// librbd renames an image in three steps: it writes the id object under
-/// the new name (`rbd_id.<new>`), renames the directory entry, then removes
-/// the id object under the old name. A crash after the first step leaves an
-/// id object that makes every later rename fail (`EEXIST`); one after the
-/// second, an orphan id object under the old name. Either is removed here
-/// when it names the same image as the listed one (anything else is not
-/// this job's and is left alone).
-async fn mend_cut_short_rename(io: &IoCtx, partial: &str, final_name: &str) -> Result<()> {
-    let listed = io.list_images().await?;
-    let (stale, kept) = match (
-        listed.iter().any(|n| n == partial),
-        listed.iter().any(|n| n == final_name),
-    ) {
-        (true, false) => (final_name, partial),
-        (false, true) => (partial, final_name),
-        _ => return Ok(()),
-    };
-    let Some(stale_id) = image_id_of_name(io, stale).await? else {
-        return Ok(());
-    };
-    if image_id_of_name(io, kept).await? == Some(stale_id) {
-        warn!(name = %stale, image = %kept, "removing the id object a rename cut short left under the other name");
-        io.remove_object(&format!("{RBD_ID_PREFIX}{stale}")).await?;
-    }
-    Ok(())
-}
-
-/// The id object's prefix (format 2 images): `rbd_id.<name>` holds the id.
-const RBD_ID_PREFIX: &str = "rbd_id.";
-
-/// The image id that `name`'s id object holds (encoded as cls_rbd returns
-/// it), if that object exists.
-async fn image_id_of_name(io: &IoCtx, name: &str) -> Result<Option<Vec<u8>>> {
-    match io
-        .exec(&format!("{RBD_ID_PREFIX}{name}"), "rbd", "get_id", Vec::new(), 256)
-        .await
-    {
-        Ok(id) => Ok(Some(id)),
-        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 async fn snapshot_exists(img: &Image, snap: &str) -> Result<bool> {
     Ok(img.snap_list().await?.iter().any(|s| s.name == snap))
 }
@@ -657,7 +614,7 @@ impl Migrator {
         let final_name = s.record.destination.image.image.clone();
         let src_name = s.record.source.image.image.clone();
 
-        mend_cut_short_rename(&dst_io, &partial, &final_name).await?;
+        dst_io.mend_cut_short_rename(&partial, &final_name).await?;
         // A crash after the rename but before recording it.
         if !dst_io.image_exists(&partial).await? && made_by_job(&dst_io, &final_name, &id).await? {
             fault::point("after-rename");

@@ -223,12 +223,14 @@ impl Copier {
         src_head.close().await;
         debug!("source inspected");
         let dst_io = dst_cluster.ioctx(&dst.pool, &dst.namespace).await?;
+        let partial = format!("{}{PARTIAL_SUFFIX}", dst.image);
+        // An earlier copy that died renaming its partial.
+        dst_io.mend_cut_short_rename(&partial, &dst.image).await?;
         if dst_io.image_exists(&dst.image).await? {
             return Err(Error::new(ErrorKind::DestinationExists, "copy")
                 .target(dst.to_string())
                 .message(format!("destination image `{dst}` already exists")));
         }
-        let partial = format!("{}{PARTIAL_SUFFIX}", dst.image);
         if dst_io.image_exists(&partial).await? {
             reclaim_stale_partial(&dst_io, &partial, &src_io, src).await?;
         }

@@ -341,3 +341,20 @@ pub async fn register_attached_volume(
         .unwrap();
     registered
 }
+
+/// A string as Ceph encodes it (cls_rbd's inputs and outputs).
+pub fn ceph_string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+/// Writes image `name`'s id object (`rbd_id.<name>`) holding `id` in `pool`,
+/// as the first step of librbd's rename does.
+pub fn put_id_object(pool: &str, name: &str, id: &str) {
+    let file = std::env::temp_dir().join(format!("livemig-test-id-{name}-{}", std::process::id()));
+    std::fs::write(&file, ceph_string(id)).unwrap();
+    let object = format!("rbd_id.{name}");
+    cluster().cli("rados", &["-p", pool, "put", &object, file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+}
