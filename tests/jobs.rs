@@ -500,6 +500,37 @@ async fn a_rename_cut_short_after_the_directory_is_mended() {
     rename_cut_short("rendir", true).await;
 }
 
+/// librbd moves an image to the trash in steps: the trash entry, then the
+/// id object goes, then the directory entry. A crash before the last leaves
+/// a listed name that no longer opens; staged here (a whole move, then the
+/// directory entry put back with cls_rbd), the resume must finish the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trash_move_cut_short_is_finished_by_the_resume() {
+    let env = setup("trashcut").await;
+    let job = env.start_killed_at("after-snapshot-removed").await;
+    let img = env.src_io.open_image_read_only(&env.volume, None).await.unwrap();
+    let id = img.info().await.unwrap().id;
+    img.close().await;
+    cluster().cli("rbd", &["trash", "mv", &format!("{SRC}/{}", env.volume)]);
+    let input = [ceph_string(&env.volume), ceph_string(&id)].concat();
+    env.src_io
+        .exec("rbd_directory", "rbd", "dir_add_image", input, 0)
+        .await
+        .unwrap();
+    assert!(env.src_io.image_exists(&env.volume).await.unwrap(), "listed again");
+    assert!(
+        env.src_io.open_image_read_only(&env.volume, None).await.is_err(),
+        "but it does not open"
+    );
+
+    assert_ok(&env.resume(&job), "resume");
+    env.assert_finished(&job).await;
+    assert!(
+        env.src_io.trash_contains(&id).await.unwrap(),
+        "the source is in the trash"
+    );
+}
+
 /// librbd removes a snapshot by first moving it to its trash namespace
 /// under a generated name: a process killed right after that leaves it
 /// there. The resume must still leave the retired source without it (a

@@ -748,6 +748,27 @@ impl IoCtx {
         .await
     }
 
+    /// Whether the image with id `id` is in the RBD trash.
+    pub async fn trash_contains(&self, id: &str) -> Result<bool> {
+        let io = self.clone();
+        let id = id.to_owned();
+        blocking(move || {
+            let i = cstring(&id, "image id")?;
+            // SAFETY: zeroed is valid for this plain C struct (null pointers).
+            let mut info: sys::rbd_trash_image_info_t = unsafe { std::mem::zeroed() };
+            // SAFETY: io is valid; i a valid C string; info is writable.
+            let ret = unsafe { sys::rbd_trash_get(io.raw(), i.as_ptr(), &mut info) };
+            if ret == -libc::ENOENT {
+                return Ok(false);
+            }
+            check("rbd_trash_get", ret).map_err(|e| e.target(format!("{} trash id {id}", io.pool_spec())))?;
+            // SAFETY: filled by a successful rbd_trash_get; freed once.
+            unsafe { sys::rbd_trash_get_cleanup(&mut info) };
+            Ok(true)
+        })
+        .await
+    }
+
     /// Moves an image to the RBD trash, removable after `delay_secs`.
     pub async fn trash_move(&self, name: &str, delay_secs: u64) -> Result<()> {
         let io = self.clone();

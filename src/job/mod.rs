@@ -874,7 +874,24 @@ impl Migrator {
         let r = s.record.clone();
         let (src_io, dst_io) = self.ioctxs(&r).await?;
         let src_name = &r.source.image.image;
-        if src_io.image_exists(src_name).await? {
+        // librbd moves an image to the trash in steps (the trash entry, then
+        // the id object and the directory entry go): a crash between them
+        // leaves a listed name that no longer opens. Only the move can have
+        // begun then (the snapshots went before it); librbd finishes it.
+        let cut_short_trash_move = match (r.policy, &r.source_image_id) {
+            (RetirePolicy::Trash { delay_secs }, Some(id)) if src_io.trash_contains(id).await? => Some(delay_secs),
+            _ => None,
+        };
+        let listed = src_io.image_exists(src_name).await?;
+        if let Some(delay_secs) = cut_short_trash_move.filter(|_| listed) {
+            warn!(image = %src_name, "finishing a move of the source to the trash that was cut short");
+            self.finish_sweep().await;
+            self.release_fence().await;
+            retry_busy("move the source to the trash", || {
+                src_io.trash_move(src_name, delay_secs)
+            })
+            .await?;
+        } else if listed {
             let img = self.open_source_as_driver(s, &src_io).await?;
             if r.live.is_some() {
                 self.evict_stale_writers(s, &img).await?;
