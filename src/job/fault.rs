@@ -62,10 +62,15 @@ pub const POINTS: &[&str] = &[
 pub fn point(name: &'static str) {
     debug_assert!(POINTS.contains(&name), "unknown kill point {name}");
     if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == name) {
-        eprintln!("livemig: test kill point `{name}` reached; killing this process");
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        die(&format!("`{name}`"));
     }
+}
+
+/// SIGKILLs this process, saying where.
+fn die(at: &str) {
+    eprintln!("livemig: test kill point {at} reached; killing this process");
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
 
 /// If the test asked to die at `name`: dies `LIVEMIG_TEST_KILL_DELAY_US`
@@ -79,9 +84,7 @@ pub fn arm(name: &'static str) {
             .unwrap_or(0);
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_micros(delay));
-            eprintln!("livemig: test kill point `{name}` + {delay} us reached; killing this process");
-            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            die(&format!("`{name}` + {delay} us"));
         });
     }
 }

@@ -878,12 +878,14 @@ impl Migrator {
         // the id object and the directory entry go): a crash between them
         // leaves a listed name that no longer opens. Only the move can have
         // begun then (the snapshots went before it); librbd finishes it.
-        let cut_short_trash_move = match (r.policy, &r.source_image_id) {
-            (RetirePolicy::Trash { delay_secs }, Some(id)) if src_io.trash_contains(id).await? => Some(delay_secs),
+        let listed = src_io.image_exists(src_name).await?;
+        let cut_short_trash_move = match (listed, r.policy, &r.source_image_id) {
+            (true, RetirePolicy::Trash { delay_secs }, Some(id)) if src_io.trash_contains(id).await? => {
+                Some(delay_secs)
+            }
             _ => None,
         };
-        let listed = src_io.image_exists(src_name).await?;
-        if let Some(delay_secs) = cut_short_trash_move.filter(|_| listed) {
+        if let Some(delay_secs) = cut_short_trash_move {
             warn!(image = %src_name, "finishing a move of the source to the trash that was cut short");
             self.finish_sweep().await;
             self.release_fence().await;
