@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -28,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// A test instance: writes a verifiable pattern to an RBD image and obeys
 /// hold / resume / repoint on a control socket.
@@ -298,21 +299,31 @@ async fn open(cluster: &Cluster, spec: &ImageSpec) -> anyhow::Result<(Image, u64
     Ok((image, size))
 }
 
-fn listen(path: &PathBuf, tx: mpsc::Sender<(Control, oneshot::Sender<String>)>) -> anyhow::Result<()> {
+/// Serves the control socket. `stop_answered` is notified once the reply to
+/// `stop` is written: the process must not exit before (a runtime that shuts
+/// down drops the task that writes it, and the caller reads an empty reply).
+fn listen(
+    path: &PathBuf,
+    tx: mpsc::Sender<(Control, oneshot::Sender<String>)>,
+    stop_answered: Arc<Notify>,
+) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
+            let stop_answered = stop_answered.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 if BufReader::new(read).read_line(&mut line).await.is_err() {
                     return;
                 }
+                let mut is_stop = false;
                 let reply = match parse_control(line.trim()) {
                     Err(why) => format!("err {why}"),
                     Ok(cmd) => {
+                        is_stop = matches!(cmd, Control::Stop);
                         let (rtx, rrx) = oneshot::channel();
                         if tx.send((cmd, rtx)).await.is_err() {
                             return;
@@ -321,6 +332,10 @@ fn listen(path: &PathBuf, tx: mpsc::Sender<(Control, oneshot::Sender<String>)>) 
                     }
                 };
                 let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                let _ = write.shutdown().await;
+                if is_stop {
+                    stop_answered.notify_one();
+                }
             });
         }
     });
@@ -348,7 +363,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let (ctl_tx, mut ctl_rx) = mpsc::channel(8);
     let control = args.control.clone().expect("required unless verifying");
-    listen(&control, ctl_tx)?;
+    let stop_answered = Arc::new(Notify::new());
+    listen(&control, ctl_tx, stop_answered.clone())?;
     let mut me = Instance {
         rng: StdRng::seed_from_u64(args.seed),
         args,
@@ -370,6 +386,8 @@ async fn main() -> anyhow::Result<()> {
     let mut prepared: Option<Prepared> = None;
     let mut holds: VecDeque<oneshot::Sender<String>> = VecDeque::new();
     let mut stop: Option<oneshot::Sender<String>> = None;
+    // Answered once the image is closed (its lock let go).
+    let stop_reply: oneshot::Sender<String>;
     let mut stats = Stats::default();
     let mut acked_total = 0u64;
     loop {
@@ -394,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             if let Some(s) = stop.take() {
-                let _ = s.send("ok stopped".into());
+                stop_reply = s;
                 break;
             }
         }
@@ -501,5 +519,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = me.log.flush();
     me.image.close().await;
     let _ = std::fs::remove_file(control);
+    if stop_reply.send("ok stopped".into()).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), stop_answered.notified()).await;
+    }
     Ok(())
 }
