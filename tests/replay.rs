@@ -159,9 +159,11 @@ async fn exact_diff(img: &Image, since: &str) -> Vec<livemig::ceph::Extent> {
 }
 
 /// The exact diff against a snapshot runs over the objects fast-diff names
-/// as changed only: it must report exactly what librbd reports when it asks
-/// every object (an image without fast-diff), between two snapshots and
-/// against the image itself.
+/// as changed only, in runs on several threads: it must report exactly what
+/// librbd reports when one call asks every object (an image without
+/// fast-diff), in the same order, between two snapshots and against the
+/// image itself; with changes close together (a run longer than one call
+/// asks), and in more runs far apart than are asked at once or kept waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
     cluster().ensure_pool(SRC);
@@ -182,7 +184,7 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
             features: Some(features),
             ..base.clone()
         };
-        io.create_image(&name, 64 << 20, &opts).await.unwrap();
+        io.create_image(&name, 4 << 30, &opts).await.unwrap();
         let img = io.open_image(&name).await.unwrap();
         assert_eq!(img.info().await.unwrap().features & fast_features, features);
         // The same history on both: data, a snapshot, then changes in a few
@@ -196,9 +198,13 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
         img.discard(12 << 20, 1 << 20).await.unwrap();
         img.discard((15 << 20) + 8192, 8192).await.unwrap();
         write_at(&img, 50 << 20, random_bytes(8, 300_000)).await;
+        write_at(&img, (30 << 20) + 7, random_bytes(11, 12 << 20)).await;
         img.snap_create("s1").await.unwrap();
         write_at(&img, (20 << 20) + 100, random_bytes(9, 5000)).await;
         write_at(&img, 63 << 20, random_bytes(10, 4096)).await;
+        for object in (200u64..4096).step_by(70) {
+            write_at(&img, (object << 20) + 100 * object, random_bytes(object, 3000)).await;
+        }
         images.push((name, img));
     }
     let (fast_name, fast) = &images[0];
@@ -232,6 +238,7 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
     assert!(covers((4 << 20) - 512, 1024, true));
     assert!(covers(12 << 20, 1 << 20, false));
     assert!(covers(50 << 20, 300_000, true));
+    assert!(covers((30 << 20) + 7, 12 << 20, true));
     for img in [fast_s1, plain_s1] {
         img.close().await;
     }
