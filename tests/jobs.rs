@@ -417,8 +417,11 @@ async fn the_resume_fences_the_dead_driver_out_of_the_partial() {
 /// so the runs land before, inside and after it. The dead driver's watch
 /// (and lock) on the source would stall the resume until the OSD's watch
 /// timeout: the resume blocklists it instead, as one of the job's drivers.
+/// (A kill that lands after the driver closed the source, which a quick
+/// creation allows at the longer delays, leaves nothing to fence out.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_inside_the_snapshot_creation_then_resume() {
+    let mut fenced_out = 0;
     for delay_us in [0, 2_000, 8_000, 16_000, 32_000, 64_000, 128_000] {
         let env = setup(&format!("snapkill{delay_us}")).await;
         let args = env.start_args();
@@ -429,11 +432,18 @@ async fn kills_inside_the_snapshot_creation_then_resume() {
         let job = env.job_id().await;
         let drivers = env.store.load(&job).await.unwrap().record.source_drivers;
         assert_eq!(drivers.len(), 1, "the dead driver recorded its source connection");
+        let src = env.src_io.open_image_read_only(&env.volume, None).await.unwrap();
+        let still_watching = src.watchers().await.unwrap().iter().any(|w| w.addr == drivers[0]);
+        src.close().await;
 
         let out = env.resume(&job);
         let what = format!("resume after a kill {delay_us} us into the snapshot creation");
         assert_ok(&out, &what);
         env.assert_finished(&job).await;
+        if !still_watching {
+            continue;
+        }
+        fenced_out += 1;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("an earlier driver of this job still has the source open") && stderr.contains(&drivers[0]),
@@ -446,6 +456,10 @@ async fn kills_inside_the_snapshot_creation_then_resume() {
             drivers[0]
         );
     }
+    assert!(
+        fenced_out > 0,
+        "no kill landed while the dead driver had the source open"
+    );
 }
 
 /// librbd's rename of the complete partial cut short after its first step

@@ -80,7 +80,10 @@ impl TestInstance {
 
     /// Drains, flushes and stops the instance; returns its log.
     async fn stop(mut self) -> Vec<LogEntry> {
-        command(&self.socket, "stop").await.expect("stop the instance");
+        if let Err(e) = command(&self.socket, "stop").await {
+            let status = self.child.wait().unwrap();
+            panic!("stop the instance: {e} (the instance exited: {status:?})");
+        }
         let status = self.child.wait().unwrap();
         assert!(status.success(), "the test instance failed: {status:?}");
         self.entries()
@@ -532,6 +535,32 @@ kill_cases! {
     live_kill_after_fence_then_abort: "live-after-fence" => live_killed_then_aborted;
     live_kill_after_final_applied_then_abort: "live-after-final-applied" => live_killed_then_aborted;
     live_kill_in_abort_after_instance_resumed: "abort-after-instance-resumed" => live_killed_in_abort;
+}
+
+/// An idle instance does not own the source's lock, so librbd takes it for
+/// the driver to create a round's snapshot. The driver lets go of it at
+/// once: killed in the rounds, it leaves no lock behind for the instance's
+/// next write to wait on (until the dead driver's watch times out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_killed_in_the_rounds_of_an_idle_instance_leaves_the_source_unlocked() {
+    let mut env = setup("idle", WRITER).await;
+    command(&env.instance().socket, "hold").await.unwrap();
+    // The instance wrote, so it owns the lock: take it away, then let go.
+    let img = env.src_io.open_image(&env.volume).await.unwrap();
+    img.lock_acquire_exclusive().await.unwrap();
+    img.lock_release().await.unwrap();
+    assert_eq!(img.lock_owners().await.unwrap(), Vec::<String>::new());
+    let job = start_killed_at(&env, "live-after-round-snapshot").await;
+    let owners = img.lock_owners().await.unwrap();
+    assert_eq!(owners, Vec::<String>::new(), "the dead driver kept the source's lock");
+    img.close().await;
+    command(&env.instance().socket, "resume").await.unwrap();
+    env.instance().wait_acks(5).await;
+    let out = migrate(&["resume", &job, "--wait", "60", "--lease-secs", LEASE, "--no-progress"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "resume");
+    env.assert_finished_live().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! RBD images: open/create, layout, metadata, snapshots, AIO, locks.
 
 use std::ffi::CStr;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_int};
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
@@ -657,7 +657,22 @@ impl Image {
         .await
     }
 
-    /// Releases a lock taken with [`Image::lock_acquire_exclusive`].
+    /// Whether this handle owns the image's exclusive lock (taken
+    /// explicitly, or by librbd for an operation that needed it).
+    pub async fn is_lock_owner(&self) -> Result<bool> {
+        self.call(|img| {
+            let mut owner: c_int = 0;
+            // SAFETY: image open; owner is a valid out-pointer.
+            let ret = unsafe { sys::rbd_is_exclusive_lock_owner(img.raw(), &mut owner) };
+            check("rbd_is_exclusive_lock_owner", ret)
+                .map(|_| owner != 0)
+                .map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
+    /// Releases the image's exclusive lock held by this handle (taken with
+    /// [`Image::lock_acquire_exclusive`], or by librbd for an operation).
     pub async fn lock_release(&self) -> Result<()> {
         self.call(|img| {
             // SAFETY: image open.

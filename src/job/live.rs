@@ -33,6 +33,28 @@ pub fn round_snapshot(job: &str, round: u32) -> String {
     format!("{}.{round}", snapshot_name(job))
 }
 
+/// Gives the source's exclusive lock back if a snapshot operation of the
+/// rounds made librbd take it (nobody owned it: an idle instance). Kept, it
+/// would stay with this process until the instance asks for it, and should
+/// this process die, the instance's next write would wait for its watch to
+/// time out (30 s by default). A failure only leaves the lock where it was.
+async fn let_go_of_source_lock(src: &Image) {
+    let released = match src.is_lock_owner().await {
+        Ok(false) => return,
+        Ok(true) => src.lock_release().await,
+        Err(e) => Err(e),
+    };
+    match released {
+        Ok(()) => debug!("let go of the source's lock a snapshot operation took"),
+        // librbd refuses (EINVAL) a release while the lock is changing hands
+        // (the background removal's own release, the instance's request).
+        Err(e) if matches!(src.is_lock_owner().await, Ok(false)) => {
+            debug!(error = %e, "the source's lock went meanwhile")
+        }
+        Err(e) => warn!(error = %e, "letting go of the source's lock"),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -267,6 +289,7 @@ impl Migrator {
                 "round snapshot taken"
             );
         }
+        let_go_of_source_lock(&src).await;
         fault::point("live-after-round-snapshot");
         let (src_io, _) = self.ioctxs(&s.record).await?;
         let at_snap = src_io
@@ -363,6 +386,9 @@ impl Migrator {
                         warn!(snapshot = %snap.given_name(), error = %e, "removing an earlier round's snapshot; cleanup retries");
                     }
                 }
+                // Safe against the fence: the cutover waits for this task
+                // before it takes the lock.
+                let_go_of_source_lock(&src).await;
             }
             .in_current_span(),
         );
@@ -370,7 +396,8 @@ impl Migrator {
         Ok(())
     }
 
-    /// Waits for the background removal of earlier rounds' snapshots.
+    /// Waits for the background removal of earlier rounds' snapshots (and
+    /// its letting go of the source's lock).
     pub(super) async fn finish_sweep(&self) {
         if let Some(task) = self.sweeping.lock().await.take() {
             let _ = task.await;
@@ -434,6 +461,9 @@ impl Migrator {
             self.store.save(s).await?;
         }
         fault::point("live-after-cutover-recorded");
+        // The removal of earlier rounds' snapshots lets go of the source's
+        // lock when it is done: it must not be done after the fence.
+        self.finish_sweep().await;
         // Opened before the hold, so that the downtime does not include them.
         self.replay_destination(&s.record).await?;
         let fence_source = self.source_to_fence(s).await?;
