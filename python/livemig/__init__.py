@@ -454,6 +454,9 @@ class RunOptions:
     trash_delay_secs: Optional[int] = None
     mirror_stall_ms: Optional[int] = None
     engine: Optional[str] = None  # "native" or "qemu"; None: chosen by the instance
+    # Live: OSD priority of the deltas' I/O, 1..255 (from 196 ahead of the
+    # instance's); 0: Ceph's client default (63), not raised; None: 200.
+    delta_op_priority: Optional[int] = None
 
     def _c(self) -> _n.RunOptions:
         on_stall = {None: 0, "cutover": 1, "pause": 2}.get(self.on_stall)
@@ -475,6 +478,7 @@ class RunOptions:
             1 if self.keep_source else 0,
             self.trash_delay_secs or 0,
             self.mirror_stall_ms or 0,
+            {None: 0, 0: _n.DELTA_PRIORITY_CEPH_DEFAULT}.get(self.delta_op_priority, self.delta_op_priority),
         )
 
 

@@ -59,6 +59,8 @@ ERR_IO = 27
 ERR_HYPERVISOR = 26
 ERR_RUNNING = 105
 ERR_ROLLED_BACK = 106
+# livemig_run_options.delta_op_priority: Ceph's client default, not raised.
+DELTA_PRIORITY_CEPH_DEFAULT = -1
 
 
 class Backing(Structure):
@@ -181,6 +183,7 @@ class RunOptions(Structure):
         ("keep_source", c_uint8),
         ("trash_delay_secs", c_uint64),
         ("mirror_stall_ms", c_uint64),
+        ("delta_op_priority", c_int32),
     ]
 
 

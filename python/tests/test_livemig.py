@@ -278,7 +278,9 @@ class LiveMigrationWithPythonHypervisor(unittest.TestCase):
             agent = cp.ComputeAgent()
             out = io.StringIO()
             with plane.migrator(hypervisor=agent) as m:
-                job = cp.migrate(m, "vol-live", DST, livemig.RunOptions(keep_source=True), out=out)
+                # The deltas at Ceph's client priority (the default raises it).
+                options = livemig.RunOptions(keep_source=True, delta_op_priority=0)
+                job = cp.migrate(m, "vol-live", DST, options, out=out)
                 status = job.status()
             time.sleep(0.5)  # writes continue on the destination
             self.assertIsNone(inst.poll(), "the instance kept running")
@@ -292,6 +294,7 @@ class LiveMigrationWithPythonHypervisor(unittest.TestCase):
             inst.stdout.close()
             inst.stderr.close()
         self.assertEqual(status["phase_name"], "done")
+        self.assertEqual(status["live"]["policy"]["delta_op_priority"], 0)
         cutover = status["live"]["cutover"]
         self.assertGreater(cutover["resumed_at_ms"], 0)
         self.assertIn("downtime", out.getvalue())

@@ -166,6 +166,10 @@
 // Pause the job (`LIVEMIG_ERR_NOT_CONVERGING`) when the rounds stop shrinking.
 #define LIVEMIG_ON_STALL_PAUSE 2
 
+// `livemig_run_options.delta_op_priority`: the deltas' I/O keeps Ceph's
+// client default priority (the OSDs share it evenly with the instance's).
+#define LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT -1
+
 // `livemig_run_options.engine`: the QEMU engine for a volume attached to a
 // QEMU (QMP socket), the native engine otherwise.
 #define LIVEMIG_ENGINE_AUTO 0
@@ -407,6 +411,11 @@ typedef struct livemig_run_options {
   uint64_t trash_delay_secs;
   // QEMU engine: milliseconds without progress before write-blocking; 0: 10 s.
   uint64_t mirror_stall_ms;
+  // Live: OSD priority of the replay rounds' and the final delta's I/O,
+  // 1..=255 (from 196 the OSDs serve it before the instance's I/O);
+  // `LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT`: Ceph's client default (63),
+  // not raised; 0: the recorded or default policy (200).
+  int32_t delta_op_priority;
 } livemig_run_options;
 
 // Where a job stands, as `livemig_progress` reports it.

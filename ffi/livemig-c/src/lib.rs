@@ -141,6 +141,10 @@ pub const LIVEMIG_ON_STALL_CUTOVER: i32 = 1;
 /// Pause the job (`LIVEMIG_ERR_NOT_CONVERGING`) when the rounds stop shrinking.
 pub const LIVEMIG_ON_STALL_PAUSE: i32 = 2;
 
+/// `livemig_run_options.delta_op_priority`: the deltas' I/O keeps Ceph's
+/// client default priority (the OSDs share it evenly with the instance's).
+pub const LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT: i32 = -1;
+
 /// `livemig_run_options.engine`: the QEMU engine for a volume attached to a
 /// QEMU (QMP socket), the native engine otherwise.
 pub const LIVEMIG_ENGINE_AUTO: i32 = 0;
@@ -349,6 +353,11 @@ pub struct livemig_run_options {
     pub trash_delay_secs: u64,
     /// QEMU engine: milliseconds without progress before write-blocking; 0: 10 s.
     pub mirror_stall_ms: u64,
+    /// Live: OSD priority of the replay rounds' and the final delta's I/O,
+    /// 1..=255 (from 196 the OSDs serve it before the instance's I/O);
+    /// `LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT`: Ceph's client default (63),
+    /// not raised; 0: the recorded or default policy (200).
+    pub delta_op_priority: i32,
 }
 
 impl livemig_run_options {
@@ -390,6 +399,15 @@ impl livemig_run_options {
                 .message(format!("engine {} is not one of LIVEMIG_ENGINE_*", out.engine))
                 .into());
         }
+        if !(out.delta_op_priority == LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT || (0..=255).contains(&out.delta_op_priority))
+        {
+            return Err(Error::new(ErrorKind::InvalidInput, "run options")
+                .message(format!(
+                    "delta_op_priority {} is not 1..=255, 0 (the default) or LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT",
+                    out.delta_op_priority
+                ))
+                .into());
+        }
         Ok(out.to_options())
     }
 
@@ -420,8 +438,11 @@ impl livemig_run_options {
                     _ => None,
                 },
                 fence_timeout_ms: nonzero(self.fence_timeout_ms),
-                // Not in the C options struct (its layout is the ABI): the default applies.
-                delta_op_priority: None,
+                delta_op_priority: match self.delta_op_priority {
+                    0 => None,
+                    LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT => Some(0),
+                    p => Some(p as u32),
+                },
             },
             qemu_stall_ms: nonzero(self.mirror_stall_ms).unwrap_or(defaults.qemu_stall_ms),
             engine: match self.engine {
@@ -1137,4 +1158,43 @@ pub unsafe extern "C" fn livemig_abort(
         state.runs.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(options: &livemig_run_options) -> FfiResult<MigrateOptions> {
+        // SAFETY: a live struct of the declared size (or less).
+        unsafe { livemig_run_options::read(options) }
+    }
+
+    fn options(delta_op_priority: i32) -> livemig_run_options {
+        livemig_run_options {
+            struct_size: std::mem::size_of::<livemig_run_options>() as u32,
+            delta_op_priority,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_deltas_priority_maps_to_the_live_policy() {
+        let priority = |p| read(&options(p)).ok().map(|o| o.live.delta_op_priority);
+        assert_eq!(priority(0), Some(None), "0: the recorded or default policy");
+        assert_eq!(priority(LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT), Some(Some(0)));
+        assert_eq!(priority(150), Some(Some(150)));
+        assert_eq!(priority(255), Some(Some(255)));
+        for bad in [256, -2, i32::MIN] {
+            let err = read(&options(bad)).expect_err("refused");
+            assert_eq!(err.code, LIVEMIG_ERR_INVALID_INPUT, "{bad}");
+            assert!(err.message.contains("delta_op_priority"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_caller_compiled_before_the_deltas_priority_gets_the_default() {
+        let mut o = options(150);
+        o.struct_size = std::mem::offset_of!(livemig_run_options, delta_op_priority) as u32;
+        assert_eq!(read(&o).ok().map(|o| o.live.delta_op_priority), Some(None));
+    }
 }

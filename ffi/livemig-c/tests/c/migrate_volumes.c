@@ -291,6 +291,12 @@ int main(int argc, char **argv) {
     unsized_opts.engine = 7;
     rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
     CHECK(rc == LIVEMIG_ERR_INVALID_INPUT, "unknown engine: %s", livemig_code_name(rc));
+    unsized_opts.engine = LIVEMIG_ENGINE_AUTO;
+    unsized_opts.delta_op_priority = 256;
+    rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
+    CHECK(rc == LIVEMIG_ERR_INVALID_INPUT && strstr(livemig_last_error_message(), "delta_op_priority") != NULL,
+          "a delta priority out of range: %s", livemig_code_name(rc));
+    unsized_opts.delta_op_priority = 0;
     /* The QEMU engine moves only volumes a QEMU has open. */
     unsized_opts.engine = LIVEMIG_ENGINE_QEMU;
     rc = livemig_start(m, "vol-ok", dst, &unsized_opts, &no_job);
