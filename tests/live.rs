@@ -591,6 +591,15 @@ async fn a_writer_that_outpaces_the_copy_pauses_the_job_when_the_policy_says_so(
     let live = job.live.as_ref().unwrap();
     assert!(live.rounds.len() >= 2 && live.cutover.is_none(), "{live:?}");
     assert!(job.last_error.as_deref().unwrap_or("").contains("not converging"));
+    // A paused job keeps only its base snapshot on the source: the earlier
+    // ones (the copy's, each round's) were removed before the run ended.
+    let Phase::Replaying { base, .. } = &job.phase else {
+        unreachable!()
+    };
+    let src = env.src_io.open_image_read_only(&env.volume, None).await.unwrap();
+    let snaps: Vec<String> = src.snap_list().await.unwrap().into_iter().map(|s| s.name).collect();
+    src.close().await;
+    assert_eq!(snaps, vec![base.clone()], "snapshots on the paused job's source");
     // The instance was never held and still writes to the source.
     let st = env.instance().status().await;
     assert_eq!(st["held"], false);
