@@ -35,11 +35,12 @@ use crate::mirror::fence::fence;
 /// trim its clones. In line, the removal would add its second to every
 /// round's delta; in the background, beside the next round, the removal and
 /// the trimming after it still shared the cluster with the cutover that
-/// followed a round or two later (live bench, 12 runs each: downtime median 113 ms against 86,
-/// the fence 28 against 18 ms). So a migration that converges in a few
-/// rounds leaves its snapshots to cleanup, after the instance runs on the
-/// destination; a longer one removes them in the background once more than
-/// this many have gathered, and a paused one removes them all.
+/// followed a round or two later (live bench, 12 runs each: downtime median
+/// 113 ms against 86, the fence 28 against 18 ms). So a migration that
+/// converges in a few rounds leaves its snapshots to cleanup, after the
+/// instance runs on the destination; a longer one removes them in the
+/// background once more than this many have gathered, and a paused one
+/// removes them all.
 const EARLIER_SNAPSHOTS_LEFT: usize = 3;
 
 /// The snapshot of replay round `round` of `job`.
@@ -324,7 +325,8 @@ impl Migrator {
         live.rounds.push(report);
         let verdict = decide(&live.policy, &live.rounds, first_round);
         let next_base = snap.clone();
-        // Earlier rounds' snapshots left on the source after this round.
+        // How many earlier snapshots may stay on the source (with more, all
+        // go); `None`: none go now (the cutover leaves them to cleanup).
         let snapshots_left = match verdict {
             Verdict::Continue => Some(EARLIER_SNAPSHOTS_LEFT),
             Verdict::Stall(_) => Some(0),
