@@ -8,147 +8,139 @@
 
 use std::fmt;
 
-/// Stable classification of an [`Error`]. New kinds may be added; existing
-/// names (and their `snake_case` strings) never change meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The monitors could not be reached (cluster down, wrong address).
-    ClusterUnreachable,
-    /// The ceph.conf or keyring could not be read or is invalid.
-    Config,
-    /// The named pool does not exist.
-    PoolNotFound,
-    /// The named namespace does not exist in the pool.
-    NamespaceNotFound,
-    /// The named image does not exist.
-    ImageNotFound,
-    /// Source and destination name the same image.
-    SameImage,
-    /// The destination image already exists.
-    DestinationExists,
-    /// The destination is in use (open by another client, or another copy to it runs).
-    DestinationInUse,
-    /// The destination is smaller than what must be copied into it.
-    DestinationTooSmall,
-    /// An image spec or option is malformed.
-    InvalidInput,
-    /// The pool or cluster is out of space, or a quota was hit.
-    NoSpace,
-    /// The client lacks the capabilities for the operation.
-    PermissionDenied,
-    /// The object is busy (open, locked, has snapshots, being migrated).
-    Busy,
-    /// Another client holds the image's exclusive lock, or this client was fenced.
-    Fenced,
-    /// The operation was cancelled by the caller.
-    Cancelled,
-    /// The copy finished but the destination differs from the source.
-    Mismatch,
-    /// The volume is attached to more than one instance.
-    AttachedTwice,
-    /// Another migration already holds the volume.
-    AlreadyMigrating,
-    /// A job record was written by a newer livemig that this one cannot read.
-    RecordTooNew,
-    /// A job record cannot be decoded.
-    CorruptRecord,
-    /// The job is past the point where this operation applies (e.g. abort
-    /// after the switch), or already finished.
-    JobFinished,
-    /// A record was changed by another process between read and write.
-    Conflict,
-    /// A catalog entry (volume, instance, attachment) does not exist.
-    NotInCatalog,
-    /// The catalog's state does not allow the operation (wrong status,
-    /// attached twice, already migrating, ...).
-    InvalidState,
-    /// The writer changes the volume faster than the copy converges, and
-    /// the live policy says to stop rather than cut over with a large delta.
-    NotConverging,
-    /// The instance's hypervisor hook failed or cannot be reached.
-    Hypervisor,
-    /// Any other I/O or librados/librbd failure.
-    Io,
+/// The table every error kind is defined by: its variant, stable numeric
+/// code (the C ABI's `LIVEMIG_ERR_*`), stable `snake_case` name (JSON, the
+/// C ABI's `livemig_code_name`, Python's exceptions), the exit status a
+/// command-line tool reports, and a hint in the library's terms. Everything
+/// else (the C header's defines, the CLI's exit codes, the serde names) is
+/// derived from it; a code or a name is never written anywhere else.
+macro_rules! error_kinds {
+    ($(
+        $(#[doc = $doc:literal])+
+        $kind:ident = $code:literal, $name:literal, exit $exit:literal, $hint:literal;
+    )+) => {
+        /// Stable classification of an [`Error`]. New kinds may be added;
+        /// existing names and codes never change meaning.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[non_exhaustive]
+        pub enum ErrorKind {
+            $(
+                $(#[doc = $doc])+
+                #[serde(rename = $name)]
+                $kind,
+            )+
+        }
+
+        impl ErrorKind {
+            /// Every kind, in code order.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$kind),+];
+
+            /// The kind as its stable `snake_case` name (as in JSON output).
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorKind::$kind => $name,)+ }
+            }
+
+            /// The stable numeric code (the C ABI's `LIVEMIG_ERR_*`).
+            pub fn code(self) -> i32 {
+                match self { $(ErrorKind::$kind => $code,)+ }
+            }
+
+            /// The exit status a command-line tool reports for this kind.
+            pub fn exit_status(self) -> u8 {
+                match self { $(ErrorKind::$kind => $exit,)+ }
+            }
+
+            /// What a person can do about an error of this kind.
+            pub fn hint(self) -> &'static str {
+                match self { $(ErrorKind::$kind => $hint,)+ }
+            }
+
+            /// The kind's documentation (one sentence).
+            pub fn doc(self) -> &'static str {
+                match self { $(ErrorKind::$kind => concat!($($doc),+),)+ }
+            }
+
+            /// The kind with this code.
+            pub fn from_code(code: i32) -> Option<ErrorKind> {
+                match code { $($code => Some(ErrorKind::$kind),)+ _ => None }
+            }
+
+            /// The kind with this name.
+            pub fn from_name(name: &str) -> Option<ErrorKind> {
+                match name { $($name => Some(ErrorKind::$kind),)+ _ => None }
+            }
+        }
+    };
 }
 
-impl ErrorKind {
-    /// The kind as its stable `snake_case` name (as in JSON output).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::ClusterUnreachable => "cluster_unreachable",
-            ErrorKind::Config => "config",
-            ErrorKind::PoolNotFound => "pool_not_found",
-            ErrorKind::NamespaceNotFound => "namespace_not_found",
-            ErrorKind::ImageNotFound => "image_not_found",
-            ErrorKind::SameImage => "same_image",
-            ErrorKind::DestinationExists => "destination_exists",
-            ErrorKind::DestinationInUse => "destination_in_use",
-            ErrorKind::DestinationTooSmall => "destination_too_small",
-            ErrorKind::InvalidInput => "invalid_input",
-            ErrorKind::NoSpace => "no_space",
-            ErrorKind::PermissionDenied => "permission_denied",
-            ErrorKind::Busy => "busy",
-            ErrorKind::Fenced => "fenced",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::Mismatch => "mismatch",
-            ErrorKind::AttachedTwice => "attached_twice",
-            ErrorKind::AlreadyMigrating => "already_migrating",
-            ErrorKind::RecordTooNew => "record_too_new",
-            ErrorKind::CorruptRecord => "corrupt_record",
-            ErrorKind::JobFinished => "job_finished",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::NotInCatalog => "not_in_catalog",
-            ErrorKind::InvalidState => "invalid_state",
-            ErrorKind::NotConverging => "not_converging",
-            ErrorKind::Hypervisor => "hypervisor",
-            ErrorKind::Io => "io",
-        }
-    }
-
-    /// What a person can do about an error of this kind.
-    pub fn hint(self) -> &'static str {
-        match self {
-            ErrorKind::ClusterUnreachable => {
-                "check that the cluster is up (`ceph -s`) and that --conf/CEPH_CONF names its ceph.conf"
-            }
-            ErrorKind::Config => "check the path given with --conf/--keyring (or CEPH_CONF) and its contents",
-            ErrorKind::PoolNotFound => "list pools with `ceph osd pool ls`",
-            ErrorKind::NamespaceNotFound => "list namespaces with `rbd namespace ls POOL`",
-            ErrorKind::ImageNotFound => "list images with `rbd ls POOL`",
-            ErrorKind::SameImage => "give a destination that differs from the source",
-            ErrorKind::DestinationExists => {
-                "choose another destination name, or remove the existing image if it is not needed"
-            }
-            ErrorKind::DestinationInUse => {
-                "wait for the other client or copy to finish (`rbd status IMAGE` lists watchers)"
-            }
-            ErrorKind::DestinationTooSmall => "grow the destination or choose a larger one",
-            ErrorKind::InvalidInput => "see `migrate --help` for the accepted forms",
-            ErrorKind::NoSpace => "free space in the destination pool or raise its quota (`ceph df`)",
-            ErrorKind::PermissionDenied => "use a client id/keyring with rbd caps on both pools",
-            ErrorKind::Busy => "retry when the other operation on it has finished",
-            ErrorKind::Fenced => "another client owns the image lock; stop it or wait",
-            ErrorKind::Cancelled => "nothing to do: the operation was cancelled and cleaned up",
-            ErrorKind::Mismatch => "the copy is not trustworthy; remove it and copy again",
-            ErrorKind::AttachedTwice => "detach it from all instances but one first",
-            ErrorKind::AlreadyMigrating => {
-                "wait for that migration (`migrate status`) or abort it (`migrate abort JOB`)"
-            }
-            ErrorKind::RecordTooNew => "run this job with the newer livemig release that wrote it",
-            ErrorKind::CorruptRecord => "inspect the record (`migrate status JOB --json`); nothing was changed",
-            ErrorKind::JobFinished => "see `migrate status JOB`",
-            ErrorKind::Conflict => "another process changed it meanwhile; look at the current state and retry",
-            ErrorKind::NotInCatalog => "list what is registered with `migrate catalog list`",
-            ErrorKind::InvalidState => "see `migrate catalog show` for the current statuses",
-            ErrorKind::NotConverging => {
-                "throttle the writer, raise --bwlimit or --cutover-bytes, or resume with --on-stall cutover"
-            }
-            ErrorKind::Hypervisor => "check that the instance is running and its control socket is reachable",
-            ErrorKind::Io => "see the cause; the cluster logs (`ceph -s`, `ceph health detail`) may say more",
-        }
-    }
+// Exit statuses: 1 other, 3 not found, 4 refused input or state, 5 busy or
+// in use, 6 cluster or credentials, 7 space, 130 cancelled (as by Ctrl-C).
+error_kinds! {
+    /// The monitors could not be reached (cluster down, wrong address).
+    ClusterUnreachable = 1, "cluster_unreachable", exit 6,
+        "check that the cluster is up (`ceph -s`) and that the configuration names its ceph.conf";
+    /// The ceph.conf or keyring could not be read or is invalid.
+    Config = 2, "config", exit 6,
+        "check the ceph.conf and keyring paths given and their contents";
+    /// The named pool does not exist.
+    PoolNotFound = 3, "pool_not_found", exit 3, "list pools with `ceph osd pool ls`";
+    /// The named namespace does not exist in the pool.
+    NamespaceNotFound = 4, "namespace_not_found", exit 3, "list namespaces with `rbd namespace ls POOL`";
+    /// The named image does not exist.
+    ImageNotFound = 5, "image_not_found", exit 3, "list images with `rbd ls POOL`";
+    /// Source and destination name the same image.
+    SameImage = 6, "same_image", exit 4, "give a destination that differs from the source";
+    /// The destination image already exists.
+    DestinationExists = 7, "destination_exists", exit 5,
+        "choose another destination name, or remove the existing image if it is not needed";
+    /// The destination is in use (open by another client, or another copy to it runs).
+    DestinationInUse = 8, "destination_in_use", exit 5,
+        "wait for the other client or copy to finish (`rbd status IMAGE` lists watchers)";
+    /// The destination is smaller than what must be copied into it.
+    DestinationTooSmall = 9, "destination_too_small", exit 7, "grow the destination or choose a larger one";
+    /// An argument, image spec or option is malformed.
+    InvalidInput = 10, "invalid_input", exit 4, "correct the argument the message names";
+    /// The pool or cluster is out of space, or a quota was hit.
+    NoSpace = 11, "no_space", exit 7, "free space in the destination pool or raise its quota (`ceph df`)";
+    /// The client lacks the capabilities for the operation.
+    PermissionDenied = 12, "permission_denied", exit 6, "use a client id and keyring with rbd caps on both pools";
+    /// The object is busy (open, locked, has snapshots, being migrated).
+    Busy = 13, "busy", exit 5, "retry when the other operation on it has finished";
+    /// Another client holds the image's exclusive lock, or this client was fenced.
+    Fenced = 14, "fenced", exit 5, "another client owns the image lock; stop it or wait";
+    /// The operation was cancelled by the caller (a paused job can be resumed).
+    Cancelled = 15, "cancelled", exit 130, "nothing is lost: the operation was cancelled and can be resumed or rolled back";
+    /// The copy finished but the destination differs from the source.
+    Mismatch = 16, "mismatch", exit 4, "the copy is not trustworthy; remove it and copy again";
+    /// The volume is attached to more than one instance.
+    AttachedTwice = 17, "attached_twice", exit 4, "detach it from all instances but one first";
+    /// Another migration already holds the volume.
+    AlreadyMigrating = 18, "already_migrating", exit 5,
+        "wait for that migration to finish, or abort it";
+    /// A job record was written by a newer livemig that this one cannot read.
+    RecordTooNew = 19, "record_too_new", exit 4, "run this job with the newer livemig release that wrote it";
+    /// A job record cannot be decoded.
+    CorruptRecord = 20, "corrupt_record", exit 4, "inspect the job's record; nothing was changed";
+    /// The job is past the point where this operation applies (e.g. abort
+    /// after the switch), or already finished.
+    JobFinished = 21, "job_finished", exit 4, "look at the job's status";
+    /// A record was changed by another process between read and write.
+    Conflict = 22, "conflict", exit 5, "another process changed it meanwhile; look at the current state and retry";
+    /// A catalog entry (volume, instance, attachment) does not exist.
+    NotInCatalog = 23, "not_in_catalog", exit 3, "list what the catalog holds";
+    /// The catalog's state does not allow the operation (wrong status,
+    /// attached twice, already migrating, ...).
+    InvalidState = 24, "invalid_state", exit 4, "look at the volume's current status in the catalog";
+    /// The writer changes the volume faster than the copy converges, and
+    /// the live policy says to stop rather than cut over with a large delta.
+    NotConverging = 25, "not_converging", exit 1,
+        "throttle the writer, raise the bandwidth limit or the cutover size, or resume with the cut-over-on-stall policy";
+    /// The instance's hypervisor hook failed or cannot be reached.
+    Hypervisor = 26, "hypervisor", exit 1, "check that the instance is running and its control socket is reachable";
+    /// Any other I/O or librados/librbd failure.
+    Io = 27, "io", exit 1, "see the cause; the cluster logs (`ceph -s`, `ceph health detail`) may say more";
+    /// No job has this id.
+    JobNotFound = 28, "job_not_found", exit 3, "list the jobs to find its id";
 }
 
 impl fmt::Display for ErrorKind {
@@ -166,7 +158,7 @@ pub struct Error {
     offset: Option<u64>,
     message: Option<String>,
     #[source]
-    source: Option<std::io::Error>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// `Result` with [`Error`].
@@ -202,10 +194,13 @@ impl Error {
             libc::EINVAL | libc::ERANGE => ErrorKind::InvalidInput,
             _ => ErrorKind::Io,
         };
-        Error {
-            source: Some(std::io::Error::from_raw_os_error(errno)),
-            ..Error::new(kind, op)
-        }
+        Error::new(kind, op).cause(std::io::Error::from_raw_os_error(errno))
+    }
+
+    /// Keeps `cause` as this error's [`source`](std::error::Error::source).
+    pub fn cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(cause));
+        self
     }
 
     /// Sets the pool/image (or other object) the operation concerned.
@@ -263,7 +258,10 @@ impl Error {
 
     /// The errno behind the error, if it came from librados/librbd.
     pub fn errno(&self) -> Option<i32> {
-        self.source.as_ref().and_then(|e| e.raw_os_error())
+        self.source
+            .as_ref()
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .and_then(|e| e.raw_os_error())
     }
 }
 
@@ -303,5 +301,51 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_detail(f)?;
         write!(f, "; {}", self.kind.hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_and_names_are_unique_and_round_trip() {
+        let codes: HashSet<i32> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+        let names: HashSet<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            // Codes are dense from 1: the C ABI reserves 100 and up for its own.
+            assert_eq!(kind.code(), i as i32 + 1);
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(*kind));
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(*kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(
+                serde_json::from_value::<ErrorKind>(kind.as_str().into()).unwrap(),
+                *kind
+            );
+            assert!(!kind.doc().is_empty() && !kind.hint().is_empty());
+        }
+        assert_eq!(ErrorKind::from_code(0), None);
+    }
+
+    #[test]
+    fn hints_speak_the_library_s_terms() {
+        for kind in ErrorKind::ALL {
+            let hint = kind.hint();
+            assert!(!hint.contains("--") && !hint.contains("migrate "), "{kind}: {hint}");
+        }
+    }
+
+    #[test]
+    fn the_cause_is_kept_as_source() {
+        let e = Error::from_errno("rbd_open", -libc::ENOENT);
+        assert_eq!(e.errno(), Some(libc::ENOENT));
+        let parse = serde_json::from_str::<u32>("x").unwrap_err();
+        let e = Error::new(ErrorKind::CorruptRecord, "decode").cause(parse);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+        assert_eq!(e.errno(), None);
     }
 }

@@ -873,3 +873,56 @@ async fn verify_volume_reports_a_difference_from_the_retained_source() {
     let (off, len) = (mismatches[0][0].as_u64().unwrap(), mismatches[0][1].as_u64().unwrap());
     assert!(off >= 5 << 20 && off + len <= (5 << 20) + 4096, "reported {off}+{len}");
 }
+
+/// An id that names no job creates nothing anywhere: a well-formed unknown
+/// id is `job_not_found` (pointing at the job list), a malformed one
+/// `invalid_input`; status, resume and abort all say so, and the pool that
+/// holds the jobs has exactly the objects it had. (An abort of an unknown
+/// id once left an empty `livemig.job.<id>` object, and a later resume of
+/// it reported a corrupt record.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_names_no_job_creates_nothing() {
+    const POOL: &str = "jobs-unknown-ids";
+    cluster().ensure_pool(POOL);
+    // One real job record in the pool, so that the index exists.
+    let env = setup("unknownids").await;
+    let store = JobStore::new(cluster().connect().await.ioctx(POOL, "").await.unwrap());
+    let raw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/job-record-v1.json"
+    ))
+    .unwrap();
+    store.put_raw(&unique("known"), &env.volume, raw).await.unwrap();
+    let objects = || {
+        let mut list: Vec<String> = cluster()
+            .cli("rados", &["-p", POOL, "ls"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        list.sort();
+        list
+    };
+    let before = objects();
+    for (id, kind, exit) in [
+        ("zzzz", "job_not_found", 3),
+        ("deadbeef0000", "job_not_found", 3),
+        ("../../etc", "invalid_input", 4),
+        ("a.b", "invalid_input", 4),
+    ] {
+        for verb in ["abort", "resume", "status", "abort"] {
+            let out = migrate_with_catalog(POOL, &[verb, id, "--json"]).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(exit), "{verb} {id}: {stderr}");
+            let err: serde_json::Value =
+                serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+            assert_eq!(err["kind"], kind, "{verb} {id}: {stderr}");
+            if kind == "job_not_found" {
+                assert!(stderr.contains("migrate list"), "{verb} {id}: {stderr}");
+                assert!(!stderr.contains("migrate catalog"), "{verb} {id}: {stderr}");
+            }
+            assert_eq!(objects(), before, "{verb} {id} changed the pool's objects");
+        }
+        let e = store.load(id).await.unwrap_err();
+        assert_eq!(e.kind().as_str(), kind, "load {id}");
+    }
+}

@@ -127,6 +127,7 @@ InvalidState = _error_class("InvalidState", 24, "The catalog's state does not al
 NotConverging = _error_class("NotConverging", 25, "The writer outpaces the copy.")
 HypervisorError = _error_class("HypervisorError", 26, "The hypervisor hook failed.")
 IoError = _error_class("IoError", 27, "An I/O or librados/librbd failure.")
+JobNotFound = _error_class("JobNotFound", 28, "No job has this id.")
 NullArgument = _error_class("NullArgument", 100, "A required argument is missing.")
 BadHandle = _error_class("BadHandle", 101, "The handle is closed, freed or not livemig's.")
 InvalidString = _error_class("InvalidString", 102, "A string is not UTF-8.")

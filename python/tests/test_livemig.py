@@ -72,6 +72,32 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+
+class ErrorCodesTest(unittest.TestCase):
+    """Python's exceptions and constants agree with the library's error table
+    (which the C library's livemig_code_name serves)."""
+
+    def test_every_code_has_its_class_and_no_class_is_stale(self) -> None:
+        by_code = {
+            cls.code: cls
+            for cls in vars(livemig).values()
+            if isinstance(cls, type) and issubclass(cls, livemig.LivemigError) and cls is not livemig.LivemigError
+        }
+        named = {}
+        for code in range(1, 256):
+            name = _native.lib.livemig_code_name(code).decode()
+            if name != "unknown":
+                named[code] = name
+        self.assertEqual(sorted(by_code), sorted(named), "codes with a Python class vs codes the library names")
+        for code, cls in by_code.items():
+            stem = "".join(w.capitalize() for w in named[code].split("_"))
+            self.assertIn(cls.__name__, {stem, stem + "Error"}, f"code {code} ({named[code]})")
+
+    def test_native_constants_are_the_library_s(self) -> None:
+        for attr, value in vars(_native).items():
+            if attr.startswith("ERR_"):
+                self.assertEqual(_native.lib.livemig_code_name(value).decode(), attr[4:].lower(), attr)
+
 class Plane:
     """A fresh control-plane database with one registered volume."""
 

@@ -38,6 +38,7 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T> {
         Error::new(ErrorKind::Io, "decode catalog record")
             .target(key.to_owned())
             .message(format!("catalog record `{key}` is corrupt: {e}"))
+            .cause(e)
     })
 }
 

@@ -308,8 +308,8 @@ impl Cluster {
         let out = self
             .mon_command(serde_json::json!({"prefix": "df", "format": "json"}))
             .await?;
-        let df: serde_json::Value = serde_json::from_slice(&out)
-            .map_err(|e| Error::new(ErrorKind::Io, "parse ceph df").message(e.to_string()))?;
+        let df: serde_json::Value =
+            serde_json::from_slice(&out).map_err(|e| Error::new(ErrorKind::Io, "parse ceph df").cause(e))?;
         let entry = df["pools"]
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["name"] == pool))
@@ -375,7 +375,7 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
                 .kind_for(ErrorKind::InvalidInput, ErrorKind::Config)
                 .kind_for(ErrorKind::Io, ErrorKind::Config)
                 .message(format!(
-                    "cannot read the ceph.conf of {describe} (none found, or invalid); pass --conf or set CEPH_CONF"
+                    "cannot read the ceph.conf of {describe} (none found, or invalid); name its ceph.conf in the cluster configuration or set CEPH_CONF"
                 )));
         }
         // SAFETY: handle is valid; NULL means "use CEPH_ARGS".

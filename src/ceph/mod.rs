@@ -58,7 +58,9 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(Error::new(ErrorKind::Cancelled, "blocking call").message("runtime shutting down")),
+        Err(e) => Err(Error::new(ErrorKind::Cancelled, "blocking call")
+            .message("runtime shutting down")
+            .cause(e)),
     }
 }
 

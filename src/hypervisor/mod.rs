@@ -74,7 +74,7 @@ impl HypervisorRegistry for BuiltinHypervisors {
             Access::None => Err(Error::new(ErrorKind::InvalidState, "hold instance")
                 .target(attachment.instance_id.clone())
                 .message(format!(
-                    "instance `{}` uses volume `{}` but the catalog names no way to reach it (access: none), so its writes cannot be held for the cutover: record its control socket with `migrate catalog attach --qmp SOCKET` or `--test-instance SOCKET`, or detach the volume",
+                    "instance `{}` uses volume `{}` but the catalog names no way to reach it (access: none), so its writes cannot be held for the cutover: record its control socket (QMP or test-instance) in the catalog's attachment, or detach the volume",
                     attachment.instance_id, attachment.volume_id
                 ))),
             Access::Qmp { socket } => Ok(Arc::new(QmpHook::new(socket, self.cluster_confs.clone()))),

@@ -143,7 +143,7 @@ impl Hypervisor for QmpHook {
                 "check instance",
                 instance,
                 format!(
-                    "QEMU {a}.{b}.{c} cannot swap a node's file child (blockdev-reopen needs 6.1); use `--engine qemu`"
+                    "QEMU {a}.{b}.{c} cannot swap a node's file child (blockdev-reopen needs 6.1); use the QEMU engine"
                 ),
             ));
         }

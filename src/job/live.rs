@@ -379,7 +379,7 @@ impl Migrator {
         if let Some(reason) = stalled {
             warn!(%reason, "pausing: the writer outpaces the copy");
             return Err(Error::new(ErrorKind::NotConverging, "replay").target(id.clone()).message(format!(
-                "job `{id}` paused: {reason}; the instance was not held. `migrate resume {id} --on-stall cutover` cuts over anyway, `migrate abort {id}` rolls back"
+                "job `{id}` paused: {reason}; the instance was not held. Resuming with the cut-over-on-stall policy cuts over anyway, aborting rolls back"
             )));
         }
         Ok(())

@@ -228,7 +228,7 @@ impl Migrator {
                 return Err(Error::new(ErrorKind::InvalidInput, "start migration")
                     .target(volume_id.to_owned())
                     .message(format!(
-                        "volume `{volume_id}` is not attached, and the QEMU engine moves only volumes a QEMU has open: leave the engine to livemig (`--engine auto`)"
+                        "volume `{volume_id}` is not attached, and the QEMU engine moves only volumes a QEMU has open: let livemig choose the engine"
                     )))
             }
             [] => None,
@@ -242,7 +242,7 @@ impl Migrator {
                         return Err(Error::new(ErrorKind::InvalidInput, "start migration")
                             .target(volume_id.to_owned())
                             .message(format!(
-                                "instance `{}` is not reached through a QMP socket, so the QEMU engine cannot move its volume `{volume_id}`: use `--engine auto` or `--engine native`",
+                                "instance `{}` is not reached through a QMP socket, so the QEMU engine cannot move its volume `{volume_id}`: let livemig choose the engine, or choose the native engine",
                                 attachment.instance_id
                             )))
                     }
@@ -380,7 +380,7 @@ impl Migrator {
                 Phase::Aborting { .. } => {}
                 p if p.is_switched() => {
                     return Err(Error::new(ErrorKind::JobFinished, "abort").target(id.to_owned()).message(format!(
-                        "job `{id}` is past the switch (phase {}): the volume already uses its new image; `migrate resume {id}` finishes it",
+                        "job `{id}` is past the switch (phase {}): the volume already uses its new image; resuming the job finishes it",
                         p.name()
                     )))
                 }
@@ -390,7 +390,7 @@ impl Migrator {
                     let current = self.catalog.volume(&s.record.volume_id).await?;
                     if current.backing == s.record.destination && current.migration.as_deref() == Some(id) {
                         return Err(Error::new(ErrorKind::JobFinished, "abort").target(id.to_owned()).message(format!(
-                            "job `{id}` is past the switch: the catalog already names `{}`; `migrate resume {id}` finishes it",
+                            "job `{id}` is past the switch: the catalog already names `{}`; resuming the job finishes it",
                             s.record.destination
                         )));
                     }
@@ -452,8 +452,8 @@ impl Migrator {
         Error::new(ErrorKind::Cancelled, "migration")
             .target(id.to_owned())
             .message(format!(
-            "job `{id}` paused; nothing is lost: `migrate resume {id}` continues it, `migrate abort {id}` rolls it back"
-        ))
+                "job `{id}` paused; nothing is lost: resuming the job continues it, aborting it rolls it back"
+            ))
     }
 
     async fn drive(&self, id: &str, lost: &CancellationToken) -> Result<JobRecord> {

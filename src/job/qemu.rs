@@ -22,6 +22,7 @@ use crate::qemu::mirror::{
     cancel, complete, find_rbd_node, job_state, make_write_blocking, start_mirror, wait_ready_guarded, MirrorOptions,
     RbdTarget, Readiness,
 };
+use crate::qemu::qmp::qemu_went_away;
 use crate::qemu::Qmp;
 use crate::spec::ImageSpec;
 
@@ -41,10 +42,6 @@ fn qmp_socket(r: &JobRecord) -> Result<String> {
 pub(super) async fn precheck(socket: &str, source: &ImageSpec) -> Result<()> {
     let qmp = Qmp::connect(socket).await?;
     find_rbd_node(&qmp, source).await.map(|_| ())
-}
-
-fn gone(e: &Error) -> bool {
-    e.kind() == ErrorKind::Hypervisor && (e.to_string().contains("gone") || e.to_string().contains("cannot connect"))
 }
 
 /// How close to full the destination pool may get while a QEMU mirror
@@ -255,7 +252,7 @@ impl Migrator {
                 complete(&qmp, &m.job, &m.source_node).await?;
                 fault::point("qemu-after-complete");
             }
-            (Err(e), _) if gone(&e) => {
+            (Err(e), _) if qemu_went_away(&e) => {
                 // The destination holds every acknowledged write (the
                 // mirror was write-blocking and in sync before the switch):
                 // whoever restarts the instance uses what the catalog names.
@@ -276,10 +273,10 @@ impl Migrator {
         let job = job_id(&r.id);
         match Qmp::connect(&socket).await {
             Ok(qmp) => match cancel(&qmp, &job, &job).await {
-                Err(e) if !gone(&e) => return Err(e),
+                Err(e) if !qemu_went_away(&e) => return Err(e),
                 _ => {}
             },
-            Err(e) if gone(&e) => warn!(error = %e, "QEMU is gone; no mirror to cancel"),
+            Err(e) if qemu_went_away(&e) => warn!(error = %e, "QEMU is gone; no mirror to cancel"),
             Err(e) => return Err(e),
         }
         fault::point("abort-after-instance-resumed");

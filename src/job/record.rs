@@ -427,19 +427,20 @@ pub fn encode(record: &JobRecord) -> Vec<u8> {
 
 /// Decodes a record written by this or another release.
 pub fn decode(job: &str, raw: &[u8]) -> Result<JobRecord> {
-    let corrupt = |why: String| {
+    let corrupt = |e: serde_json::Error| {
         Error::new(ErrorKind::CorruptRecord, "decode job record")
             .target(job.to_owned())
-            .message(format!("job record `{job}` is unreadable: {why}"))
+            .message(format!("job record `{job}` is unreadable: {e}"))
+            .cause(e)
     };
-    let env: Envelope = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
+    let env: Envelope = serde_json::from_slice(raw).map_err(corrupt)?;
     if env.readable_by > FORMAT {
         return Err(Error::new(ErrorKind::RecordTooNew, "decode job record").target(job.to_owned()).message(format!(
             "job `{job}` was written in format {} by a newer livemig and needs a reader of format {} or later; this release reads up to format {FORMAT}",
             env.format, env.readable_by
         )));
     }
-    serde_json::from_value(env.record).map_err(|e| corrupt(e.to_string()))
+    serde_json::from_value(env.record).map_err(corrupt)
 }
 
 #[cfg(test)]

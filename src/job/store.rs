@@ -20,6 +20,32 @@ fn job_object(id: &str) -> String {
     format!("livemig.job.{id}")
 }
 
+/// The longest job id accepted (livemig makes 12-character ids).
+const MAX_ID_LEN: usize = 64;
+
+/// Refuses an id that no job can have (it would name another object, or
+/// none), before anything reads or writes an object named after it.
+pub fn check_job_id(id: &str) -> Result<()> {
+    let well_formed = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if well_formed {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::InvalidInput, "job id")
+        .target(id.escape_debug().to_string())
+        .message(format!(
+            "`{}` is not a job id: ids are 1 to {MAX_ID_LEN} letters, digits, `-` or `_`",
+            id.escape_debug()
+        )))
+}
+
+fn job_not_found(id: &str) -> Error {
+    Error::new(ErrorKind::JobNotFound, "load job")
+        .target(id.to_owned())
+        .message(format!("there is no job `{id}`"))
+}
+
 /// Job records in a pool (normally the catalog's).
 #[derive(Clone)]
 pub struct JobStore {
@@ -71,11 +97,12 @@ impl JobStore {
 
     /// Reads a record.
     pub async fn load(&self, id: &str) -> Result<Stored> {
-        let obj = self.io.read_guarded(&job_object(id)).await?.ok_or_else(|| {
-            Error::new(ErrorKind::NotInCatalog, "load job")
-                .target(id.to_owned())
-                .message(format!("there is no job `{id}` (see `migrate list`)"))
-        })?;
+        check_job_id(id)?;
+        let obj = self
+            .io
+            .read_guarded(&job_object(id))
+            .await?
+            .ok_or_else(|| job_not_found(id))?;
         let raw = obj.omap.get(RECORD_KEY).ok_or_else(|| {
             Error::new(ErrorKind::CorruptRecord, "load job")
                 .target(id.to_owned())
@@ -120,6 +147,7 @@ impl JobStore {
 
     /// Stores a raw record (tests: fixtures of older or newer formats).
     pub async fn put_raw(&self, id: &str, volume_id: &str, raw: Vec<u8>) -> Result<()> {
+        check_job_id(id)?;
         let expected = self.io.read_guarded(&job_object(id)).await?.map(|o| o.generation);
         self.io
             .write_guarded(&job_object(id), expected, vec![(RECORD_KEY.into(), raw)], vec![])
@@ -138,9 +166,15 @@ impl JobStore {
 
     /// Takes the job's lease for `duration` and keeps renewing it until the
     /// returned guard is dropped. If a renewal fails, `lost` is cancelled.
+    /// An unknown job has no lease to take (and gets no object: a RADOS
+    /// lock would create one).
     pub async fn lease(&self, id: &str, duration: Duration, lost: CancellationToken) -> Result<Lease> {
+        check_job_id(id)?;
         let cookie = uuid::Uuid::new_v4().simple().to_string();
         let oid = job_object(id);
+        if self.io.read_guarded(&oid).await?.is_none() {
+            return Err(job_not_found(id));
+        }
         self.io.lease_acquire(&oid, LEASE_NAME, &cookie, duration, false).await.map_err(|e| match e.kind() {
             ErrorKind::Busy => e.message(format!(
                 "job `{id}` is being driven by another process (its lease lasts up to {}s after that process stops); retry later",
@@ -198,5 +232,22 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Not released explicitly: stop renewing; the lease expires on its own.
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_that_would_name_other_objects_are_refused() {
+        for good in ["0123456789ab", "v1job-1a2b", "a_b"] {
+            assert!(check_job_id(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        for bad in ["", "../../etc", "a/b", "a.b", "a b", "job\0", long.as_str()] {
+            let e = check_job_id(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
+        }
     }
 }

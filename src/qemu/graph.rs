@@ -202,7 +202,7 @@ pub async fn format_node_over(qmp: &Qmp, rbd: &RbdNode) -> Result<Option<FormatN
         if text_of(root, "node-name").as_deref() == Some(rbd.node_name.as_str()) {
             return Err(Error::new(ErrorKind::InvalidState, op).target(rbd.image.to_string()).message(format!(
                 "device `{name}` uses rbd node `{}` directly, with no format node above it, so the native engine cannot re-point it; \
-                 attach the volume as libvirt does (a `raw` node over the rbd node) or let the QEMU engine move it (`--engine qemu`)",
+                 attach the volume as libvirt does (a `raw` node over the rbd node) or let the QEMU engine move it",
                 rbd.node_name
             )));
         }
@@ -221,7 +221,7 @@ pub async fn format_node_over(qmp: &Qmp, rbd: &RbdNode) -> Result<Option<FormatN
             });
         } else if opens_it {
             return Err(Error::new(ErrorKind::InvalidState, op).target(rbd.image.to_string()).message(format!(
-                "device `{name}` reads `{}` through a `{}` node; the native engine re-points only a `raw` node over the rbd node: let the QEMU engine move it (`--engine qemu`)",
+                "device `{name}` reads `{}` through a `{}` node; the native engine re-points only a `raw` node over the rbd node: let the QEMU engine move it",
                 rbd.image,
                 text_of(root, "drv").unwrap_or_default()
             )));

@@ -68,12 +68,52 @@ impl Drop for QmpInner {
     }
 }
 
+/// What went wrong talking to QEMU: the cause of a QMP
+/// [`ErrorKind::Hypervisor`] error, so that callers can tell "QEMU went
+/// away" from "QEMU refused" without reading message words.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// The socket could not be connected (no QEMU listens there).
+    #[error("cannot connect: {0}")]
+    Unreachable(#[source] std::io::Error),
+    /// The connection ended (QEMU exited or closed it).
+    #[error("connection gone: {0}")]
+    Gone(String),
+    /// QEMU answered the command with an error.
+    #[error("`{command}` refused: {class}: {desc}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// QEMU's error class, e.g. `GenericError`.
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// No reply came in time.
+    #[error("`{command}` got no reply")]
+    NoReply {
+        /// The command.
+        command: String,
+    },
+}
+
+/// Whether `e` says that QEMU went away (or never listened): its process
+/// is gone, as opposed to a command it refused.
+pub fn qemu_went_away(e: &Error) -> bool {
+    matches!(
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<QmpError>()),
+        Some(QmpError::Gone(_) | QmpError::Unreachable(_))
+    )
+}
+
 fn gone(socket: &str, why: impl std::fmt::Display) -> Error {
+    let why = why.to_string();
     Error::new(ErrorKind::Hypervisor, "qmp")
         .target(socket.to_owned())
         .message(format!(
             "the QMP connection to `{socket}` is gone: {why} (is QEMU still running?)"
         ))
+        .cause(QmpError::Gone(why))
 }
 
 impl Qmp {
@@ -84,6 +124,7 @@ impl Qmp {
             Error::new(ErrorKind::Hypervisor, "qmp connect")
                 .target(path.clone())
                 .message(format!("cannot connect to QMP socket `{path}`: {e}"))
+                .cause(QmpError::Unreachable(e))
         })?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
@@ -167,14 +208,22 @@ impl Qmp {
             Ok(Ok(Reply::Return(v))) => Ok(v),
             Ok(Ok(Reply::Refused { class, desc })) => Err(Error::new(ErrorKind::Hypervisor, "qmp")
                 .target(self.inner.socket.clone())
-                .message(format!("QEMU refused `{command}`: {class}: {desc}"))),
+                .message(format!("QEMU refused `{command}`: {class}: {desc}"))
+                .cause(QmpError::Refused {
+                    command: command.to_owned(),
+                    class,
+                    desc,
+                })),
             Ok(Ok(Reply::Gone(why))) => Err(gone(&self.inner.socket, format!("{why}, while `{command}` ran"))),
             Ok(Err(_)) => Err(gone(&self.inner.socket, format!("while `{command}` ran"))),
             Err(_) => {
                 forget();
                 Err(Error::new(ErrorKind::Hypervisor, "qmp")
                     .target(self.inner.socket.clone())
-                    .message(format!("`{command}` got no reply within {COMMAND_TIMEOUT:?}")))
+                    .message(format!("`{command}` got no reply within {COMMAND_TIMEOUT:?}"))
+                    .cause(QmpError::NoReply {
+                        command: command.to_owned(),
+                    }))
             }
         }
     }

@@ -41,8 +41,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-// Success.
-#define LIVEMIG_OK 0
+// Error codes of the library's error kinds (its error table).
 
 // The monitors could not be reached (cluster down, wrong address).
 #define LIVEMIG_ERR_CLUSTER_UNREACHABLE 1
@@ -65,7 +64,7 @@
 // The destination image already exists.
 #define LIVEMIG_ERR_DESTINATION_EXISTS 7
 
-// The destination is in use.
+// The destination is in use (open by another client, or another copy to it runs).
 #define LIVEMIG_ERR_DESTINATION_IN_USE 8
 
 // The destination is smaller than what must be copied into it.
@@ -80,16 +79,16 @@
 // The client lacks the capabilities for the operation.
 #define LIVEMIG_ERR_PERMISSION_DENIED 12
 
-// The object is busy (open, locked, being migrated).
+// The object is busy (open, locked, has snapshots, being migrated).
 #define LIVEMIG_ERR_BUSY 13
 
 // Another client holds the image's exclusive lock, or this client was fenced.
 #define LIVEMIG_ERR_FENCED 14
 
-// The operation was cancelled (a paused job can be resumed).
+// The operation was cancelled by the caller (a paused job can be resumed).
 #define LIVEMIG_ERR_CANCELLED 15
 
-// A copy differs from its source.
+// The copy finished but the destination differs from the source.
 #define LIVEMIG_ERR_MISMATCH 16
 
 // The volume is attached to more than one instance.
@@ -98,34 +97,39 @@
 // Another migration already holds the volume.
 #define LIVEMIG_ERR_ALREADY_MIGRATING 18
 
-// A job record was written by a newer livemig.
+// A job record was written by a newer livemig that this one cannot read.
 #define LIVEMIG_ERR_RECORD_TOO_NEW 19
 
 // A job record cannot be decoded.
 #define LIVEMIG_ERR_CORRUPT_RECORD 20
 
-// The job is past the point where the operation applies, or finished.
+// The job is past the point where this operation applies (e.g. abort after the switch), or already finished.
 #define LIVEMIG_ERR_JOB_FINISHED 21
 
-// A record changed between read and write; from a catalog callback: the
-// change is refused.
+// A record was changed by another process between read and write.
 #define LIVEMIG_ERR_CONFLICT 22
 
-// A catalog entry does not exist (also what `get_volume` returns for an
-// unknown volume).
+// A catalog entry (volume, instance, attachment) does not exist.
 #define LIVEMIG_ERR_NOT_IN_CATALOG 23
 
-// The catalog's state does not allow the operation.
+// The catalog's state does not allow the operation (wrong status, attached twice, already migrating, ...).
 #define LIVEMIG_ERR_INVALID_STATE 24
 
-// The writer outpaces the copy and the policy says to stop.
+// The writer changes the volume faster than the copy converges, and the live policy says to stop rather than cut over with a large delta.
 #define LIVEMIG_ERR_NOT_CONVERGING 25
 
-// The hypervisor hook failed or cannot be reached.
+// The instance's hypervisor hook failed or cannot be reached.
 #define LIVEMIG_ERR_HYPERVISOR 26
 
 // Any other I/O or librados/librbd failure.
 #define LIVEMIG_ERR_IO 27
+
+// No job has this id.
+#define LIVEMIG_ERR_JOB_NOT_FOUND 28
+
+
+// Success.
+#define LIVEMIG_OK 0
 
 // A required pointer argument is NULL.
 #define LIVEMIG_ERR_NULL_ARGUMENT 100

@@ -56,62 +56,9 @@ use handles::HandleTable;
 
 /// Success.
 pub const LIVEMIG_OK: i32 = 0;
-/// The monitors could not be reached (cluster down, wrong address).
-pub const LIVEMIG_ERR_CLUSTER_UNREACHABLE: i32 = 1;
-/// The ceph.conf or keyring could not be read or is invalid.
-pub const LIVEMIG_ERR_CONFIG: i32 = 2;
-/// The named pool does not exist.
-pub const LIVEMIG_ERR_POOL_NOT_FOUND: i32 = 3;
-/// The named namespace does not exist in the pool.
-pub const LIVEMIG_ERR_NAMESPACE_NOT_FOUND: i32 = 4;
-/// The named image does not exist.
-pub const LIVEMIG_ERR_IMAGE_NOT_FOUND: i32 = 5;
-/// Source and destination name the same image.
-pub const LIVEMIG_ERR_SAME_IMAGE: i32 = 6;
-/// The destination image already exists.
-pub const LIVEMIG_ERR_DESTINATION_EXISTS: i32 = 7;
-/// The destination is in use.
-pub const LIVEMIG_ERR_DESTINATION_IN_USE: i32 = 8;
-/// The destination is smaller than what must be copied into it.
-pub const LIVEMIG_ERR_DESTINATION_TOO_SMALL: i32 = 9;
-/// An argument, image spec or option is malformed.
-pub const LIVEMIG_ERR_INVALID_INPUT: i32 = 10;
-/// The pool or cluster is out of space, or a quota was hit.
-pub const LIVEMIG_ERR_NO_SPACE: i32 = 11;
-/// The client lacks the capabilities for the operation.
-pub const LIVEMIG_ERR_PERMISSION_DENIED: i32 = 12;
-/// The object is busy (open, locked, being migrated).
-pub const LIVEMIG_ERR_BUSY: i32 = 13;
-/// Another client holds the image's exclusive lock, or this client was fenced.
-pub const LIVEMIG_ERR_FENCED: i32 = 14;
-/// The operation was cancelled (a paused job can be resumed).
-pub const LIVEMIG_ERR_CANCELLED: i32 = 15;
-/// A copy differs from its source.
-pub const LIVEMIG_ERR_MISMATCH: i32 = 16;
-/// The volume is attached to more than one instance.
-pub const LIVEMIG_ERR_ATTACHED_TWICE: i32 = 17;
-/// Another migration already holds the volume.
-pub const LIVEMIG_ERR_ALREADY_MIGRATING: i32 = 18;
-/// A job record was written by a newer livemig.
-pub const LIVEMIG_ERR_RECORD_TOO_NEW: i32 = 19;
-/// A job record cannot be decoded.
-pub const LIVEMIG_ERR_CORRUPT_RECORD: i32 = 20;
-/// The job is past the point where the operation applies, or finished.
-pub const LIVEMIG_ERR_JOB_FINISHED: i32 = 21;
-/// A record changed between read and write; from a catalog callback: the
-/// change is refused.
-pub const LIVEMIG_ERR_CONFLICT: i32 = 22;
-/// A catalog entry does not exist (also what `get_volume` returns for an
-/// unknown volume).
-pub const LIVEMIG_ERR_NOT_IN_CATALOG: i32 = 23;
-/// The catalog's state does not allow the operation.
-pub const LIVEMIG_ERR_INVALID_STATE: i32 = 24;
-/// The writer outpaces the copy and the policy says to stop.
-pub const LIVEMIG_ERR_NOT_CONVERGING: i32 = 25;
-/// The hypervisor hook failed or cannot be reached.
-pub const LIVEMIG_ERR_HYPERVISOR: i32 = 26;
-/// Any other I/O or librados/librbd failure.
-pub const LIVEMIG_ERR_IO: i32 = 27;
+// The codes of the library's error kinds (`LIVEMIG_ERR_CLUSTER_UNREACHABLE`
+// = 1 ... ) come from its error table: `kind_defines` writes them into the
+// header, and every code here is `ErrorKind::code`.
 /// A required pointer argument is NULL.
 pub const LIVEMIG_ERR_NULL_ARGUMENT: i32 = 100;
 /// The handle is NULL, freed, of another kind, or was never issued.
@@ -155,46 +102,28 @@ pub const LIVEMIG_ENGINE_NATIVE: i32 = 1;
 /// refused for a volume no QEMU has open.
 pub const LIVEMIG_ENGINE_QEMU: i32 = 2;
 
-/// Error kinds in code order: `LIVEMIG_ERR_*` 1..=27.
-const KINDS: [ErrorKind; 27] = [
-    ErrorKind::ClusterUnreachable,
-    ErrorKind::Config,
-    ErrorKind::PoolNotFound,
-    ErrorKind::NamespaceNotFound,
-    ErrorKind::ImageNotFound,
-    ErrorKind::SameImage,
-    ErrorKind::DestinationExists,
-    ErrorKind::DestinationInUse,
-    ErrorKind::DestinationTooSmall,
-    ErrorKind::InvalidInput,
-    ErrorKind::NoSpace,
-    ErrorKind::PermissionDenied,
-    ErrorKind::Busy,
-    ErrorKind::Fenced,
-    ErrorKind::Cancelled,
-    ErrorKind::Mismatch,
-    ErrorKind::AttachedTwice,
-    ErrorKind::AlreadyMigrating,
-    ErrorKind::RecordTooNew,
-    ErrorKind::CorruptRecord,
-    ErrorKind::JobFinished,
-    ErrorKind::Conflict,
-    ErrorKind::NotInCatalog,
-    ErrorKind::InvalidState,
-    ErrorKind::NotConverging,
-    ErrorKind::Hypervisor,
-    ErrorKind::Io,
-];
-
 fn code_of(kind: ErrorKind) -> i32 {
-    KINDS
-        .iter()
-        .position(|k| *k == kind)
-        .map_or(LIVEMIG_ERR_IO, |i| i as i32 + 1)
+    kind.code()
 }
 
 fn kind_of(code: i32) -> Option<ErrorKind> {
-    usize::try_from(code - 1).ok().and_then(|i| KINDS.get(i).copied())
+    ErrorKind::from_code(code)
+}
+
+/// The header's defines of the library's error kinds, one per row of its
+/// error table (`LIVEMIG_ERR_` and the kind's name in capitals, its code,
+/// its doc line); cbindgen puts them after the includes.
+pub fn kind_defines() -> String {
+    let mut out = String::from("\n// Error codes of the library's error kinds (its error table).\n");
+    for kind in ErrorKind::ALL {
+        out.push_str(&format!(
+            "\n// {}\n#define LIVEMIG_ERR_{} {}\n",
+            kind.doc().trim(),
+            kind.as_str().to_ascii_uppercase(),
+            kind.code()
+        ));
+    }
+    out
 }
 
 /// A failure as the ABI reports it: a code and a message.
@@ -722,12 +651,12 @@ pub extern "C" fn livemig_code_name(code: i32) -> *const c_char {
 
 fn kind_name(kind: ErrorKind) -> &'static CStr {
     static NAMES: std::sync::LazyLock<Vec<CString>> = std::sync::LazyLock::new(|| {
-        KINDS
+        ErrorKind::ALL
             .iter()
             .map(|k| CString::new(k.as_str()).unwrap_or_default())
             .collect()
     });
-    let i = (code_of(kind) - 1) as usize;
+    let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
     NAMES[i].as_c_str()
 }
 
@@ -812,7 +741,7 @@ pub unsafe extern "C" fn livemig_connect(
             .thread_name("livemig")
             .enable_all()
             .build()
-            .map_err(|e| FfiError::new(LIVEMIG_ERR_IO, format!("cannot start livemig's threads: {e}")))?;
+            .map_err(|e| FfiError::new(ErrorKind::Io.code(), format!("cannot start livemig's threads: {e}")))?;
         let timeout = Duration::from_secs(if config.connect_timeout_secs == 0 {
             10
         } else {
@@ -1099,7 +1028,7 @@ pub unsafe extern "C" fn livemig_status(
         let stored = state.block_on(state.store.load(&job))??;
         let running = state.run_outcome(&job).is_some_and(|(rx, _)| rx.borrow().is_none());
         let mut value = serde_json::to_value(&stored.record)
-            .map_err(|e| FfiError::new(LIVEMIG_ERR_IO, format!("cannot encode the job record: {e}")))?;
+            .map_err(|e| FfiError::new(ErrorKind::Io.code(), format!("cannot encode the job record: {e}")))?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert("running".into(), running.into());
             obj.insert("phase_name".into(), stored.record.phase.name().into());
@@ -1186,7 +1115,7 @@ mod tests {
         assert_eq!(priority(255), Some(Some(255)));
         for bad in [256, -2, i32::MIN] {
             let err = read(&options(bad)).expect_err("refused");
-            assert_eq!(err.code, LIVEMIG_ERR_INVALID_INPUT, "{bad}");
+            assert_eq!(err.code, ErrorKind::InvalidInput.code(), "{bad}");
             assert!(err.message.contains("delta_op_priority"), "{}", err.message);
         }
     }

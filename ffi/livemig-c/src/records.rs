@@ -12,7 +12,8 @@ use livemig::catalog::{Access, Attachment, Backing, Cas, CasPurpose, Instance, V
 use livemig::spec::ImageSpec;
 
 use crate::handles::HandleTable;
-use crate::{boundary, opt_str_arg, str_arg, FfiError, FfiResult, LIVEMIG_ERR_BAD_HANDLE, LIVEMIG_ERR_INVALID_INPUT};
+use crate::{boundary, opt_str_arg, str_arg, FfiError, FfiResult, LIVEMIG_ERR_BAD_HANDLE};
+use livemig::ErrorKind;
 
 /// `livemig_volume.status`: not attached, usable.
 pub const LIVEMIG_VOLUME_AVAILABLE: i32 = 0;
@@ -371,7 +372,7 @@ pub unsafe fn volume_from_c(v: &livemig_volume) -> FfiResult<Volume> {
         .map(|(_, s)| *s)
         .ok_or_else(|| {
             FfiError::new(
-                LIVEMIG_ERR_INVALID_INPUT,
+                ErrorKind::InvalidInput.code(),
                 format!("volume status {} is not one of LIVEMIG_VOLUME_*", v.status),
             )
         })?;
@@ -400,7 +401,7 @@ pub unsafe fn attachment_from_c(a: &livemig_attachment) -> FfiResult<Attachment>
             LIVEMIG_ACCESS_TEST_INSTANCE => Access::TestInstance { socket: socket()? },
             other => {
                 return Err(FfiError::new(
-                    LIVEMIG_ERR_INVALID_INPUT,
+                    ErrorKind::InvalidInput.code(),
                     format!("attachment access kind {other} is not one of LIVEMIG_ACCESS_*"),
                 ))
             }

@@ -29,7 +29,7 @@ Exit codes:
   0    success
   1    failed (I/O or cluster error; the message says which)
   2    bad usage (unknown option, malformed argument)
-  3    not found (pool, namespace, image, or volume/instance in the catalog)
+  3    not found (pool, namespace, image, job, or volume/instance in the catalog)
   4    refused (same source and destination, content mismatch, wrong status,
        volume attached twice)
   5    destination exists or is in use, volume already migrating, concurrent change
@@ -369,30 +369,33 @@ fn no_dest() -> DestClusterArgs {
     }
 }
 
-fn exit_code(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::PoolNotFound | ErrorKind::NamespaceNotFound | ErrorKind::ImageNotFound | ErrorKind::NotInCatalog => {
-            3
+/// The library's hint says what to do in its own terms; this adds how to
+/// do it with `migrate`.
+fn cli_advice(e: &Error) -> Option<String> {
+    let job = e.target_name().unwrap_or("JOB");
+    let about_a_job = matches!(e.op(), "migration" | "abort" | "load job" | "resume" | "status");
+    Some(match e.kind() {
+        ErrorKind::ClusterUnreachable | ErrorKind::Config => {
+            "with migrate: name the ceph.conf with --conf (or CEPH_CONF) and the keyring with --keyring".into()
         }
-        ErrorKind::SameImage
-        | ErrorKind::JobFinished
-        | ErrorKind::RecordTooNew
-        | ErrorKind::CorruptRecord
-        | ErrorKind::InvalidInput
-        | ErrorKind::Mismatch
-        | ErrorKind::InvalidState
-        | ErrorKind::AttachedTwice => 4,
-        ErrorKind::DestinationExists
-        | ErrorKind::DestinationInUse
-        | ErrorKind::AlreadyMigrating
-        | ErrorKind::Conflict
-        | ErrorKind::Busy
-        | ErrorKind::Fenced => 5,
-        ErrorKind::ClusterUnreachable | ErrorKind::Config | ErrorKind::PermissionDenied => 6,
-        ErrorKind::NoSpace | ErrorKind::DestinationTooSmall => 7,
-        ErrorKind::Cancelled => 130,
-        _ => 1,
-    }
+        ErrorKind::Cancelled if about_a_job => {
+            format!("with migrate: `migrate resume {job}` continues it, `migrate abort {job}` rolls it back")
+        }
+        ErrorKind::NotConverging => format!(
+            "with migrate: `migrate resume {job} --on-stall cutover` cuts over anyway, `migrate abort {job}` rolls back"
+        ),
+        ErrorKind::JobFinished if about_a_job => {
+            format!("with migrate: `migrate status {job}` shows it, `migrate resume {job}` finishes it")
+        }
+        ErrorKind::CorruptRecord => format!("with migrate: `migrate status {job} --json` shows the record"),
+        ErrorKind::JobNotFound => "with migrate: `migrate list` lists the jobs".into(),
+        ErrorKind::NotInCatalog => "with migrate: `migrate catalog list` lists what is registered".into(),
+        ErrorKind::InvalidState => "with migrate: `migrate catalog show VOLUME` shows the statuses".into(),
+        ErrorKind::AlreadyMigrating => {
+            "with migrate: `migrate list` shows that migration, `migrate abort JOB` rolls it back".into()
+        }
+        _ => return None,
+    })
 }
 
 pub(crate) fn human_bytes(n: f64) -> String {
@@ -700,14 +703,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let code = exit_code(e.kind());
+            let code = e.kind().exit_status();
+            let message = match cli_advice(&e) {
+                Some(advice) => format!("{e}; {advice}"),
+                None => e.to_string(),
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"event": "error", "kind": e.kind(), "message": e.to_string(), "exit_code": code})
+                    serde_json::json!({"event": "error", "kind": e.kind(), "message": message, "exit_code": code})
                 );
             }
-            eprintln!("migrate: error ({}): {e}", e.kind());
+            eprintln!("migrate: error ({}): {message}", e.kind());
             ExitCode::from(code)
         }
     }
@@ -715,7 +722,20 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, ErrorKind, EXIT_CODES};
+
+    #[test]
+    fn the_help_explains_every_exit_status_the_error_table_gives() {
+        for kind in ErrorKind::ALL {
+            let status = kind.exit_status().to_string();
+            assert!(
+                EXIT_CODES
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{status} "))),
+                "{kind} exits {status}, which the help does not explain"
+            );
+        }
+    }
 
     #[test]
     fn sizes() {
