@@ -344,7 +344,7 @@ async fn main() -> Result<()> {
         PathBuf::from(std::env::var("CEPH_CONF").context("CEPH_CONF must name the cluster (scripts/bench sets it)")?);
     let migrate = PathBuf::from(
         std::env::var("LIVEMIG_MIGRATE_BIN")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/migrate").to_string()),
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/migrate").to_string()),
     );
     if !migrate.is_file() {
         bail!("{} not found: build it with `cargo build --release`", migrate.display());
@@ -371,7 +371,7 @@ async fn main() -> Result<()> {
     // Each dataset's rows go to target/bench/rows-<dataset>.json, so that
     // scripts/bench can run every dataset on a fresh cluster; the table is
     // made from all rows present.
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     for ds in datasets() {
         if only.as_deref().is_some_and(|o| !ds.image.contains(o)) {

@@ -289,7 +289,7 @@ fn main() -> Result<()> {
     let during = median(all.iter().map(|r| r.p99_during_us).collect());
     out += &format!("\nwriter p99 during / without: {:.2}x\n", during as f64 / idle as f64);
     println!("\n{out}");
-    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&bench_dir)?;
     std::fs::write(bench_dir.join("live.md"), &out)?;
     Ok(())

@@ -252,7 +252,7 @@ fn main() -> Result<()> {
         pauses.iter().cloned().fold(0.0, f64::max)
     );
     println!("\n{out}");
-    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&bench_dir)?;
     std::fs::write(bench_dir.join("qemu.md"), &out)?;
     Ok(())

@@ -730,11 +730,7 @@ async fn the_lease_keeps_out_a_second_driver_until_the_holder_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_format_record_is_read_and_a_newer_one_refused() {
-    let raw = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/job-record-v1.json"
-    ))
-    .unwrap();
+    let raw = std::fs::read(fixture("job-record-v1.json")).unwrap();
     let record = livemig::job::decode("a1b2c3d4e5f6", &raw).unwrap();
     assert_eq!(
         record.policy,
@@ -887,11 +883,7 @@ async fn an_id_that_names_no_job_creates_nothing() {
     // One real job record in the pool, so that the index exists.
     let env = setup("unknownids").await;
     let store = JobStore::new(cluster().connect().await.ioctx(POOL, "").await.unwrap());
-    let raw = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/job-record-v1.json"
-    ))
-    .unwrap();
+    let raw = std::fs::read(fixture("job-record-v1.json")).unwrap();
     store.put_raw(&unique("known"), &env.volume, raw).await.unwrap();
     let objects = || {
         let mut list: Vec<String> = cluster()

@@ -16,10 +16,11 @@ use std::time::Duration;
 use common::*;
 use livemig::catalog::{Access, Backing, Catalog, RadosCatalog, Volume, VolumeStatus};
 use livemig::ceph::{CreateOptions, Image, IoCtx};
-use livemig::hypervisor::test_instance::{apply_log, command, LogEntry};
+use livemig::hypervisor::test_instance::command;
 use livemig::hypervisor::{Hypervisor, TestInstanceHook};
 use livemig::job::{JobRecord, JobStore, Phase};
 use livemig::spec::ImageSpec;
+use livemig_test_support::{apply_log, LogEntry};
 
 const SRC: &str = "live-src";
 const DST: &str = "live-dst";

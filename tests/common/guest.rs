@@ -85,7 +85,7 @@ fn initramfs() -> &'static Path {
     BUILT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("livemig-guest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/writer.c");
+        let source = super::repo().join("tests/guest/writer.c");
         let init = dir.join("init");
         let out = Command::new("cc")
             .args(["-static", "-O2", "-Wall", "-Werror", "-o"])

@@ -22,8 +22,13 @@ pub struct TestCluster {
     pub conf: PathBuf,
 }
 
+/// A file of `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
 /// The repository root (these helpers are shared with the C ABI crate's tests).
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     while !dir.join("scripts/dev-cluster").exists() {
         assert!(
@@ -236,7 +241,7 @@ pub async fn digest(img: &Image, size: u64) -> u64 {
 }
 
 pub fn migrate_bin() -> &'static Path {
-    // Set by cargo for the root package's tests only.
+    // Set by cargo for the tests of the package with the binary (livemig-cli).
     match option_env!("CARGO_BIN_EXE_migrate") {
         Some(path) => Path::new(path),
         None => panic!("the migrate binary is known to the livemig package's tests only"),
