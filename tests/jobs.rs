@@ -553,7 +553,10 @@ async fn a_trash_move_cut_short_is_finished_by_the_resume() {
 async fn a_snapshot_removal_cut_short_is_finished_by_the_resume() {
     let env = setup("snaptrash").await;
     let job = env.start_killed_at("after-switched-recorded").await;
-    let Phase::Switched { snapshot } = env.phase(&job).await else {
+    let Phase::Switched {
+        snapshot: Some(snapshot),
+    } = env.phase(&job).await
+    else {
         panic!("not switched: {:?}", env.phase(&job).await)
     };
     let img = env.src_io.open_image(&env.volume).await.unwrap();

@@ -658,7 +658,7 @@ async fn attached_volumes_that_cannot_be_held_or_fenced_are_refused() {
         let volume = unique("refuse");
         let opts = if no_lock {
             CreateOptions {
-                features: Some(1), // layering only
+                features: Some(livemig::ceph::Features::LAYERING),
                 ..Default::default()
             }
         } else {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use livemig::ceph::{CreateOptions, Image};
+use livemig::ceph::{CreateOptions, Features, Image};
 use livemig::mirror::{compare_images, Copier, CopyOptions};
 
 const SRC: &str = "replay-src";
@@ -173,10 +173,8 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
         order: Some(20),
         ..CreateOptions::default()
     };
-    let plain_features =
-        u64::from(livemig_ceph_sys::RBD_FEATURE_LAYERING | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK);
-    let fast_features =
-        plain_features | u64::from(livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF);
+    let plain_features = Features::LAYERING | Features::EXCLUSIVE_LOCK;
+    let fast_features = plain_features | Features::OBJECT_MAP | Features::FAST_DIFF;
     let mut images = Vec::new();
     for features in [fast_features, plain_features] {
         let name = unique("narrow");
@@ -186,7 +184,7 @@ async fn an_exact_diff_narrowed_by_fast_diff_misses_nothing() {
         };
         io.create_image(&name, 4 << 30, &opts).await.unwrap();
         let img = io.open_image(&name).await.unwrap();
-        assert_eq!(img.info().await.unwrap().features & fast_features, features);
+        assert_eq!(img.info().await.unwrap().features.intersection(fast_features), features);
         // The same history on both: data, a snapshot, then changes in a few
         // objects only (unaligned writes, zeros over data, a discard of a
         // whole object and of part of one, data in an empty object).

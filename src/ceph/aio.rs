@@ -18,8 +18,17 @@ use std::task::{Context, Poll, Waker};
 
 use livemig_ceph_sys as sys;
 
-use super::image::Image;
 use crate::error::{Error, Result};
+
+/// An open librbd image as an AIO operation needs it: its handle, a name
+/// for errors, and a clone the operation keeps alive until it completes.
+/// (Implemented by `Image`; this module imports nothing from `image`.)
+pub(crate) trait RbdImage: Clone + Send + Sync + 'static {
+    /// The librbd handle.
+    fn raw(&self) -> sys::rbd_image_t;
+    /// `pool[/namespace]/image`, for errors.
+    fn spec(&self) -> String;
+}
 
 struct Completion<B> {
     outcome: Mutex<Outcome>,
@@ -117,8 +126,8 @@ impl AioOp<Vec<u8>> {
     /// Submits a librbd operation. `start` gets the image handle, a pointer
     /// to the owned buffer's start (null if none) and the completion, and
     /// calls the `rbd_aio_*` function.
-    pub(crate) fn submit(
-        image: &Image,
+    pub(crate) fn submit<I: RbdImage>(
+        image: &I,
         op: &'static str,
         offset: u64,
         mut buffer: Option<Vec<u8>>,

@@ -34,7 +34,7 @@ use livemig_ceph_sys as sys;
 
 use super::aio::AioOp;
 use super::object::{ReadOp, WriteOp};
-use super::{blocking, check, cstring, Image, IoCtx};
+use super::{blocking, check, cstring, Features, Image, IoCtx};
 use crate::error::{Error, Result};
 
 /// An image's data objects, when they may be used directly (see the
@@ -71,7 +71,7 @@ impl DataObjects {
         let info = image.info_blocking()?;
         let h = image.raw();
         let plain_layout = info.stripe_count <= 1 && info.stripe_unit == info.object_size && info.object_size > 0;
-        if !plain_layout || info.features & u64::from(sys::RBD_FEATURE_JOURNALING) != 0 {
+        if !plain_layout || info.features.contains(Features::JOURNALING) {
             return Ok(None);
         }
         let mut old = 0u8;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::cluster::DIFF_OBJECTS_AT_ONCE;
+use super::features::Features;
 use super::image::Image;
 use super::{check, cstring};
 use crate::error::{Error, ErrorKind, Result};
@@ -125,9 +126,7 @@ fn changed_object_runs(image: &Image, from: &CStr, offset: u64, len: u64) -> Res
     let mut flags = 0u64;
     // SAFETY: the image is open; flags is a valid out-pointer.
     check("rbd_get_flags", unsafe { sys::rbd_get_flags(image.raw(), &mut flags) })?;
-    if info.features & u64::from(sys::RBD_FEATURE_FAST_DIFF) == 0
-        || flags & u64::from(sys::RBD_FLAG_FAST_DIFF_INVALID) != 0
-    {
+    if !info.features.contains(Features::FAST_DIFF) || flags & u64::from(sys::RBD_FLAG_FAST_DIFF_INVALID) != 0 {
         return Ok(None);
     }
     // Whole-object extents start at a stripe period (an object on a plain
@@ -321,5 +320,15 @@ impl DiffStream {
         };
         self.done = None;
         r
+    }
+}
+
+impl Image {
+    /// Extents of `[offset, offset+len)` changed since `from_snap` (or, with
+    /// `None`, allocated at all), as seen from the snapshot this image was
+    /// opened at. `whole_object` reports whole objects, using the object map
+    /// when the fast-diff feature is on (fast), at the cost of precision.
+    pub fn diff(&self, from_snap: Option<&str>, offset: u64, len: u64, whole_object: bool) -> DiffStream {
+        DiffStream::start(self.clone(), from_snap.map(str::to_owned), offset, len, whole_object)
     }
 }

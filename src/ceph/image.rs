@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use livemig_ceph_sys as sys;
 use tokio::sync::oneshot;
 
-use super::aio::AioOp;
+use super::aio::{AioOp, RbdImage};
 use super::cluster::IoCtx;
-use super::diff::DiffStream;
+use super::features::Features;
 use super::release::release;
 use super::{blocking, check, cstring};
 use crate::error::{Error, ErrorKind, Result};
@@ -24,8 +24,8 @@ pub struct ImageInfo {
     pub object_size: u64,
     /// log2 of the object size.
     pub order: u8,
-    /// Feature bits (`RBD_FEATURE_*`).
-    pub features: u64,
+    /// Its features.
+    pub features: Features,
     /// Stripe unit in bytes.
     pub stripe_unit: u64,
     /// Stripe count.
@@ -39,8 +39,8 @@ pub struct ImageInfo {
 pub struct CreateOptions {
     /// log2 of the object size.
     pub order: Option<u8>,
-    /// Feature bits.
-    pub features: Option<u64>,
+    /// Its features.
+    pub features: Option<Features>,
     /// Stripe unit in bytes (with `stripe_count`).
     pub stripe_unit: Option<u64>,
     /// Stripe count (with `stripe_unit`).
@@ -51,18 +51,9 @@ impl CreateOptions {
     /// The options that reproduce `info`'s layout. Only features that can be
     /// chosen at creation are kept (not `operations`, `migrating`, ...).
     pub fn like(info: &ImageInfo) -> Self {
-        let settable = u64::from(
-            sys::RBD_FEATURE_LAYERING
-                | sys::RBD_FEATURE_STRIPINGV2
-                | sys::RBD_FEATURE_EXCLUSIVE_LOCK
-                | sys::RBD_FEATURE_OBJECT_MAP
-                | sys::RBD_FEATURE_FAST_DIFF
-                | sys::RBD_FEATURE_DEEP_FLATTEN
-                | sys::RBD_FEATURE_JOURNALING,
-        );
         CreateOptions {
             order: Some(info.order),
-            features: Some(info.features & settable),
+            features: Some(info.features.intersection(Features::SETTABLE)),
             stripe_unit: Some(info.stripe_unit),
             stripe_count: Some(info.stripe_count),
         }
@@ -167,7 +158,7 @@ impl IoCtx {
                 Ok(())
             };
             let r = set(sys::RBD_IMAGE_OPTION_ORDER, opts.order.map(u64::from))
-                .and_then(|_| set(sys::RBD_IMAGE_OPTION_FEATURES, opts.features))
+                .and_then(|_| set(sys::RBD_IMAGE_OPTION_FEATURES, opts.features.map(Features::bits)))
                 .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_UNIT, opts.stripe_unit))
                 .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_COUNT, opts.stripe_count))
                 .and_then(|_| {
@@ -296,6 +287,16 @@ fn trashed_name(img: &Image, id: u64) -> Result<Option<String>> {
     }
 }
 
+impl RbdImage for Image {
+    fn raw(&self) -> sys::rbd_image_t {
+        Image::raw(self)
+    }
+
+    fn spec(&self) -> String {
+        Image::spec(self)
+    }
+}
+
 impl Image {
     /// The snapshot the image is open at, if any.
     pub fn snap_name(&self) -> Option<&str> {
@@ -376,7 +377,7 @@ impl Image {
             size: st.size,
             object_size: st.obj_size,
             order: st.order as u8,
-            features,
+            features: Features::from_bits(features),
             stripe_unit: su,
             stripe_count: sc,
             id,
@@ -764,14 +765,6 @@ impl Image {
             return Err(Error::from_errno(name, ret as i32).target(self.spec()).offset(offset));
         }
         Ok(())
-    }
-
-    /// Extents of `[offset, offset+len)` changed since `from_snap` (or, with
-    /// `None`, allocated at all), as seen from the snapshot this image was
-    /// opened at. `whole_object` reports whole objects, using the object map
-    /// when the fast-diff feature is on (fast), at the cost of precision.
-    pub fn diff(&self, from_snap: Option<&str>, offset: u64, len: u64, whole_object: bool) -> DiffStream {
-        DiffStream::start(self.clone(), from_snap.map(str::to_owned), offset, len, whole_object)
     }
 
     /// Bytes in allocated extents (what `rbd du` reports as used, with

@@ -18,6 +18,7 @@ mod aio;
 mod cluster;
 mod data_objects;
 mod diff;
+mod features;
 mod image;
 mod object;
 mod release;
@@ -27,6 +28,7 @@ pub use release::wait_for_releases;
 pub use cluster::{Cluster, ClusterConfig, IoCtx, OpPriorityRaise, PoolUsage};
 pub use data_objects::DataObjects;
 pub use diff::{DiffStream, Extent};
+pub use features::Features;
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
 pub use object::{GuardedObject, OmapEntries};
 

@@ -99,13 +99,16 @@ pub enum Phase {
     },
     /// Commit point passed: the catalog names the destination.
     Switched {
-        /// Snapshot of the source (removed at cleanup).
-        snapshot: String,
+        /// Snapshot of the source (removed at cleanup); none for the QEMU
+        /// engine (stored as `""`, as every release wrote it).
+        #[serde(with = "none_as_empty")]
+        snapshot: Option<String>,
     },
     /// Live: the instance uses the destination and runs again.
     Repointed {
-        /// Snapshot of the source (removed at cleanup).
-        snapshot: String,
+        /// Snapshot of the source (removed at cleanup); as in `Switched`.
+        #[serde(with = "none_as_empty")]
+        snapshot: Option<String>,
     },
     /// Finished; the source is retired per the policy.
     Done,
@@ -125,23 +128,105 @@ pub enum Phase {
     },
 }
 
+/// An optional name stored as a string, `""` for none (the stored format
+/// of the switched phases' snapshot).
+mod none_as_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or(""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let v = String::deserialize(d)?;
+        Ok((!v.is_empty()).then_some(v))
+    }
+}
+
+/// A phase without its data: what progress reports and the history keeps.
+/// The names are the stored ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseKind {
+    /// [`Phase::Created`].
+    #[default]
+    Created,
+    /// [`Phase::Marked`].
+    Marked,
+    /// [`Phase::Copying`].
+    Copying,
+    /// [`Phase::Copied`].
+    Copied,
+    /// [`Phase::Replaying`].
+    Replaying,
+    /// [`Phase::CuttingOver`].
+    CuttingOver,
+    /// [`Phase::Mirroring`].
+    Mirroring,
+    /// [`Phase::Switched`].
+    Switched,
+    /// [`Phase::Repointed`].
+    Repointed,
+    /// [`Phase::Done`].
+    Done,
+    /// [`Phase::Aborting`].
+    Aborting,
+    /// [`Phase::Aborted`].
+    Aborted,
+    /// A phase of a newer release, read from its history.
+    #[serde(other)]
+    Other,
+}
+
+impl PhaseKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::Created => "created",
+            PhaseKind::Marked => "marked",
+            PhaseKind::Copying => "copying",
+            PhaseKind::Copied => "copied",
+            PhaseKind::Replaying => "replaying",
+            PhaseKind::CuttingOver => "cutting_over",
+            PhaseKind::Mirroring => "mirroring",
+            PhaseKind::Switched => "switched",
+            PhaseKind::Repointed => "repointed",
+            PhaseKind::Done => "done",
+            PhaseKind::Aborting => "aborting",
+            PhaseKind::Aborted => "aborted",
+            PhaseKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Phase {
+    /// The phase without its data.
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Created => PhaseKind::Created,
+            Phase::Marked => PhaseKind::Marked,
+            Phase::Copying { .. } => PhaseKind::Copying,
+            Phase::Copied { .. } => PhaseKind::Copied,
+            Phase::Replaying { .. } => PhaseKind::Replaying,
+            Phase::CuttingOver { .. } => PhaseKind::CuttingOver,
+            Phase::Mirroring { .. } => PhaseKind::Mirroring,
+            Phase::Switched { .. } => PhaseKind::Switched,
+            Phase::Repointed { .. } => PhaseKind::Repointed,
+            Phase::Done => PhaseKind::Done,
+            Phase::Aborting { .. } => PhaseKind::Aborting,
+            Phase::Aborted { .. } => PhaseKind::Aborted,
+        }
+    }
+
     /// The phase's name.
     pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Created => "created",
-            Phase::Marked => "marked",
-            Phase::Copying { .. } => "copying",
-            Phase::Copied { .. } => "copied",
-            Phase::Replaying { .. } => "replaying",
-            Phase::CuttingOver { .. } => "cutting_over",
-            Phase::Mirroring { .. } => "mirroring",
-            Phase::Switched { .. } => "switched",
-            Phase::Repointed { .. } => "repointed",
-            Phase::Done => "done",
-            Phase::Aborting { .. } => "aborting",
-            Phase::Aborted { .. } => "aborted",
-        }
+        self.kind().as_str()
     }
 
     /// Whether the job has nothing left to do.
@@ -381,7 +466,7 @@ pub struct JobRecord {
     pub updated_at: u64,
     /// Phases entered so far, with unix seconds.
     #[serde(default)]
-    pub history: Vec<(String, u64)>,
+    pub history: Vec<(PhaseKind, u64)>,
     /// The last error that stopped a run, if any.
     #[serde(default)]
     pub last_error: Option<String>,
@@ -446,6 +531,23 @@ pub fn decode(job: &str, raw: &[u8]) -> Result<JobRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switched_phase_without_a_snapshot_is_stored_as_every_release_stored_it() {
+        let stored = serde_json::json!({"phase": "switched", "snapshot": ""});
+        let phase: Phase = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(phase, Phase::Switched { snapshot: None });
+        assert_eq!(serde_json::to_value(&phase).unwrap(), stored);
+        let named = serde_json::json!({"phase": "repointed", "snapshot": "livemig-job-x.3"});
+        let phase: Phase = serde_json::from_value(named.clone()).unwrap();
+        assert_eq!(
+            phase,
+            Phase::Repointed {
+                snapshot: Some("livemig-job-x.3".into())
+            }
+        );
+        assert_eq!(serde_json::to_value(&phase).unwrap(), named);
+    }
 
     #[test]
     fn newer_incompatible_and_corrupt_records_are_refused() {

@@ -30,10 +30,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use livemig_ceph_sys as sys;
-
 use super::zero::{exact_overwrite_plan, nonzero_runs, overwrite_plan, Overwrite};
-use crate::ceph::{Cluster, CreateOptions, DataObjects, Image, ImageInfo, IoCtx};
+use crate::ceph::{Cluster, CreateOptions, DataObjects, Features, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
 
@@ -238,18 +236,17 @@ impl Copier {
         debug!("destination checked");
 
         let src_rw = src_io.open_image(&src.image).await?;
-        let hold =
-            if self.options.always_snapshot || info.features & sys::RBD_FEATURE_EXCLUSIVE_LOCK as u64 == 0 || !idle {
-                SourceHold::Snapshot
-            } else {
-                match src_rw.lock_acquire_exclusive().await {
-                    Ok(()) => SourceHold::ExclusiveLock,
-                    Err(e) => {
-                        debug!(error = %e, "the source's lock is not to be had; reading a snapshot instead");
-                        SourceHold::Snapshot
-                    }
+        let hold = if self.options.always_snapshot || !info.features.contains(Features::EXCLUSIVE_LOCK) || !idle {
+            SourceHold::Snapshot
+        } else {
+            match src_rw.lock_acquire_exclusive().await {
+                Ok(()) => SourceHold::ExclusiveLock,
+                Err(e) => {
+                    debug!(error = %e, "the source's lock is not to be had; reading a snapshot instead");
+                    SourceHold::Snapshot
                 }
-            };
+            }
+        };
         let snap = match hold {
             SourceHold::ExclusiveLock => None,
             SourceHold::Snapshot => {

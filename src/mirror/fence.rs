@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::ceph::Image;
+use crate::ceph::{Features, Image};
 use crate::error::{ErrorKind, Result};
 
 /// What fencing took.
@@ -58,6 +58,72 @@ pub async fn fence(image: &Image, timeout: Duration) -> Result<FenceReport> {
         info!(image = %image.spec(), blocklisted = report.blocklisted.len(), "source fenced");
         return Ok(report);
     }
+}
+
+/// A client of an image, as fencing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Its address, as the image's watchers and lock owners name it.
+    pub addr: String,
+    /// The client id of its watch, if it watches the image.
+    pub watcher_id: Option<i64>,
+    /// Whether it owns the image's exclusive lock.
+    pub owns_lock: bool,
+}
+
+/// What [`fence_out_clients`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FencedOut {
+    /// The clients fenced out (blocklisted, their lock broken if they owned it).
+    pub fenced: Vec<Client>,
+    /// This process's own addresses among the image's watchers.
+    pub own: Vec<String>,
+}
+
+/// Fences out the clients of `image` that `select` picks, never this
+/// process's own connection to it (breaking our own lock would blocklist
+/// us): a lock owner has its lock broken, which blocklists it; any other
+/// is blocklisted. Either way none of its writes can land any more.
+/// `why` says who they are, for the log.
+pub async fn fence_out_clients(image: &Image, why: &str, select: impl Fn(&Client) -> bool) -> Result<FencedOut> {
+    let me = image.ioctx().cluster().instance_id() as i64;
+    let watchers = image.watchers().await?;
+    let own: Vec<String> = watchers.iter().filter(|w| w.id == me).map(|w| w.addr.clone()).collect();
+    let mut clients: Vec<Client> = watchers
+        .into_iter()
+        .filter(|w| w.id != me)
+        .map(|w| Client {
+            addr: w.addr,
+            watcher_id: Some(w.id),
+            owns_lock: false,
+        })
+        .collect();
+    if image.info().await?.features.contains(Features::EXCLUSIVE_LOCK) {
+        for owner in image.lock_owners().await? {
+            if own.contains(&owner) {
+                continue;
+            }
+            match clients.iter_mut().find(|c| c.addr == owner) {
+                Some(c) => c.owns_lock = true,
+                None => clients.push(Client {
+                    addr: owner,
+                    watcher_id: None,
+                    owns_lock: true,
+                }),
+            }
+        }
+    }
+    let mut fenced = Vec::new();
+    for client in clients.into_iter().filter(|c| select(c)) {
+        warn!(image = %image.spec(), addr = %client.addr, owns_lock = client.owns_lock, "{why}; fencing it out (blocklisted)");
+        if client.owns_lock {
+            break_lock(image, &client.addr).await?;
+        } else {
+            image.ioctx().cluster().blocklist_add(&client.addr, 3600).await?;
+        }
+        fenced.push(client);
+    }
+    Ok(FencedOut { fenced, own })
 }
 
 /// Breaks `owner`'s exclusive lock on `image`, which blocklists that client

@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Deserialize as _;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -72,11 +73,47 @@ pub async fn start_mirror(
     Ok(())
 }
 
+/// QEMU's job status (QAPI `JobStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Being created.
+    Created,
+    /// Copying.
+    Running,
+    /// Paused by the user or an error policy.
+    Paused,
+    /// In sync: ready to complete (pivot).
+    Ready,
+    /// Paused while ready.
+    Standby,
+    /// Waiting for other jobs of its transaction.
+    Waiting,
+    /// About to conclude.
+    Pending,
+    /// Being cancelled or failed.
+    Aborting,
+    /// Ended; its outcome can be read until it is dismissed.
+    Concluded,
+    /// Dismissed.
+    Null,
+    /// A status this release does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobStatus {
+    /// Whether the job ended or is ending without being ready.
+    fn ended(self) -> bool {
+        matches!(self, JobStatus::Concluded | JobStatus::Aborting | JobStatus::Null)
+    }
+}
+
 /// One job's state from `query-jobs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobState {
-    /// QEMU's job status (`running`, `ready`, `concluded`, ...).
-    pub status: String,
+    /// QEMU's job status.
+    pub status: JobStatus,
     /// Bytes done.
     pub current: u64,
     /// Bytes in all (grows as the guest dirties).
@@ -94,7 +131,10 @@ pub async fn job_state(qmp: &Qmp, job_id: &str) -> Result<Option<JobState>> {
         .flatten()
         .find(|j| j.get("id").and_then(Value::as_str) == Some(job_id))
         .map(|j| JobState {
-            status: j.get("status").and_then(Value::as_str).unwrap_or("").to_owned(),
+            status: j
+                .get("status")
+                .and_then(|s| JobStatus::deserialize(s).ok())
+                .unwrap_or(JobStatus::Unknown),
             current: j.get("current-progress").and_then(Value::as_u64).unwrap_or(0),
             total: j.get("total-progress").and_then(Value::as_u64).unwrap_or(0),
             error: j.get("error").and_then(Value::as_str).map(str::to_owned),
@@ -156,13 +196,13 @@ where
             )));
         };
         progress(&state);
-        match state.status.as_str() {
-            "ready" => {
+        match state.status {
+            JobStatus::Ready => {
                 return Ok(Readiness::Ready {
                     seconds: started.elapsed().as_secs_f64(),
                 })
             }
-            "concluded" | "aborting" | "null" => {
+            status if status.ended() => {
                 return Err(engine_error(format!(
                     "mirror job `{job_id}` ended before it was ready: {}",
                     state.error.unwrap_or_else(|| "cancelled".into())
@@ -203,14 +243,14 @@ pub async fn make_write_blocking(qmp: &Qmp, job_id: &str) -> Result<()> {
 /// job concluded without error, dismisses it and deletes the old node.
 pub async fn complete(qmp: &Qmp, job_id: &str, old_node: &str) -> Result<()> {
     match job_state(qmp, job_id).await? {
-        Some(s) if s.status == "ready" => {
+        Some(s) if s.status == JobStatus::Ready => {
             qmp.execute("job-complete", json!({"id": job_id})).await?;
         }
         // Completed already (a crash after job-complete).
-        Some(s) if s.status == "concluded" || s.status == "pending" || s.status == "waiting" => {}
+        Some(s) if matches!(s.status, JobStatus::Concluded | JobStatus::Pending | JobStatus::Waiting) => {}
         Some(s) => {
             return Err(engine_error(format!(
-                "mirror job `{job_id}` is `{}`, not ready: cannot pivot",
+                "mirror job `{job_id}` is `{:?}`, not ready: cannot pivot",
                 s.status
             )))
         }
@@ -219,7 +259,7 @@ pub async fn complete(qmp: &Qmp, job_id: &str, old_node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match job_state(qmp, job_id).await? {
-            Some(s) if s.status == "concluded" => {
+            Some(s) if s.status == JobStatus::Concluded => {
                 if let Some(e) = s.error {
                     return Err(engine_error(format!("mirror job `{job_id}` failed at the pivot: {e}")));
                 }
@@ -250,12 +290,12 @@ pub async fn complete(qmp: &Qmp, job_id: &str, old_node: &str) -> Result<()> {
 /// on the source.
 pub async fn cancel(qmp: &Qmp, job_id: &str, target_node: &str) -> Result<()> {
     if let Some(s) = job_state(qmp, job_id).await? {
-        if s.status != "concluded" {
+        if s.status != JobStatus::Concluded {
             qmp.execute("job-cancel", json!({"id": job_id})).await?;
         }
         for _ in 0..600 {
             match job_state(qmp, job_id).await? {
-                Some(s) if s.status == "concluded" => {
+                Some(s) if s.status == JobStatus::Concluded => {
                     qmp.execute("job-dismiss", json!({"id": job_id})).await?;
                     break;
                 }

@@ -153,13 +153,12 @@ impl TestCluster {
 /// A layout librbd must stripe: 1 MiB objects, 64 KiB stripe units over 4
 /// objects, with the usual features.
 pub fn striped_layout() -> CreateOptions {
-    let features = u64::from(
-        livemig_ceph_sys::RBD_FEATURE_LAYERING
-            | livemig_ceph_sys::RBD_FEATURE_STRIPINGV2
-            | livemig_ceph_sys::RBD_FEATURE_EXCLUSIVE_LOCK
-            | livemig_ceph_sys::RBD_FEATURE_OBJECT_MAP
-            | livemig_ceph_sys::RBD_FEATURE_FAST_DIFF,
-    );
+    use livemig::ceph::Features;
+    let features = Features::LAYERING
+        | Features::STRIPING_V2
+        | Features::EXCLUSIVE_LOCK
+        | Features::OBJECT_MAP
+        | Features::FAST_DIFF;
     CreateOptions {
         order: Some(20),
         features: Some(features),

@@ -54,8 +54,8 @@ pub struct RunArgs {
     /// Live: when the copy does not converge, `cutover` holds the instance
     /// anyway (a longer pause), `pause` stops the job (resumable) without
     /// holding it [default: cutover].
-    #[arg(long, value_name = "WHAT", value_parser = ["cutover", "pause"])]
-    on_stall: Option<String>,
+    #[arg(long, value_name = "WHAT", value_enum)]
+    on_stall: Option<OnStallChoice>,
     /// Live: seconds the source's lock owner has to hand the lock over before
     /// it is broken and blocklisted [default: 20].
     #[arg(long, value_name = "SECS")]
@@ -70,6 +70,24 @@ pub struct RunArgs {
     /// to write-blocking (guest writes then wait for their copy, so it converges).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     mirror_stall_secs: u64,
+}
+
+/// `--on-stall`: the library's [`OnStall`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStallChoice {
+    /// Hold the instance anyway (a longer pause).
+    Cutover,
+    /// Stop the job (resumable) without holding it.
+    Pause,
+}
+
+impl From<OnStallChoice> for OnStall {
+    fn from(choice: OnStallChoice) -> OnStall {
+        match choice {
+            OnStallChoice::Cutover => OnStall::Cutover,
+            OnStallChoice::Pause => OnStall::Pause,
+        }
+    }
 }
 
 impl RunArgs {
@@ -115,10 +133,7 @@ impl RunArgs {
                 cutover_bytes: self.cutover_bytes,
                 stall_rounds: self.stall_rounds,
                 max_rounds: self.max_rounds,
-                on_stall: self.on_stall.as_deref().map(|w| match w {
-                    "pause" => OnStall::Pause,
-                    _ => OnStall::Cutover,
-                }),
+                on_stall: self.on_stall.map(OnStall::from),
                 fence_timeout_ms: self.fence_timeout.map(|s| s.saturating_mul(1000)),
                 delta_op_priority: self.delta_priority,
             },
@@ -160,12 +175,13 @@ async fn show(mut rx: watch::Receiver<JobProgress>, json: bool, quiet: bool) {
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     let mut last_phase = String::new();
     while rx.changed().await.is_ok() {
-        let mut p = rx.borrow_and_update().clone();
-        if let Some(round) = p.round {
-            p.phase = format!("{} round {round}", p.phase);
-        }
+        let p = rx.borrow_and_update().clone();
+        let phase = match p.round {
+            Some(round) => format!("{} round {round}", p.phase),
+            None => p.phase.to_string(),
+        };
         if let Some(bar) = &bar {
-            bar.set_message(p.phase.clone());
+            bar.set_message(phase);
             if let Some(c) = &p.copy {
                 bar.set_length(c.total_bytes);
                 bar.set_position(c.done_bytes);
@@ -175,30 +191,30 @@ async fn show(mut rx: watch::Receiver<JobProgress>, json: bool, quiet: bool) {
         if quiet {
             continue;
         }
-        let phase_changed = p.phase != last_phase;
+        let phase_changed = phase != last_phase;
         if !phase_changed && last_line.elapsed() < Duration::from_secs(2) {
             continue;
         }
-        last_phase = p.phase.clone();
+        last_phase = phase.clone();
         last_line = std::time::Instant::now();
         if json {
             println!(
                 "{}",
-                serde_json::json!({"event": "progress", "job": p.job, "phase": p.phase, "round": p.round, "copy": p.copy})
+                serde_json::json!({"event": "progress", "job": p.job, "phase": phase, "round": p.round, "copy": p.copy})
             );
         } else {
             match &p.copy {
                 Some(c) if c.total_bytes > 0 => eprintln!(
                     "job {}: {} {} / {} ({:.0}%), {}/s, ETA {}s",
                     p.job,
-                    p.phase,
+                    phase,
                     human_bytes(c.done_bytes as f64),
                     human_bytes(c.total_bytes as f64),
                     100.0 * c.done_bytes as f64 / c.total_bytes as f64,
                     human_bytes(c.rate()),
                     c.eta().map_or(0, |d| d.as_secs())
                 ),
-                _ => eprintln!("job {}: {}", p.job, p.phase),
+                _ => eprintln!("job {}: {}", p.job, phase),
             }
         }
     }

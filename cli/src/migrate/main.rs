@@ -40,6 +40,27 @@ Exit codes:
 Environment: CEPH_CONF names the ceph.conf when --conf is not given;
 LIVEMIG_LOG sets the log filter (e.g. LIVEMIG_LOG=livemig=debug).";
 
+/// `--engine`: the library's [`Engine`], or livemig's choice.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineChoice {
+    /// The QEMU engine for a volume a QEMU has open, the native one otherwise.
+    Auto,
+    /// livemig copies; the instance is held for the final delta.
+    Native,
+    /// The instance's QEMU mirrors the volume.
+    Qemu,
+}
+
+impl EngineChoice {
+    fn engine(self) -> Option<Engine> {
+        match self {
+            EngineChoice::Auto => None,
+            EngineChoice::Native => Some(Engine::Native),
+            EngineChoice::Qemu => Some(Engine::Qemu),
+        }
+    }
+}
+
 /// Live, crash-safe migration of Ceph RBD volumes between pools and clusters.
 ///
 /// Images are named as the rbd CLI names them: POOL/IMAGE or
@@ -115,8 +136,8 @@ struct StartArgs {
     /// mirror it and uses the native engine otherwise; `native` copies with
     /// livemig and holds the instance (a QEMU: `stop`/`cont`) for the final
     /// delta; `qemu` insists on the QEMU mirror.
-    #[arg(long, value_name = "ENGINE", value_parser = ["auto", "native", "qemu"], default_value = "auto")]
-    engine: String,
+    #[arg(long, value_name = "ENGINE", value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -653,11 +674,7 @@ fn main() -> ExitCode {
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
                 )
-                .engine(match a.engine.as_str() {
-                    "native" => Some(Engine::Native),
-                    "qemu" => Some(Engine::Qemu),
-                    _ => None,
-                });
+                .engine(a.engine.engine());
                 jobs::start(m, &a.volume, &a.to, json, a.run.no_progress_flag()).await
             }
             Command::Resume(a) => {

@@ -989,11 +989,11 @@ pub unsafe extern "C" fn livemig_get_progress(
                     p.bytes_done = c.done_bytes;
                     p.bytes_per_sec = c.rate() as u64;
                 }
-                &progress.phase
+                progress.phase.as_str()
             }
             Standing::Ended(outcome) => {
                 p.result = outcome.code;
-                &outcome.phase
+                outcome.phase.as_str()
             }
         };
         for (dst, src) in p.phase.iter_mut().zip(phase.bytes().take(31)) {

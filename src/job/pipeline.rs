@@ -1,0 +1,211 @@
+//! Which step a job takes next: a pure function of its engine and phase,
+//! so the three pipelines read as sequences and are tested alone.
+//!
+//! | pipeline | steps |
+//! |---|---|
+//! | detached | mark, copy, switch, cleanup |
+//! | live, native engine | mark, copy, rounds, cutover (ends with the switch), re-point, cleanup |
+//! | live, QEMU engine | mark, mirror (ends with the switch), pivot, cleanup |
+//!
+//! An abort, from any phase before the switch, is one more step.
+
+use super::record::{JobRecord, Phase};
+
+/// How a job's bytes move, which decides its sequence of steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::job) enum Pipeline {
+    /// No instance writes the volume: copy, then switch.
+    Detached,
+    /// An instance writes it; livemig copies and replays, holding the
+    /// instance for the last delta.
+    LiveNative,
+    /// The instance's QEMU mirrors it and pivots.
+    Qemu,
+}
+
+impl Pipeline {
+    /// The pipeline of `record`.
+    pub fn of(record: &JobRecord) -> Pipeline {
+        match &record.live {
+            None => Pipeline::Detached,
+            Some(_) if record.is_qemu() => Pipeline::Qemu,
+            Some(_) => Pipeline::LiveNative,
+        }
+    }
+}
+
+/// The next step, with what it needs from the phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::job) enum Step {
+    /// Created -> Marked: the catalog marks the volume.
+    Mark,
+    /// Marked -> Copying: the copy's snapshot and partial are named.
+    BeginCopy,
+    /// Copying -> Copied: the bulk copy, resumable from its watermark.
+    Copy,
+    /// Copied -> Replaying: the first replay round is next.
+    BeginRounds { base: String },
+    /// Replaying -> Replaying | CuttingOver: one replay round.
+    Round { base: String, round: u32 },
+    /// CuttingOver -> Switched: hold, fence, last delta, switch.
+    Cutover { base: String, round: u32 },
+    /// Copied -> Switched: the commit point of a detached job.
+    Switch { snapshot: String },
+    /// Marked -> Mirroring: QEMU's mirror job is named.
+    BeginMirror,
+    /// Mirroring -> Switched: QEMU mirrors until in sync, then the switch.
+    Mirror { job: String },
+    /// Switched -> Repointed: the held instance moves to the destination.
+    Repoint { snapshot: Option<String> },
+    /// Switched -> Repointed: QEMU pivots to the destination.
+    Pivot { snapshot: Option<String> },
+    /// Switched (detached) | Repointed -> Done: the source is retired.
+    Cleanup,
+    /// Aborting -> Aborted: the rollback.
+    Abort {
+        reason: String,
+        snapshot: Option<String>,
+        images: Vec<String>,
+    },
+    /// Done or Aborted: nothing left.
+    Finished,
+}
+
+/// The step `pipeline` takes from `phase`.
+pub(in crate::job) fn next_step(pipeline: Pipeline, phase: &Phase) -> Step {
+    use Pipeline::*;
+    match (pipeline, phase.clone()) {
+        (_, Phase::Done | Phase::Aborted { .. }) => Step::Finished,
+        (
+            _,
+            Phase::Aborting {
+                reason,
+                snapshot,
+                images,
+            },
+        ) => Step::Abort {
+            reason,
+            snapshot,
+            images,
+        },
+        (_, Phase::Created) => Step::Mark,
+        (Qemu, Phase::Marked) => Step::BeginMirror,
+        (_, Phase::Marked) => Step::BeginCopy,
+        (_, Phase::Copying { .. }) => Step::Copy,
+        (LiveNative | Qemu, Phase::Copied { snapshot }) => Step::BeginRounds { base: snapshot },
+        (Detached, Phase::Copied { snapshot }) => Step::Switch { snapshot },
+        (_, Phase::Replaying { base, round }) => Step::Round { base, round },
+        (_, Phase::CuttingOver { base, round }) => Step::Cutover { base, round },
+        (_, Phase::Mirroring { job }) => Step::Mirror { job },
+        (Qemu, Phase::Switched { snapshot }) => Step::Pivot { snapshot },
+        (LiveNative, Phase::Switched { snapshot }) => Step::Repoint { snapshot },
+        (Detached, Phase::Switched { .. }) | (_, Phase::Repointed { .. }) => Step::Cleanup,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The phase each step leads to on success (the first choice where a
+    /// step may go two ways).
+    fn after(step: &Step) -> Phase {
+        let snapshot = "s".to_owned();
+        let some = Some(snapshot.clone());
+        match step {
+            Step::Mark => Phase::Marked,
+            Step::BeginCopy => Phase::Copying {
+                snapshot,
+                partial: "p".into(),
+                watermark: 0,
+                done_bytes: 0,
+                total_bytes: 0,
+            },
+            Step::Copy => Phase::Copied { snapshot },
+            Step::BeginRounds { base } => Phase::Replaying {
+                base: base.clone(),
+                round: 1,
+            },
+            Step::Round { base, round } => Phase::CuttingOver {
+                base: base.clone(),
+                round: round + 1,
+            },
+            Step::Cutover { .. } | Step::Switch { .. } | Step::Mirror { .. } => Phase::Switched { snapshot: some },
+            Step::BeginMirror => Phase::Mirroring { job: "j".into() },
+            Step::Repoint { .. } | Step::Pivot { .. } => Phase::Repointed { snapshot: some },
+            Step::Cleanup => Phase::Done,
+            Step::Abort { reason, .. } => Phase::Aborted { reason: reason.clone() },
+            Step::Finished => unreachable!("a finished job takes no step"),
+        }
+    }
+
+    fn walk(pipeline: Pipeline) -> Vec<&'static str> {
+        let mut phase = Phase::Created;
+        let mut steps = Vec::new();
+        loop {
+            let step = next_step(pipeline, &phase);
+            if step == Step::Finished {
+                return steps;
+            }
+            steps.push(match step {
+                Step::Mark => "mark",
+                Step::BeginCopy => "begin-copy",
+                Step::Copy => "copy",
+                Step::BeginRounds { .. } => "begin-rounds",
+                Step::Round { .. } => "round",
+                Step::Cutover { .. } => "cutover",
+                Step::Switch { .. } => "switch",
+                Step::BeginMirror => "begin-mirror",
+                Step::Mirror { .. } => "mirror",
+                Step::Repoint { .. } => "repoint",
+                Step::Pivot { .. } => "pivot",
+                Step::Cleanup => "cleanup",
+                Step::Abort { .. } => "abort",
+                Step::Finished => unreachable!(),
+            });
+            phase = after(&step);
+        }
+    }
+
+    #[test]
+    fn each_pipeline_is_its_sequence_of_steps() {
+        assert_eq!(
+            walk(Pipeline::Detached),
+            ["mark", "begin-copy", "copy", "switch", "cleanup"]
+        );
+        assert_eq!(
+            walk(Pipeline::LiveNative),
+            [
+                "mark",
+                "begin-copy",
+                "copy",
+                "begin-rounds",
+                "round",
+                "cutover",
+                "repoint",
+                "cleanup"
+            ]
+        );
+        assert_eq!(
+            walk(Pipeline::Qemu),
+            ["mark", "begin-mirror", "mirror", "pivot", "cleanup"]
+        );
+    }
+
+    #[test]
+    fn an_abort_and_the_end_are_the_same_in_every_pipeline() {
+        for pipeline in [Pipeline::Detached, Pipeline::LiveNative, Pipeline::Qemu] {
+            let aborting = Phase::Aborting {
+                reason: "r".into(),
+                snapshot: None,
+                images: vec![],
+            };
+            assert!(matches!(next_step(pipeline, &aborting), Step::Abort { .. }));
+            assert_eq!(next_step(pipeline, &Phase::Done), Step::Finished);
+            assert_eq!(
+                next_step(pipeline, &Phase::Aborted { reason: "r".into() }),
+                Step::Finished
+            );
+        }
+    }
+}
