@@ -921,3 +921,88 @@ async fn an_id_that_names_no_job_creates_nothing() {
         assert_eq!(e.kind().as_str(), kind, "load {id}");
     }
 }
+
+/// A record written by the release before the job driver was restructured
+/// (a `migrate start` killed right after creating its job, committed as it
+/// was stored) decodes, and this release resumes it to the end: the world
+/// it was written in (its pools, its source image, its volume in the
+/// catalog) is made again first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_written_before_the_restructuring_decodes_and_resumes() {
+    let raw = std::fs::read(fixture("job-record-before-house.json")).unwrap();
+    let id = "1f83a5b2b48f";
+    let record = livemig::job::decode(id, &raw).unwrap();
+    assert_eq!(record.id, id);
+    assert_eq!(record.phase, Phase::Created);
+    assert_eq!(record.history.len(), 1);
+    assert_eq!(record.history[0].0.as_str(), "created");
+    let (src, dst) = (&record.source.image, &record.destination.image);
+    const CATALOG_POOL: &str = "house-fixture-catalog";
+    for p in [src.pool.as_str(), dst.pool.as_str(), CATALOG_POOL] {
+        cluster().ensure_pool(p);
+    }
+    let c = cluster().connect().await;
+    let src_io = c.ioctx(&src.pool, "").await.unwrap();
+    let dst_io = c.ioctx(&dst.pool, "").await.unwrap();
+    let catalog_io = c.ioctx(CATALOG_POOL, "").await.unwrap();
+    // What an earlier run of this test on the same cluster left.
+    for (io, name) in [(&dst_io, &dst.image), (&src_io, &src.image)] {
+        if io.image_exists(name).await.unwrap() {
+            io.remove_image(name).await.unwrap();
+        }
+    }
+    let size = record.original_volume.size;
+    src_io
+        .create_image(&src.image, size, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&src.image).await.unwrap();
+    write_at(&img, 1 << 20, random_bytes(11, 4 << 20)).await;
+    img.metadata_set("tenant", "t1").await.unwrap();
+    let want = digest(&img, size).await;
+    img.close().await;
+    let catalog = RadosCatalog::new(catalog_io.clone());
+    let current = catalog.volume(&record.volume_id).await.ok();
+    catalog
+        .compare_and_swap(Cas {
+            expect_no_volumes: if current.is_none() {
+                vec![record.volume_id.clone()]
+            } else {
+                vec![]
+            },
+            expect_volumes: current.into_iter().collect(),
+            put_volumes: vec![record.original_volume.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = JobStore::new(catalog_io);
+    store.put_raw(id, &record.volume_id, raw).await.unwrap();
+
+    let out = migrate_with_catalog(CATALOG_POOL, &["resume", id, "--lease-secs", LEASE, "--json"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "resume of the record written before the restructuring");
+    let done = store.load(id).await.unwrap().record;
+    assert_eq!(done.phase, Phase::Done);
+    let phases: Vec<&str> = done.history.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(phases, ["created", "marked", "copying", "copied", "switched", "done"]);
+    let volume = catalog.volume(&record.volume_id).await.unwrap();
+    assert_eq!(volume.backing, record.destination);
+    assert_eq!(volume.migration, None);
+    let moved = dst_io.open_image_read_only(&dst.image, None).await.unwrap();
+    assert_eq!(
+        digest(&moved, size).await,
+        want,
+        "the destination holds the source's data"
+    );
+    let meta = moved.metadata_list().await.unwrap();
+    moved.close().await;
+    assert!(meta.contains(&("tenant".into(), "t1".into())), "{meta:?}");
+    // The retired source goes (memstore keeps what the trash holds).
+    for line in cluster().cli("rbd", &["trash", "ls", &src.pool]).lines() {
+        if let Some(trash_id) = line.split_whitespace().next() {
+            cluster().cli("rbd", &["trash", "rm", "--force", &format!("{}/{trash_id}", src.pool)]);
+        }
+    }
+}
