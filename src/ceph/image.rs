@@ -9,88 +9,12 @@ use livemig_ceph_sys as sys;
 use tokio::sync::oneshot;
 
 use super::aio::{AioOp, RbdImage};
-use super::cluster::IoCtx;
+use super::ioctx::IoCtx;
 use super::features::Features;
+pub use super::info::{CreateOptions, ImageInfo, SnapInfo, Watcher};
 use super::release::release;
 use super::{blocking, check, cstring};
 use crate::error::{Error, ErrorKind, Result};
-
-/// Layout and identity of an image.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ImageInfo {
-    /// Provisioned size in bytes.
-    pub size: u64,
-    /// Object size in bytes (`1 << order`).
-    pub object_size: u64,
-    /// log2 of the object size.
-    pub order: u8,
-    /// Its features.
-    pub features: Features,
-    /// Stripe unit in bytes.
-    pub stripe_unit: u64,
-    /// Stripe count.
-    pub stripe_count: u64,
-    /// The image's id (stable across renames).
-    pub id: String,
-}
-
-/// Layout options for a new image; unset fields take the pool/cluster default.
-#[derive(Debug, Clone, Default)]
-pub struct CreateOptions {
-    /// log2 of the object size.
-    pub order: Option<u8>,
-    /// Its features.
-    pub features: Option<Features>,
-    /// Stripe unit in bytes (with `stripe_count`).
-    pub stripe_unit: Option<u64>,
-    /// Stripe count (with `stripe_unit`).
-    pub stripe_count: Option<u64>,
-}
-
-impl CreateOptions {
-    /// The options that reproduce `info`'s layout. Only features that can be
-    /// chosen at creation are kept (not `operations`, `migrating`, ...).
-    pub fn like(info: &ImageInfo) -> Self {
-        CreateOptions {
-            order: Some(info.order),
-            features: Some(info.features.intersection(Features::SETTABLE)),
-            stripe_unit: Some(info.stripe_unit),
-            stripe_count: Some(info.stripe_count),
-        }
-    }
-}
-
-/// A snapshot of an image.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SnapInfo {
-    /// Snapshot id.
-    pub id: u64,
-    /// Image size at the snapshot.
-    pub size: u64,
-    /// Snapshot name.
-    pub name: String,
-    /// For a snapshot in librbd's trash namespace, the name it had. A
-    /// removal first moves the snapshot there, so one that was interrupted
-    /// (its process killed) leaves it there under a generated name; so does
-    /// removing a snapshot that clones still use.
-    pub trashed_name: Option<String>,
-}
-
-impl SnapInfo {
-    /// The name the snapshot was given (its name before the trash, if there).
-    pub fn given_name(&self) -> &str {
-        self.trashed_name.as_deref().unwrap_or(&self.name)
-    }
-}
-
-/// A client watching an image (it has it open).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Watcher {
-    /// The client's address.
-    pub addr: String,
-    /// The client's global id.
-    pub id: i64,
-}
 
 struct ImageHandle(sys::rbd_image_t);
 // SAFETY: librbd image handles may be used from several threads concurrently
@@ -137,128 +61,6 @@ impl std::fmt::Debug for Image {
     }
 }
 
-impl IoCtx {
-    /// Creates an image of `size` bytes with the given layout.
-    pub async fn create_image(&self, name: &str, size: u64, opts: &CreateOptions) -> Result<()> {
-        let io = self.clone();
-        let name = name.to_owned();
-        let opts = opts.clone();
-        blocking(move || {
-            let n = cstring(&name, "image name")?;
-            let mut o: sys::rbd_image_options_t = ptr::null_mut();
-            // SAFETY: o is a valid out-pointer; destroyed below.
-            unsafe { sys::rbd_image_options_create(&mut o) };
-            let set = |key: u32, v: Option<u64>| -> Result<()> {
-                if let Some(v) = v {
-                    // SAFETY: o is a live options handle.
-                    check("rbd_image_options_set_uint64", unsafe {
-                        sys::rbd_image_options_set_uint64(o, key as libc::c_int, v)
-                    })?;
-                }
-                Ok(())
-            };
-            let r = set(sys::RBD_IMAGE_OPTION_ORDER, opts.order.map(u64::from))
-                .and_then(|_| set(sys::RBD_IMAGE_OPTION_FEATURES, opts.features.map(Features::bits)))
-                .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_UNIT, opts.stripe_unit))
-                .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_COUNT, opts.stripe_count))
-                .and_then(|_| {
-                    // SAFETY: io is valid; n a valid C string; o a live options handle.
-                    let ret = unsafe { sys::rbd_create4(io.raw(), n.as_ptr(), size, o) };
-                    check("rbd_create4", ret).map(|_| ())
-                });
-            // SAFETY: o was created above and is destroyed once.
-            unsafe { sys::rbd_image_options_destroy(o) };
-            r.map_err(|e| {
-                let spec = io.image_spec(&name);
-                match e.kind() {
-                    ErrorKind::DestinationExists => {
-                        e.target(spec.clone()).message(format!("image `{spec}` already exists"))
-                    }
-                    _ => e.target(spec),
-                }
-            })
-        })
-        .await
-    }
-
-    /// Opens an image for reading and writing.
-    pub async fn open_image(&self, name: &str) -> Result<Image> {
-        self.open(name, None, false).await
-    }
-
-    /// Opens an image read-only, at `snap` if given.
-    pub async fn open_image_read_only(&self, name: &str, snap: Option<&str>) -> Result<Image> {
-        self.open(name, snap, true).await
-    }
-
-    /// Opens an image read-only by its id (works for images in the trash).
-    pub async fn open_image_by_id_read_only(&self, id: &str) -> Result<Image> {
-        let io = self.clone();
-        let id = id.to_owned();
-        blocking(move || {
-            let idc = cstring(&id, "image id")?;
-            let mut h: sys::rbd_image_t = ptr::null_mut();
-            // SAFETY: io is valid; idc a valid C string; h an out-pointer; no snapshot.
-            let ret = unsafe { sys::rbd_open_by_id_read_only(io.raw(), idc.as_ptr(), &mut h, ptr::null()) };
-            check("rbd_open_by_id_read_only", ret).map_err(|e| {
-                let msg = format!("no image with id `{id}` in `{}`", io.pool_spec());
-                e.target(io.pool_spec()).message(msg)
-            })?;
-            let name = format!("id:{id}");
-            Ok(Image {
-                inner: Arc::new(ImageInner {
-                    handle: ImageHandle(h),
-                    ioctx: io,
-                    name,
-                    snap: None,
-                    closed: Mutex::new(None),
-                }),
-            })
-        })
-        .await
-    }
-
-    async fn open(&self, name: &str, snap: Option<&str>, read_only: bool) -> Result<Image> {
-        let io = self.clone();
-        let name = name.to_owned();
-        let snap = snap.map(str::to_owned);
-        blocking(move || {
-            let n = cstring(&name, "image name")?;
-            let s = snap.as_deref().map(|s| cstring(s, "snapshot name")).transpose()?;
-            let s_ptr = s.as_ref().map_or(ptr::null(), |c| c.as_ptr());
-            let mut h: sys::rbd_image_t = ptr::null_mut();
-            // SAFETY: io is valid; names are valid C strings or NULL; h is an out-pointer.
-            let ret = unsafe {
-                if read_only {
-                    sys::rbd_open_read_only(io.raw(), n.as_ptr(), &mut h, s_ptr)
-                } else {
-                    sys::rbd_open(io.raw(), n.as_ptr(), &mut h, s_ptr)
-                }
-            };
-            let spec = io.image_spec(&name);
-            check("rbd_open", ret).map_err(|e| {
-                let msg = match (&snap, e.kind()) {
-                    (Some(sn), ErrorKind::ImageNotFound) => {
-                        format!("image `{spec}` or its snapshot `{sn}` does not exist")
-                    }
-                    (None, ErrorKind::ImageNotFound) => format!("image `{spec}` does not exist"),
-                    _ => format!("cannot open image `{spec}`"),
-                };
-                e.target(spec.clone()).message(msg)
-            })?;
-            Ok(Image {
-                inner: Arc::new(ImageInner {
-                    handle: ImageHandle(h),
-                    ioctx: io,
-                    name,
-                    snap,
-                    closed: Mutex::new(None),
-                }),
-            })
-        })
-        .await
-    }
-}
 
 /// The name snapshot `id` had before librbd moved it to the trash
 /// namespace; `None` if it is not there (on the blocking pool).
@@ -298,6 +100,28 @@ impl RbdImage for Image {
 }
 
 impl Image {
+    /// Wraps an image handle `rbd_open*` just opened in `ioctx`.
+    ///
+    /// # Safety
+    /// `handle` is open, and nothing else closes it: the returned image
+    /// owns it.
+    pub(super) unsafe fn from_open_handle(
+        handle: sys::rbd_image_t,
+        ioctx: IoCtx,
+        name: String,
+        snap: Option<String>,
+    ) -> Image {
+        Image {
+            inner: Arc::new(ImageInner {
+                handle: ImageHandle(handle),
+                ioctx,
+                name,
+                snap,
+                closed: Mutex::new(None),
+            }),
+        }
+    }
+
     /// The snapshot the image is open at, if any.
     pub fn snap_name(&self) -> Option<&str> {
         self.inner.snap.as_deref()

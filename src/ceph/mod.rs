@@ -20,12 +20,16 @@ mod data_objects;
 mod diff;
 mod features;
 mod image;
+mod info;
+mod ioctx;
+mod open;
 mod object;
 mod release;
 
 pub use release::wait_for_releases;
 
-pub use cluster::{Cluster, ClusterConfig, IoCtx, OpPriorityRaise, PoolUsage};
+pub use cluster::{Cluster, ClusterConfig, OpPriorityRaise, PoolUsage};
+pub use ioctx::IoCtx;
 pub use data_objects::DataObjects;
 pub use diff::{DiffStream, Extent};
 pub use features::Features;

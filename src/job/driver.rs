@@ -23,7 +23,7 @@ use crate::catalog::Catalog;
 use crate::ceph::IoCtx;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
-use crate::mirror::copy::PARTIAL_SUFFIX;
+use crate::mirror::partial::partial_name;
 use crate::precheck::Clusters;
 
 pub(in crate::job) fn now() -> u64 {
@@ -190,7 +190,7 @@ impl Migrator {
     /// What an abort of `record` may have to remove.
     fn leftovers(&self, record: &JobRecord) -> (Option<String>, Vec<String>) {
         let snap = Some(snapshot_name(&record.id));
-        let partial = format!("{}{PARTIAL_SUFFIX}", record.destination.image.image);
+        let partial = partial_name(&record.destination.image.image);
         match record.phase {
             Phase::Created | Phase::Marked => (None, vec![]),
             // Only the live phases' round snapshots; abort sweeps them all by prefix.

@@ -4,11 +4,14 @@
 //! exclusive lock or a snapshot; sparse, bounded, parallel, zero-skipping);
 //! [`compare`] checks two images by content; [`fence`] takes a source
 //! image away from its writers for the cutover; [`zero`] finds the
-//! non-zero runs of a buffer so the destination stays thin.
+//! non-zero runs of a buffer so the destination stays thin; [`partial`]
+//! is the protocol of the partial destination a copy writes under.
 
 pub mod compare;
 pub mod copy;
 pub mod fence;
+pub mod partial;
+mod transfer;
 pub mod zero;
 
 pub use compare::{compare_images, CompareReport};

@@ -19,7 +19,7 @@ use crate::job::run::Run;
 use crate::job::source::{made_by_job, retry_busy, snapshot_exists};
 use crate::job::store::Stored;
 use crate::job::{fault, snapshot_name, Migrator, JOB_META_KEY};
-use crate::mirror::copy::{create_partial, finish_partial, PARTIAL_SUFFIX};
+use crate::mirror::partial::{create_partial, finish_partial, partial_name};
 use crate::mirror::fence::fence_out_clients;
 use crate::mirror::Progress;
 
@@ -28,7 +28,7 @@ impl Migrator {
     pub(in crate::job) async fn step_begin_copy(&self, s: &mut Stored) -> Result<()> {
         let copying = Phase::Copying {
             snapshot: snapshot_name(&s.record.id),
-            partial: format!("{}{PARTIAL_SUFFIX}", s.record.destination.image.image),
+            partial: partial_name(&s.record.destination.image.image),
             watermark: 0,
             done_bytes: 0,
             total_bytes: 0,
