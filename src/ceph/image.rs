@@ -9,9 +9,9 @@ use livemig_ceph_sys as sys;
 use tokio::sync::oneshot;
 
 use super::aio::{AioOp, RbdImage};
-use super::ioctx::IoCtx;
 use super::features::Features;
 pub use super::info::{CreateOptions, ImageInfo, SnapInfo, Watcher};
+use super::ioctx::IoCtx;
 use super::release::release;
 use super::{blocking, check, cstring};
 use crate::error::{Error, ErrorKind, Result};
@@ -60,7 +60,6 @@ impl std::fmt::Debug for Image {
         f.write_str(&self.spec())
     }
 }
-
 
 /// The name snapshot `id` had before librbd moved it to the trash
 /// namespace; `None` if it is not there (on the blocking pool).

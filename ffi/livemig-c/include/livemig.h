@@ -446,27 +446,6 @@ typedef struct livemig_progress {
 extern "C" {
 #endif // __cplusplus
 
-// The livemig version, a static string (never freed).
-const char *livemig_version(void);
-
-// The message of the last failed livemig call on this thread ("" if none).
-// Owned by livemig; valid until the thread's next livemig call.
-const char *livemig_last_error_message(void);
-
-// The code of the last failed livemig call on this thread (`LIVEMIG_OK` if none).
-int32_t livemig_last_error_code(void);
-
-// A code's stable name (`"conflict"`, `"bad_handle"`, ...), a static
-// string; `"unknown"` for codes livemig does not define.
-const char *livemig_code_name(int32_t code);
-
-// Frees a string livemig returned. NULL is ignored; a pointer livemig did
-// not hand out (or already freed) is refused with `LIVEMIG_ERR_BAD_HANDLE`.
-//
-// # Safety
-// `s` is NULL or a pointer; it is only dereferenced if livemig issued it.
-int32_t livemig_string_free(char *s);
-
 // Connects to the cluster and returns a migrator in `*out`.
 //
 // `catalog`: the control plane's database; NULL uses livemig's built-in
@@ -579,6 +558,17 @@ int32_t livemig_abort(const struct livemig_migrator *migrator,
 // `message` is NULL or a valid C string.
 int32_t livemig_callback_error(const char *message);
 
+// The message of the last failed livemig call on this thread ("" if none).
+// Owned by livemig; valid until the thread's next livemig call.
+const char *livemig_last_error_message(void);
+
+// The code of the last failed livemig call on this thread (`LIVEMIG_OK` if none).
+int32_t livemig_last_error_code(void);
+
+// A code's stable name (`"conflict"`, `"bad_handle"`, ...), a static
+// string; `"unknown"` for codes livemig does not define.
+const char *livemig_code_name(int32_t code);
+
 // Adds a volume to what a `get_volume` or `list_volumes` callback returns.
 // The record is copied; its strings need only live for this call.
 //
@@ -594,6 +584,16 @@ int32_t livemig_records_add_volume(struct livemig_records *records,
 // `attachment` is NULL or points to a record whose strings are NULL or valid.
 int32_t livemig_records_add_attachment(struct livemig_records *records,
                                        const struct livemig_attachment *attachment);
+
+// Frees a string livemig returned. NULL is ignored; a pointer livemig did
+// not hand out (or already freed) is refused with `LIVEMIG_ERR_BAD_HANDLE`.
+//
+// # Safety
+// `s` is NULL or a pointer; it is only dereferenced if livemig issued it.
+int32_t livemig_string_free(char *s);
+
+// The livemig version, a static string (never freed).
+const char *livemig_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"

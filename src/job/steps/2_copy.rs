@@ -19,8 +19,8 @@ use crate::job::run::Run;
 use crate::job::source::{made_by_job, retry_busy, snapshot_exists};
 use crate::job::store::Stored;
 use crate::job::{fault, snapshot_name, Migrator, JOB_META_KEY};
-use crate::mirror::partial::{create_partial, finish_partial, partial_name};
 use crate::mirror::fence::fence_out_clients;
+use crate::mirror::partial::{create_partial, finish_partial, partial_name};
 use crate::mirror::Progress;
 
 impl Migrator {
