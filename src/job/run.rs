@@ -23,8 +23,8 @@ pub(in crate::job) struct Run {
     pub fence: Option<Image>,
     /// The source, read-write, kept open from round to round: round
     /// snapshots are taken through it, and the cutover fences it (it then
-    /// moves to `fence`). Opening an image costs 10-20 ms (header reads, a
-    /// watch), which each round would add to the next delta.
+    /// moves to `fence`). Opening an image costs header reads and a watch,
+    /// which each round would add to the next delta.
     pub source: Option<Image>,
     /// The destination the deltas are written to, kept open likewise.
     pub destination: Option<Image>,

@@ -2,8 +2,8 @@
 //!
 //! The hypervisor's hold is a promise by the instance; the fence is Ceph's
 //! guarantee. livemig takes the image's exclusive lock explicitly: a
-//! cooperating owner's librbd flushes and hands the lock over (measured at
-//! ~0.1 s), and as long as livemig holds it, every other client's write
+//! cooperating owner's librbd flushes and hands the lock over, and as long
+//! as livemig holds it, every other client's write
 //! fails (`EROFS`) instead of landing. An owner that does not hand it over
 //! within the timeout (hung, or stopped) has its lock broken, which
 //! blocklists it cluster-wide: none of its writes can land afterwards.

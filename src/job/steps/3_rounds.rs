@@ -23,12 +23,12 @@ use crate::job::{fault, round_snapshot, Migrator};
 /// Earlier snapshots of the job a continuing round leaves on the source
 /// (those of the copy and of the rounds before it, not the new base).
 ///
-/// Removing a snapshot costs a monitor round trip (~1 s), and the OSDs then
-/// trim its clones. In line, the removal would add its second to every
-/// round's delta; in the background, beside the next round, the removal and
-/// the trimming after it still shared the cluster with the cutover that
-/// followed a round or two later (live bench, 12 runs each: downtime median
-/// 113 ms against 86, the fence 28 against 18 ms). So a migration that
+/// Removing a snapshot costs a monitor round trip, and the OSDs then trim
+/// its clones. In line, the removal would add to every round's delta; in
+/// the background, beside the next round, the removal and the trimming
+/// after it still shared the cluster with the cutover that followed a round
+/// or two later, and lengthened the hold (the README's live bench has the
+/// numbers). So a migration that
 /// converges in a few rounds leaves its snapshots to cleanup, after the
 /// instance runs on the destination; a longer one removes them in the
 /// background once more than this many have gathered, and a paused one
