@@ -8,7 +8,8 @@
 //! only rolling forward is allowed.
 //!
 //! Where things are, in the order a job meets them:
-//! - [`options`]: how a [`Migrator`] runs jobs; what it reports.
+//! - `options`: how a [`Migrator`] runs jobs ([`MigrateOptions`]); what it
+//!   reports ([`JobProgress`]).
 //! - `create`: the precheck and the new record.
 //! - `driver`: the [`Migrator`] and its drive loop (lease, run, next step).
 //! - `pipeline`: which step comes next, per engine (a pure function).
