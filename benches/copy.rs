@@ -3,7 +3,8 @@
 //!
 //! Datasets: 2 GiB of random data in a 4 GiB image (every other object);
 //! a 4 GiB image fully written, mostly zeros (64 KiB of data per 4 MiB
-//! object); a sparse 64 GiB image with 1 GiB written. Tools: `migrate copy`,
+//! object); a sparse 64 GiB image with 1 GiB written. Tools: `migrate copy`
+//! (the OSDs copying, and `--copy-mode client`),
 //! `rbd cp`, `rbd deep cp`, `rbd migration prepare/execute/commit`, and
 //! `rbd export-diff | rbd import-diff`. Each tool runs once to warm up, then
 //! `LIVEMIG_BENCH_ROUNDS` (default 3) rounds with the tools in rotating
@@ -67,15 +68,19 @@ fn datasets() -> Vec<Dataset> {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tool {
+    /// `migrate copy`: the OSDs copy the data objects (same cluster).
     Livemig,
+    /// `migrate copy --copy-mode client`: livemig reads and writes every byte.
+    LivemigClient,
     RbdCp,
     RbdDeepCp,
     RbdMigration,
     ExportImportDiff,
 }
 
-const TOOLS: [Tool; 5] = [
+const TOOLS: [Tool; 6] = [
     Tool::Livemig,
+    Tool::LivemigClient,
     Tool::RbdCp,
     Tool::RbdDeepCp,
     Tool::RbdMigration,
@@ -85,7 +90,8 @@ const TOOLS: [Tool; 5] = [
 impl Tool {
     fn name(self) -> &'static str {
         match self {
-            Tool::Livemig => "livemig (migrate copy)",
+            Tool::Livemig => "livemig server-side (migrate copy)",
+            Tool::LivemigClient => "livemig client (--copy-mode client)",
             Tool::RbdCp => "rbd cp",
             Tool::RbdDeepCp => "rbd deep cp",
             Tool::RbdMigration => "rbd migration (import-only)",
@@ -151,9 +157,10 @@ impl Env {
         let src = format!("{SRC_POOL}/{}", ds.image);
         let dst = format!("{DST_POOL}/{dst}");
         match tool {
-            Tool::Livemig => {
+            Tool::Livemig | Tool::LivemigClient => {
+                let mode = if tool == Tool::Livemig { "server" } else { "client" };
                 let cmd = format!(
-                    "'{}' copy --conf '{}' --no-progress {src} {dst}",
+                    "'{}' copy --conf '{}' --no-progress --copy-mode {mode} {src} {dst}",
                     self.migrate.display(),
                     self.conf.display()
                 );
@@ -201,6 +208,8 @@ fn livemig_peak_rss_mib(env: &Env, ds: &Dataset, dst: &str) -> Result<u64> {
         .arg(&env.conf)
         .args([
             "--no-progress",
+            "--copy-mode",
+            "client",
             &format!("{SRC_POOL}/{}", ds.image),
             &format!("{DST_POOL}/{dst}"),
         ])
@@ -263,6 +272,9 @@ struct Row {
     cpu_per_gib: f64,
     /// Peak RSS of livemig's copy (MiB), on its row.
     peak_rss_mib: Option<u64>,
+    /// The copy's allocated bytes (MiB, whole objects, as `rbd du` counts).
+    #[serde(default)]
+    allocated_mib: u64,
 }
 
 async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize) -> Result<Vec<Row>> {
@@ -272,6 +284,7 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
     fill(&src_io, ds).await?;
     let src_img = src_io.open_image_read_only(ds.image, None).await?;
     let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); TOOLS.len()];
+    let mut allocated = [0u64; TOOLS.len()];
     for round in 0..=rounds {
         for k in 0..TOOLS.len() {
             // Rotate the order every round so no tool always runs first.
@@ -292,6 +305,7 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
             }
             let copy = dst_io.open_image_read_only(&dst, None).await?;
             let cmp = compare_images(&src_img, &copy).await?;
+            allocated[t] = copy.allocated_bytes(true).await? / MIB;
             copy.close().await;
             if !cmp.identical() {
                 bail!("{} produced a copy that differs from the source: {cmp:?}", tool.name());
@@ -322,12 +336,14 @@ async fn bench_dataset(env: &Env, cluster: &Cluster, ds: &Dataset, rounds: usize
     let rows = TOOLS
         .iter()
         .zip(samples.iter_mut())
-        .map(|(tool, (walls, cpus))| {
+        .zip(allocated)
+        .map(|((tool, (walls, cpus)), allocated_mib)| {
             let secs = median(walls);
             Row {
                 dataset: ds.name.to_string(),
                 tool: tool.name().to_string(),
                 peak_rss_mib: None,
+                allocated_mib,
                 secs,
                 mbps: ds.data_bytes() as f64 / 1e6 / secs,
                 cpu_per_gib: median(cpus) / gib,
@@ -380,7 +396,7 @@ async fn main() -> Result<()> {
         let mut rows = bench_dataset(&env, &cluster, &ds, rounds).await?;
         let peak = livemig_peak_rss_mib(&env, &ds, "peak-rss")?;
         cluster.ioctx(DST_POOL, "").await?.remove_image("peak-rss").await?;
-        rows[0].peak_rss_mib = Some(peak);
+        rows[1].peak_rss_mib = Some(peak);
         cluster.ioctx(SRC_POOL, "").await?.remove_image(ds.image).await?;
         std::fs::write(
             dir.join(format!("rows-{}.json", ds.image)),
@@ -407,35 +423,42 @@ fn table(rows: &[Row], rounds: usize) -> String {
         "Copy benchmark: median of {rounds} rounds after a warm-up, tools alternating; MB/s of source data (10^6 B/s);\n\
          speedup = tool's time / livemig's time; CPU = client user+sys seconds per GiB of data. Every copy verified identical.\n\n"
     );
-    out.push_str("| dataset | tool | median s | MB/s | livemig speedup | CPU s/GiB |\n|---|---|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| dataset | tool | median s | MB/s | livemig speedup | CPU s/GiB | allocated MiB |\n|---|---|---:|---:|---:|---:|---:|\n",
+    );
     let base = |ds: &str| rows.iter().find(|b| b.dataset == ds && b.tool == livemig);
     for r in rows {
         let speedup = base(&r.dataset)
             .map(|b| format!("{:.2}x", r.secs / b.secs))
             .unwrap_or_default();
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0} | {speedup} | {:.2} |\n",
+            "| {} | {} | {:.2} | {:.0} | {speedup} | {:.2} | {} |\n",
             r.dataset,
             r.tool.replace('|', "\\|"),
             r.secs,
             r.mbps,
-            r.cpu_per_gib
+            r.cpu_per_gib,
+            r.allocated_mib
         ));
     }
     out.push('\n');
     let by = |ds: &str, tool: &str| rows.iter().find(|r| r.dataset.starts_with(ds) && r.tool == tool);
+    let ours = [Tool::Livemig.name(), Tool::LivemigClient.name()];
     for ds in ["dense", "zeros", "sparse"] {
-        let Some(l) = by(ds, livemig) else { continue };
         let fastest = rows
             .iter()
-            .filter(|r| r.dataset.starts_with(ds) && r.tool != livemig)
+            .filter(|r| r.dataset.starts_with(ds) && !ours.contains(&r.tool.as_str()))
             .min_by(|a, b| a.secs.partial_cmp(&b.secs).unwrap());
-        if let Some(f) = fastest {
-            out.push_str(&format!(
-                "- {ds}: livemig {:.2}x the fastest Ceph tool ({})\n",
-                f.secs / l.secs,
-                f.tool
-            ));
+        for tool in ours {
+            if let (Some(l), Some(f)) = (by(ds, tool), fastest) {
+                out.push_str(&format!(
+                    "- {ds}: {tool} {:.2}x the fastest Ceph tool ({}); client CPU {:.2} s/GiB against {:.2}\n",
+                    f.secs / l.secs,
+                    f.tool,
+                    l.cpu_per_gib,
+                    f.cpu_per_gib
+                ));
+            }
         }
     }
     if let (Some(dense), Some(sparse)) = (by("dense", livemig), by("sparse", livemig)) {

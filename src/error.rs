@@ -141,6 +141,10 @@ error_kinds! {
     Io = 27, "io", exit 1, "see the cause; the cluster logs (`ceph -s`, `ceph health detail`) may say more";
     /// No job has this id.
     JobNotFound = 28, "job_not_found", exit 3, "list the jobs to find its id";
+    /// The OSDs cannot copy this volume's data (server-side copy was asked
+    /// for; the message says why).
+    ServerCopyUnavailable = 29, "server_copy_unavailable", exit 4,
+        "use the automatic or the client copy mode";
 }
 
 impl fmt::Display for ErrorKind {

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use livemig::ceph::{Cluster, ClusterConfig, CreateOptions, IoCtx};
-use livemig::mirror::{compare_images, Copier, CopyOptions, SourceHold};
+use livemig::mirror::{compare_images, Copier, CopyMode, CopyOptions, SourceHold};
 use livemig::spec::ImageSpec;
 use livemig::ErrorKind;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +175,9 @@ async fn sparse_image_copies_only_its_data_and_stays_thin() {
     );
 }
 
+/// Zeros written to the source are not allocated on the destination: the
+/// client copy skips all-zero 64 KiB blocks; the OSDs copy whole objects
+/// and skip the all-zero ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeros_written_to_the_source_are_not_allocated_on_the_destination() {
     let c = cluster().connect().await;
@@ -191,24 +194,37 @@ async fn zeros_written_to_the_source_are_not_allocated_on_the_destination() {
         write_at(&img, i * (4 << 20) + 8192, random_bytes(30 + i, 4096)).await;
     }
     img.close().await;
-    let report = copy(&c, &ImageSpec::new(SRC_POOL, &name), &ImageSpec::new(DST_POOL, &name))
+    for (mode, written) in [(CopyMode::Client, 4 * (64 << 10)), (CopyMode::Server, 4 * (4 << 20))] {
+        let dst_name = format!("{name}-{}", mode.as_str());
+        let report = Copier::new(CopyOptions {
+            copy_mode: mode,
+            ..Default::default()
+        })
+        .run(
+            &c,
+            &ImageSpec::new(SRC_POOL, &name),
+            &c,
+            &ImageSpec::new(DST_POOL, &dst_name),
+        )
         .await
         .unwrap();
-    assert_eq!(report.read_bytes, 64 << 20);
-    assert_eq!(
-        report.written_bytes,
-        4 * (64 << 10),
-        "only the non-zero 64 KiB blocks are written"
-    );
-    let a = src_io.open_image_read_only(&name, None).await.unwrap();
-    let b = dst_io.open_image_read_only(&name, None).await.unwrap();
-    assert!(compare_images(&a, &b).await.unwrap().identical());
-    let (ua, ub) = (
-        a.allocated_bytes(true).await.unwrap(),
-        b.allocated_bytes(true).await.unwrap(),
-    );
-    assert_eq!(ua, 64 << 20);
-    assert_eq!(ub, 4 * (4 << 20), "destination objects: only the 4 with data");
+        assert_eq!(report.read_bytes, 64 << 20);
+        assert_eq!(
+            report.written_bytes, written,
+            "{mode:?}: only the non-zero blocks (client) or objects (server) are written"
+        );
+        let a = src_io.open_image_read_only(&name, None).await.unwrap();
+        let b = dst_io.open_image_read_only(&dst_name, None).await.unwrap();
+        assert!(compare_images(&a, &b).await.unwrap().identical());
+        let (ua, ub) = (
+            a.allocated_bytes(true).await.unwrap(),
+            b.allocated_bytes(true).await.unwrap(),
+        );
+        assert_eq!(ua, 64 << 20);
+        assert_eq!(ub, 4 * (4 << 20), "{mode:?}: destination objects: only the 4 with data");
+        a.close().await;
+        b.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

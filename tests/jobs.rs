@@ -590,8 +590,19 @@ async fn a_snapshot_removal_cut_short_is_finished_by_the_resume() {
 /// kill before (so a slow start cannot turn every kill into a kill during
 /// the lease wait), and every watermark the record ever shows must be at
 /// least the one before: a resume continues from it, never from the start.
+/// Random SIGKILLs while the OSDs copy (the default within one cluster).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_kills_during_the_copy_then_resume() {
+async fn random_kills_during_the_server_side_copy_then_resume() {
+    random_kills_during_the_copy_then_resume("server").await
+}
+
+/// Random SIGKILLs while livemig copies through the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_during_the_client_copy_then_resume() {
+    random_kills_during_the_copy_then_resume("client").await
+}
+
+async fn random_kills_during_the_copy_then_resume(copy_mode: &str) {
     use rand::{Rng, SeedableRng};
     // 32 MiB of data: 8 objects at 4 MiB/s, one recorded step a second.
     let env = setup_sized("randkill", 64 << 20).await;
@@ -607,11 +618,13 @@ async fn random_kills_during_the_copy_then_resume() {
             "--no-progress",
             "--bwlimit",
             "4M",
+            "--copy-mode",
+            copy_mode,
         ];
         args.iter().map(|s| s.to_string()).collect()
     };
     let mut args = env.start_args();
-    args.extend(["--bwlimit".to_string(), "4M".to_string()]);
+    args.extend(["--bwlimit", "4M", "--copy-mode", copy_mode].map(String::from));
     let spawn = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         migrate(&args)

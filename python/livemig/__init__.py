@@ -128,6 +128,9 @@ NotConverging = _error_class("NotConverging", 25, "The writer outpaces the copy.
 HypervisorError = _error_class("HypervisorError", 26, "The hypervisor hook failed.")
 IoError = _error_class("IoError", 27, "An I/O or librados/librbd failure.")
 JobNotFound = _error_class("JobNotFound", 28, "No job has this id.")
+ServerCopyUnavailable = _error_class(
+    "ServerCopyUnavailable", 29, "The OSDs cannot copy this data (server-side copy was asked for)."
+)
 NullArgument = _error_class("NullArgument", 100, "A required argument is missing.")
 BadHandle = _error_class("BadHandle", 101, "The handle is closed, freed or not livemig's.")
 InvalidString = _error_class("InvalidString", 102, "A string is not UTF-8.")
@@ -458,6 +461,9 @@ class RunOptions:
     # Live: OSD priority of the deltas' I/O, 1..255 (from 196 ahead of the
     # instance's); 0: Ceph's client default (63), not raised; None: 200.
     delta_op_priority: Optional[int] = None
+    # Who copies the data: "server" (the OSDs, or fail), "client" (livemig
+    # itself); None: the OSDs where they can, the client otherwise.
+    copy_mode: Optional[str] = None
 
     def _c(self) -> _n.RunOptions:
         on_stall = {None: 0, "cutover": 1, "pause": 2}.get(self.on_stall)
@@ -466,6 +472,9 @@ class RunOptions:
         engine = {None: 0, "native": 1, "qemu": 2}.get(self.engine)
         if engine is None:
             raise ValueError(f"engine must be 'native' or 'qemu', not {self.engine!r}")
+        copy_mode = {None: 0, "server": 1, "client": 2}.get(self.copy_mode)
+        if copy_mode is None:
+            raise ValueError(f"copy_mode must be 'server' or 'client', not {self.copy_mode!r}")
         return _n.RunOptions(
             ctypes.sizeof(_n.RunOptions),
             engine,
@@ -480,6 +489,7 @@ class RunOptions:
             self.trash_delay_secs or 0,
             self.mirror_stall_ms or 0,
             {None: 0, 0: _n.DELTA_PRIORITY_CEPH_DEFAULT}.get(self.delta_op_priority, self.delta_op_priority),
+            copy_mode,
         )
 
 

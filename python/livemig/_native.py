@@ -184,6 +184,7 @@ class RunOptions(Structure):
         ("trash_delay_secs", c_uint64),
         ("mirror_stall_ms", c_uint64),
         ("delta_op_priority", c_int32),
+        ("copy_mode", c_int32),
     ]
 
 

@@ -88,17 +88,40 @@ impl IoCtx {
     /// apply to a whole io-context (the snapshot reads are made at), so
     /// that they do not leak to other users of this one.
     pub(crate) fn private_copy_blocking(&self) -> Result<IoCtx> {
+        self.sibling_blocking(self.pool_id(), self.inner.pool.clone())
+    }
+
+    /// A private io-context on pool `pool_id` of the same cluster, in this
+    /// one's namespace: an image's data pool, where its data objects live.
+    pub(crate) fn data_pool_blocking(&self, pool_id: i64) -> Result<IoCtx> {
+        if pool_id == self.pool_id() {
+            return self.private_copy_blocking();
+        }
+        let mut name = vec![0u8; 256];
+        // SAFETY: the cluster is connected; name is writable for its length.
+        let ret = unsafe {
+            sys::rados_pool_reverse_lookup(self.inner.cluster.raw(), pool_id, name.as_mut_ptr().cast(), name.len())
+        };
+        check("rados_pool_reverse_lookup", ret).map_err(|e| {
+            e.kind_for(ErrorKind::ImageNotFound, ErrorKind::PoolNotFound)
+                .target(format!("pool id {pool_id}"))
+                .message(format!(
+                    "the data pool (id {pool_id}) of an image in `{}` does not exist",
+                    self.pool_spec()
+                ))
+        })?;
+        let name = std::ffi::CStr::from_bytes_until_nul(&name)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.sibling_blocking(pool_id, name)
+    }
+
+    fn sibling_blocking(&self, pool_id: i64, pool: String) -> Result<IoCtx> {
         let mut io: sys::rados_ioctx_t = ptr::null_mut();
-        // SAFETY: self's handle is valid; the cluster is connected; io is a valid out-pointer.
-        let ret =
-            unsafe { sys::rados_ioctx_create2(self.inner.cluster.raw(), sys::rados_ioctx_get_id(self.raw()), &mut io) };
-        check("rados_ioctx_create2", ret).map_err(|e| e.target(self.pool_spec()))?;
-        IoCtx::wrap(
-            self.inner.cluster.clone(),
-            io,
-            self.inner.pool.clone(),
-            self.inner.namespace.clone(),
-        )
+        // SAFETY: the cluster is connected; io is a valid out-pointer.
+        let ret = unsafe { sys::rados_ioctx_create2(self.inner.cluster.raw(), pool_id, &mut io) };
+        check("rados_ioctx_create2", ret).map_err(|e| e.target(pool.clone()))?;
+        IoCtx::wrap(self.inner.cluster.clone(), io, pool, self.inner.namespace.clone())
     }
 
     /// Takes ownership of a freshly created io-context handle and puts it

@@ -23,6 +23,7 @@ mod image;
 mod info;
 mod ioctx;
 mod object;
+mod object_copy;
 mod open;
 mod release;
 
@@ -35,6 +36,7 @@ pub use features::Features;
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
 pub use ioctx::IoCtx;
 pub use object::{GuardedObject, OmapEntries};
+pub use object_copy::{Layout, ObjectCopied, ObjectCopy};
 
 use std::ffi::CString;
 

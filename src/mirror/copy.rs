@@ -48,6 +48,45 @@ pub struct CopyOptions {
     /// Always read through a temporary snapshot, even where the source's
     /// exclusive lock would do (so the source stays writable).
     pub always_snapshot: bool,
+    /// Who moves the bulk copy's bytes: the OSDs where they can, or always
+    /// the client (see [`CopyMode`]).
+    pub copy_mode: CopyMode,
+}
+
+/// Who moves a bulk copy's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMode {
+    /// The OSDs (server-side copy) where both images allow it (one
+    /// cluster, one layout, a source without parent data), else the client.
+    #[default]
+    Auto,
+    /// The OSDs, or fail (before anything is copied) saying why they cannot.
+    Server,
+    /// The client: read through librbd, written through librbd.
+    Client,
+}
+
+impl CopyMode {
+    /// The mode's name, as the CLI and the C ABI take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyMode::Auto => "auto",
+            CopyMode::Server => "server",
+            CopyMode::Client => "client",
+        }
+    }
+}
+
+/// Who moved a copy's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMethod {
+    /// Read and written by this client through librbd.
+    #[default]
+    Client,
+    /// Copied by the OSDs, object by object (`copy_from`).
+    ServerSide,
 }
 
 impl Default for CopyOptions {
@@ -58,6 +97,7 @@ impl Default for CopyOptions {
             zero_block: 64 << 10,
             bandwidth_limit: None,
             always_snapshot: false,
+            copy_mode: CopyMode::Auto,
         }
     }
 }
@@ -81,6 +121,11 @@ pub struct Progress {
     pub watermark: u64,
     /// Of `done_bytes`, those copied by an earlier run that this one resumed.
     pub resumed_bytes: u64,
+    /// Who moves the bytes.
+    pub method: CopyMethod,
+    /// Why the client moves them, when the copy mode let the OSDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_reason: Option<String>,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -124,6 +169,11 @@ pub struct CopyReport {
     pub metadata_keys: usize,
     /// How the source was held still: `exclusive_lock` or `snapshot`.
     pub source_hold: SourceHold,
+    /// Who moved the bytes.
+    pub method: CopyMethod,
+    /// Why the client moved them, when the copy mode let the OSDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_reason: Option<String>,
 }
 
 /// How a copy keeps its source at one point in time.
@@ -365,6 +415,8 @@ impl Copier {
                     Some(_) => SourceHold::Snapshot,
                     None => SourceHold::ExclusiveLock,
                 },
+                method: progress.method,
+                client_reason: progress.client_reason,
             })
         }
         .await;

@@ -15,7 +15,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tracing::debug;
 
-use super::copy::{Copier, Progress};
+use super::copy::{Copier, CopyMode, Progress};
 use super::zero::{exact_overwrite_plan, nonzero_runs, overwrite_plan, Overwrite};
 use crate::ceph::{DataObjects, Image};
 use crate::error::{Error, ErrorKind, Result};
@@ -30,8 +30,28 @@ impl Copier {
     /// size that reads as zeros wherever nothing was copied yet. Progress
     /// carries a watermark below which everything is copied; a copy that
     /// died can be resumed from its last recorded watermark.
+    ///
+    /// The OSDs move the bytes where the copy mode and both images allow it
+    /// (see [`ObjectCopy`](crate::ceph::ObjectCopy)); the progress says which moved them and why.
     pub async fn transfer(&self, src: &Image, dst: &Image, resume_from: u64) -> Result<Progress> {
-        self.move_extents(src, dst, None, resume_from).await
+        let client_reason = match self.options.copy_mode {
+            CopyMode::Client => None,
+            mode => match src.object_copy_to(dst).await? {
+                Ok(objects) => return self.copy_objects(src, objects, resume_from).await,
+                Err(why) if mode == CopyMode::Server => {
+                    return Err(Error::new(ErrorKind::ServerCopyUnavailable, "copy")
+                        .target(dst.spec())
+                        .message(format!(
+                            "the OSDs cannot copy `{}` to `{}`: {why}",
+                            src.spec(),
+                            dst.spec()
+                        )))
+                }
+                Err(why) => Some(why),
+            },
+        };
+        debug!(reason = ?client_reason, "the client moves the bytes");
+        self.move_extents(src, dst, None, resume_from, client_reason).await
     }
 
     /// Applies to `dst` what changed in `src` since its snapshot `since`
@@ -40,10 +60,17 @@ impl Copier {
     /// write-zeroes, which deallocates, so the destination stays thin. `dst`
     /// must hold `src`'s content as of `since`; afterwards it holds `src`'s.
     pub async fn replay(&self, src: &Image, dst: &Image, since: &str) -> Result<Progress> {
-        self.move_extents(src, dst, Some(since), 0).await
+        self.move_extents(src, dst, Some(since), 0, None).await
     }
 
-    async fn move_extents(&self, src: &Image, dst: &Image, since: Option<&str>, resume_from: u64) -> Result<Progress> {
+    async fn move_extents(
+        &self,
+        src: &Image,
+        dst: &Image,
+        since: Option<&str>,
+        resume_from: u64,
+        client_reason: Option<String>,
+    ) -> Result<Progress> {
         debug_assert!(since.is_none() || resume_from == 0, "a delta is applied whole");
         // A full copy lands on a fresh image (zeros need not be written) and
         // may use whole-object extents; a delta overwrites, so it needs the
@@ -82,6 +109,7 @@ impl Copier {
             done_bytes: already,
             resumed_bytes: already,
             watermark: resume_from,
+            client_reason,
             ..Progress::default()
         };
         self.publish(&progress);
@@ -247,7 +275,7 @@ impl Copier {
         Ok(progress)
     }
 
-    fn publish(&self, progress: &Progress) {
+    pub(super) fn publish(&self, progress: &Progress) {
         if let Some(tx) = &self.progress {
             tx.send_replace(progress.clone());
         }
@@ -258,17 +286,17 @@ impl Copier {
 /// on a lock, a slow OSD) is not saved up: at most `PACER_SLACK` of it is
 /// made up afterwards, so the limit holds over any window an operator
 /// would look at, not only on average since the start.
-struct Pacer {
+pub(super) struct Pacer {
     bytes_per_sec: u64,
     /// When the next chunk may be issued.
-    next_at: Instant,
+    pub(super) next_at: Instant,
 }
 
 /// Lateness the pacer forgives (scheduling delays), and so the largest burst.
 const PACER_SLACK: Duration = Duration::from_millis(100);
 
 impl Pacer {
-    fn new(bytes_per_sec: u64, start: Instant) -> Self {
+    pub(super) fn new(bytes_per_sec: u64, start: Instant) -> Self {
         Pacer {
             bytes_per_sec,
             next_at: start,
@@ -276,7 +304,7 @@ impl Pacer {
     }
 
     /// Accounts for `len` bytes issued at `now` (not before `next_at`).
-    fn take(&mut self, len: u64, now: Instant) {
+    pub(super) fn take(&mut self, len: u64, now: Instant) {
         let base = self.next_at.max(now.checked_sub(PACER_SLACK).unwrap_or(now));
         self.next_at = base + Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);
     }
@@ -436,7 +464,7 @@ async fn apply_changes_by_object(
 
 /// Bytes a full copy moves in all, and below `split`: the allocated
 /// extents, whole objects at a time (as the copy enumerates them).
-async fn extent_bytes(img: &Image, size: u64, split: u64) -> Result<(u64, u64)> {
+pub(super) async fn extent_bytes(img: &Image, size: u64, split: u64) -> Result<(u64, u64)> {
     let mut diff = img.diff(None, 0, size, true);
     let (mut total, mut below) = (0, 0);
     while let Some(e) = diff.next().await {

@@ -29,6 +29,10 @@ pub(crate) struct CopyArgs {
     /// two monitor round trips.
     #[arg(long)]
     pub(crate) snapshot: bool,
+    /// Who copies the data: the OSDs where they can (auto), only the OSDs
+    /// (server), or livemig itself (client).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CopyModeChoice::Auto)]
+    pub(crate) copy_mode: CopyModeChoice,
     /// Do not show progress.
     #[arg(long)]
     pub(crate) no_progress: bool,
@@ -58,6 +62,15 @@ pub(crate) enum Output {
     Quiet,
 }
 
+/// Who moved a copy's bytes, and why the client did, for people.
+pub(crate) fn copied_by(method: CopyMethod, client_reason: Option<&str>) -> String {
+    match (method, client_reason) {
+        (CopyMethod::ServerSide, _) => "copied by the OSDs (server-side)".into(),
+        (CopyMethod::Client, Some(why)) => format!("copied by livemig (client) because {why}"),
+        (CopyMethod::Client, None) => "copied by livemig (client), as asked".into(),
+    }
+}
+
 pub(crate) fn progress_json(p: &Progress) -> serde_json::Value {
     serde_json::json!({
         "event": "progress",
@@ -67,6 +80,8 @@ pub(crate) fn progress_json(p: &Progress) -> serde_json::Value {
         "elapsed_secs": p.elapsed.as_secs_f64(),
         "rate_bytes_per_sec": p.rate(),
         "eta_secs": p.eta().map(|d| d.as_secs_f64()),
+        "method": p.method,
+        "client_reason": p.client_reason,
     })
 }
 
@@ -152,6 +167,7 @@ pub(crate) async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result
         chunk_size: args.chunk_size,
         bandwidth_limit: args.bwlimit,
         always_snapshot: args.snapshot,
+        copy_mode: args.copy_mode.mode(),
         ..Default::default()
     };
     let cancel = on_ctrl_c("cancelling (removing the partial destination)");
@@ -164,7 +180,7 @@ pub(crate) async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result
     let report = result?;
     if !json {
         println!(
-            "copied {} to {}: {} of data in {:.1}s ({}/s), {} written, {} image-meta keys; source held by {}",
+            "copied {} to {}: {} of data in {:.1}s ({}/s), {} written, {} image-meta keys; source held by {}; {}",
             report.source,
             report.destination,
             human_bytes(report.read_bytes as f64),
@@ -175,7 +191,8 @@ pub(crate) async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result
             match report.source_hold {
                 SourceHold::ExclusiveLock => "its exclusive lock",
                 SourceHold::Snapshot => "a temporary snapshot",
-            }
+            },
+            copied_by(report.method, report.client_reason.as_deref()),
         );
     }
     Ok(serde_json::json!({"event": "done", "report": report}))

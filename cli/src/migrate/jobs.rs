@@ -16,7 +16,7 @@ use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{human_bytes, parse_size};
+use crate::{human_bytes, parse_size, CopyModeChoice};
 
 /// How a job runs (for start and resume).
 #[derive(Args, Clone)]
@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// Limit the copy to this many bytes per second, e.g. 200M.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     bwlimit: Option<u64>,
+    /// Who copies the data: the OSDs where they can (auto), only the OSDs
+    /// (server), or livemig itself (client).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CopyModeChoice::Auto)]
+    copy_mode: CopyModeChoice,
     /// Seconds the job's lease lasts; another process can resume a job this
     /// long after its driver died.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -96,6 +100,7 @@ impl RunArgs {
         RunArgs {
             in_flight: 128 << 20,
             bwlimit: None,
+            copy_mode: CopyModeChoice::Auto,
             lease_secs,
             keep_source: false,
             trash_delay: 0,
@@ -119,6 +124,7 @@ impl RunArgs {
             copy: CopyOptions {
                 in_flight_bytes: self.in_flight,
                 bandwidth_limit: self.bwlimit,
+                copy_mode: self.copy_mode.mode(),
                 ..Default::default()
             },
             lease: Duration::from_secs(self.lease_secs.max(1)),

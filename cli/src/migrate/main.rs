@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use livemig::ceph::{Cluster, ClusterConfig};
 use livemig::job::Engine;
-use livemig::mirror::{compare_images, Copier, CopyOptions, Progress, SourceHold};
+use livemig::mirror::{compare_images, Copier, CopyMethod, CopyMode, CopyOptions, Progress, SourceHold};
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
@@ -45,6 +45,28 @@ impl EngineChoice {
             EngineChoice::Auto => None,
             EngineChoice::Native => Some(Engine::Native),
             EngineChoice::Qemu => Some(Engine::Qemu),
+        }
+    }
+}
+
+/// `--copy-mode`: the library's [`CopyMode`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CopyModeChoice {
+    /// The OSDs copy the data where both images allow it (one cluster, one
+    /// layout, a source without parent data); the client copies otherwise.
+    Auto,
+    /// The OSDs copy the data, or the command fails saying why they cannot.
+    Server,
+    /// livemig reads and writes every byte itself.
+    Client,
+}
+
+impl CopyModeChoice {
+    pub(crate) fn mode(self) -> CopyMode {
+        match self {
+            CopyModeChoice::Auto => CopyMode::Auto,
+            CopyModeChoice::Server => CopyMode::Server,
+            CopyModeChoice::Client => CopyMode::Client,
         }
     }
 }

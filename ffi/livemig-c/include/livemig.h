@@ -127,6 +127,9 @@
 // No job has this id.
 #define LIVEMIG_ERR_JOB_NOT_FOUND 28
 
+// The OSDs cannot copy this volume's data (server-side copy was asked for; the message says why).
+#define LIVEMIG_ERR_SERVER_COPY_UNAVAILABLE 29
+
 
 // Success.
 #define LIVEMIG_OK 0
@@ -185,6 +188,17 @@
 // `livemig_run_options.engine`: the QEMU engine (QEMU mirrors the volume);
 // refused for a volume no QEMU has open.
 #define LIVEMIG_ENGINE_QEMU 2
+
+// `livemig_run_options.copy_mode`: the OSDs copy the data where both
+// images allow it (one cluster, one layout), the client otherwise.
+#define LIVEMIG_COPY_MODE_AUTO 0
+
+// `livemig_run_options.copy_mode`: the OSDs copy the data, or the copy
+// fails with `LIVEMIG_ERR_SERVER_COPY_UNAVAILABLE` saying why they cannot.
+#define LIVEMIG_COPY_MODE_SERVER 1
+
+// `livemig_run_options.copy_mode`: livemig reads and writes every byte.
+#define LIVEMIG_COPY_MODE_CLIENT 2
 
 // `livemig_volume.status`: not attached, usable.
 #define LIVEMIG_VOLUME_AVAILABLE 0
@@ -420,6 +434,8 @@ typedef struct livemig_run_options {
   // `LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT`: Ceph's client default (63),
   // not raised; 0: the recorded or default policy (200).
   int32_t delta_op_priority;
+  // Who moves the bulk copy's bytes: `LIVEMIG_COPY_MODE_*`.
+  int32_t copy_mode;
 } livemig_run_options;
 
 // Where a job stands, as `livemig_progress` reports it.

@@ -47,6 +47,7 @@ use livemig::hypervisor::HypervisorRegistry;
 use livemig::job::{
     Engine, JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
 };
+use livemig::mirror::CopyMode;
 use livemig::precheck::{precheck, Clusters, Destination};
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;

@@ -24,6 +24,15 @@ pub const LIVEMIG_ENGINE_NATIVE: i32 = 1;
 /// refused for a volume no QEMU has open.
 pub const LIVEMIG_ENGINE_QEMU: i32 = 2;
 
+/// `livemig_run_options.copy_mode`: the OSDs copy the data where both
+/// images allow it (one cluster, one layout), the client otherwise.
+pub const LIVEMIG_COPY_MODE_AUTO: i32 = 0;
+/// `livemig_run_options.copy_mode`: the OSDs copy the data, or the copy
+/// fails with `LIVEMIG_ERR_SERVER_COPY_UNAVAILABLE` saying why they cannot.
+pub const LIVEMIG_COPY_MODE_SERVER: i32 = 1;
+/// `livemig_run_options.copy_mode`: livemig reads and writes every byte.
+pub const LIVEMIG_COPY_MODE_CLIENT: i32 = 2;
+
 /// Where livemig finds its cluster and keeps job records.
 #[repr(C)]
 pub struct livemig_config {
@@ -79,6 +88,8 @@ pub struct livemig_run_options {
     /// `LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT`: Ceph's client default (63),
     /// not raised; 0: the recorded or default policy (200).
     pub delta_op_priority: i32,
+    /// Who moves the bulk copy's bytes: `LIVEMIG_COPY_MODE_*`.
+    pub copy_mode: i32,
 }
 
 impl livemig_run_options {
@@ -120,6 +131,14 @@ impl livemig_run_options {
                 .message(format!("engine {} is not one of LIVEMIG_ENGINE_*", out.engine))
                 .into());
         }
+        if !matches!(
+            out.copy_mode,
+            LIVEMIG_COPY_MODE_AUTO | LIVEMIG_COPY_MODE_SERVER | LIVEMIG_COPY_MODE_CLIENT
+        ) {
+            return Err(Error::new(ErrorKind::InvalidInput, "run options")
+                .message(format!("copy_mode {} is not one of LIVEMIG_COPY_MODE_*", out.copy_mode))
+                .into());
+        }
         if !(out.delta_op_priority == LIVEMIG_DELTA_PRIORITY_CEPH_DEFAULT || (0..=255).contains(&out.delta_op_priority))
         {
             return Err(Error::new(ErrorKind::InvalidInput, "run options")
@@ -140,6 +159,11 @@ impl livemig_run_options {
         if self.in_flight_bytes != 0 {
             copy.in_flight_bytes = self.in_flight_bytes;
         }
+        copy.copy_mode = match self.copy_mode {
+            LIVEMIG_COPY_MODE_SERVER => CopyMode::Server,
+            LIVEMIG_COPY_MODE_CLIENT => CopyMode::Client,
+            _ => CopyMode::Auto,
+        };
         MigrateOptions {
             copy,
             policy: if self.keep_source != 0 {

@@ -1,0 +1,178 @@
+//! The bulk copy with the OSDs moving the bytes: each allocated data
+//! object of the source is copied onto the destination's object of the
+//! same number (see [`ObjectCopy`] for when that is exact, and how all-zero
+//! objects are left out). The client only enumerates objects and keeps
+//! count, so the copy costs it almost no CPU and no buffers.
+//!
+//! Like the client copy, one loop owns the state (objects queued, objects
+//! in flight, the watermark) and selects the next event; it pages through
+//! the source's allocated extents (the object map with fast-diff), honours
+//! the bandwidth limit (an object's size per object) and resumes from a
+//! watermark: the start of the lowest object set not yet complete.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tracing::debug;
+
+use super::copy::{Copier, CopyMethod, Progress};
+use super::transfer::{extent_bytes, Pacer};
+use crate::ceph::{Image, ObjectCopied, ObjectCopy};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Object copies in flight at once: each costs the client nothing but a
+/// request; more keep the OSDs busy, fewer leave them idle between objects.
+const OBJECTS_IN_FLIGHT: usize = 32;
+
+impl Copier {
+    /// Copies the allocated objects of `src` holding bytes at or above
+    /// `resume_from` through `objects` (made from `src` and a destination
+    /// that reads as zeros wherever nothing was copied yet).
+    pub(super) async fn copy_objects(&self, src: &Image, objects: ObjectCopy, resume_from: u64) -> Result<Progress> {
+        let objects = Arc::new(objects);
+        let outcome = self.copy_each_object(src, &objects, resume_from).await;
+        // Every copy has ended (the tasks holding the other references are
+        // gone): the destination's lock goes, so that the next writer loads
+        // the object map as the copy left it.
+        let objects = Arc::into_inner(objects).expect("every object copy has ended");
+        let finished = objects.finish().await;
+        let progress = outcome?;
+        finished?;
+        Ok(progress)
+    }
+
+    async fn copy_each_object(&self, src: &Image, objects: &Arc<ObjectCopy>, resume_from: u64) -> Result<Progress> {
+        let layout = objects.layout();
+        let size = src.info().await?.size;
+        let (total_bytes, already) = extent_bytes(src, size, resume_from).await?;
+        let mut progress = Progress {
+            total_bytes,
+            done_bytes: already,
+            resumed_bytes: already,
+            watermark: resume_from,
+            method: CopyMethod::ServerSide,
+            ..Progress::default()
+        };
+        self.publish(&progress);
+        debug!(?objects, total_bytes, resume_from, "server-side copy starts");
+
+        let started = Instant::now();
+        let period = layout.period();
+        let diff_start = resume_from.min(size) - resume_from.min(size) % period;
+        let mut extents = src.diff(None, diff_start, size - diff_start, true);
+        let mut extents_done = false;
+        // Extents not yet pulled from the diff all lie at or above this.
+        let mut frontier = resume_from;
+        let mut queue: VecDeque<u64> = VecDeque::new();
+        // Objects queued since the frontier's object set (an object's
+        // extents can come in several pieces).
+        let mut seen: BTreeSet<u64> = BTreeSet::new();
+        let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+        let mut tasks = FuturesUnordered::new();
+        let mut pacer = self
+            .options
+            .bandwidth_limit
+            .filter(|l| *l > 0)
+            .map(|l| Pacer::new(l, started));
+        let mut failure: Option<Error> = None;
+        let (mut copied, mut zeros) = (0u64, 0u64);
+        loop {
+            let stopping = failure.is_some() || self.cancel.is_cancelled();
+            let mut rate_wait = None;
+            while let Some(&object_no) = queue.front().filter(|_| !stopping && tasks.len() < OBJECTS_IN_FLIGHT) {
+                if let Some(pacer) = &mut pacer {
+                    let now = Instant::now();
+                    if now < pacer.next_at {
+                        rate_wait = Some(pacer.next_at);
+                        break;
+                    }
+                    pacer.take(layout.object_size, now);
+                }
+                queue.pop_front();
+                in_flight.insert(object_no);
+                let objects = objects.clone();
+                tasks.push(async move { (object_no, objects.copy(object_no).await) });
+            }
+            if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
+                break;
+            }
+            let want_extents = !stopping && !extents_done && queue.len() < 1024;
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if !stopping => {}
+                Some((object_no, done)) = tasks.next(), if !tasks.is_empty() => match done {
+                    Ok(outcome) => {
+                        in_flight.remove(&object_no);
+                        match outcome {
+                            ObjectCopied::Data => {
+                                copied += 1;
+                                progress.written_bytes += layout.object_size;
+                            }
+                            ObjectCopied::Zeros => zeros += 1,
+                            ObjectCopied::Absent => {}
+                        }
+                        progress.done_bytes = (progress.done_bytes + layout.object_size).min(progress.total_bytes);
+                        progress.elapsed = started.elapsed();
+                        progress.watermark = [in_flight.first(), queue.front()]
+                            .into_iter()
+                            .flatten()
+                            .map(|n| layout.set_start(*n))
+                            .fold(frontier, u64::min)
+                            .max(progress.watermark);
+                        self.publish(&progress);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                },
+                next = extents.next(), if want_extents => match next {
+                    None => {
+                        extents_done = true;
+                        frontier = size;
+                    }
+                    Some(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Some(Ok(e)) => {
+                        let start = e.offset.max(resume_from);
+                        let end = e.offset + e.len;
+                        if e.exists && end > start {
+                            for object_no in layout.objects_in(start..end) {
+                                if seen.insert(object_no) {
+                                    queue.push_back(object_no);
+                                }
+                            }
+                        }
+                        let set_start = e.offset - e.offset % period;
+                        frontier = frontier.max(set_start).max(resume_from);
+                        // Objects of earlier sets are all queued by now.
+                        let first_of_set = set_start / period * layout.stripe_count;
+                        seen = seen.split_off(&first_of_set);
+                    }
+                },
+                _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::new(ErrorKind::Cancelled, "copy")
+                .message("copy cancelled; the partial destination is removed and the source is untouched"));
+        }
+        progress.elapsed = started.elapsed();
+        progress.watermark = size;
+        progress.done_bytes = progress.total_bytes;
+        self.publish(&progress);
+        debug!(
+            copied,
+            zeros,
+            ms = started.elapsed().as_millis() as u64,
+            "server-side copy complete"
+        );
+        Ok(progress)
+    }
+}

@@ -1,0 +1,393 @@
+//! Server-side copy (the OSDs move the data objects) against a real Ceph
+//! cluster: every layout, from a snapshot and from a held head, thin where
+//! the source holds zeros, the object map right; and where the OSDs cannot
+//! copy, the client does (auto) or nothing is changed (server).
+
+mod common;
+
+use common::*;
+use livemig::ceph::{Cluster, CreateOptions, Image, IoCtx};
+use livemig::mirror::{compare_images, Copier, CopyMethod, CopyMode, CopyOptions, SourceHold};
+use livemig::spec::ImageSpec;
+use livemig::ErrorKind;
+
+const SRC_POOL: &str = "sscopy-src";
+const DST_POOL: &str = "sscopy-dst";
+const DATA_POOL: &str = "sscopy-data";
+const SRC_NS: &str = "tenant-a";
+const DST_NS: &str = "tenant-b";
+
+fn setup_pools() {
+    let c = cluster();
+    for p in [SRC_POOL, DST_POOL, DATA_POOL] {
+        c.ensure_pool(p);
+    }
+    for (pool, ns) in [(SRC_POOL, SRC_NS), (DST_POOL, DST_NS)] {
+        let listed = c.cli("rbd", &["namespace", "ls", pool]);
+        if !listed.lines().any(|l| l.trim() == ns) {
+            c.cli("rbd", &["namespace", "create", &format!("{pool}/{ns}")]);
+        }
+    }
+}
+
+fn copier(mode: CopyMode, always_snapshot: bool) -> Copier {
+    Copier::new(CopyOptions {
+        copy_mode: mode,
+        always_snapshot,
+        ..Default::default()
+    })
+}
+
+/// `rbd du`'s used bytes of an image (from its object map with fast-diff).
+fn used_bytes(spec: &str) -> u64 {
+    let out = cluster().cli("rbd", &["du", "--format", "json", spec]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("rbd du json");
+    v["images"][0]["used_size"].as_u64().expect("used_size")
+}
+
+/// Runs `rbd object-map check` and asserts it left the map valid (it
+/// flags the map invalid when an object's existence disagrees with it).
+fn assert_object_map_clean(spec: &str) {
+    cluster().cli("rbd", &["object-map", "check", "--no-progress", spec]);
+    let info = cluster().cli("rbd", &["info", "--format", "json", spec]);
+    let v: serde_json::Value = serde_json::from_str(&info).expect("rbd info json");
+    let flags: Vec<String> = v["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .map(|f| f.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(flags.is_empty(), "{spec}: the object map is not clean: {flags:?}");
+}
+
+/// The data objects of an image that exist in `pool[/ns]`.
+fn data_objects(pool: &str, ns: &str, prefix: &str) -> Vec<String> {
+    let mut args = vec!["-p", pool, "ls"];
+    if !ns.is_empty() {
+        args.extend(["-N", ns]);
+    }
+    let mut names: Vec<String> = cluster()
+        .cli("rados", &args)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+fn block_name_prefix(spec: &str) -> String {
+    let info = cluster().cli("rbd", &["info", "--format", "json", spec]);
+    let v: serde_json::Value = serde_json::from_str(&info).expect("rbd info json");
+    v["block_name_prefix"].as_str().expect("prefix").to_owned()
+}
+
+fn spec(pool: &str, namespace: &str, image: &str) -> ImageSpec {
+    ImageSpec {
+        pool: pool.into(),
+        namespace: namespace.into(),
+        image: image.into(),
+    }
+}
+
+async fn assert_identical(a: &Image, b: &Image) {
+    let report = compare_images(a, b).await.unwrap();
+    assert!(report.identical(), "content differs: {report:?}");
+    assert_eq!(read_all(a).await, read_all(b).await);
+}
+
+/// Writes `len` bytes of data at each of `offsets` (and leaves the rest unwritten).
+async fn fill(img: &Image, seed: u64, offsets: &[u64], len: usize) {
+    for (i, off) in offsets.iter().enumerate() {
+        write_at(img, *off, random_bytes(seed + i as u64, len)).await;
+    }
+}
+
+/// Every layout the OSDs copy: default, 1 MiB objects, fancy striping, a
+/// namespace on each side, the source's data in a separate data pool; each
+/// held by its exclusive lock and through a snapshot. The copy is
+/// byte-identical, the OSDs made it, the layout is kept, the object map
+/// checks clean and `rbd du` matches the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layout_is_copied_by_the_osds_byte_identical() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let layouts: [(&str, Option<CreateOptions>, &str, &str); 5] = [
+        ("default", Some(CreateOptions::default()), "", ""),
+        (
+            "object-size",
+            Some(CreateOptions {
+                order: Some(20),
+                ..Default::default()
+            }),
+            "",
+            "",
+        ),
+        ("striped", Some(striped_layout()), "", ""),
+        ("namespace", Some(CreateOptions::default()), SRC_NS, DST_NS),
+        // Made by the rbd CLI: livemig creates no image with a data pool.
+        ("data-pool", None, "", ""),
+    ];
+    for (label, opts, src_ns, dst_ns) in layouts {
+        for snapshot in [false, true] {
+            let name = unique(&format!("ss-{label}"));
+            let src_io = c.ioctx(SRC_POOL, src_ns).await.unwrap();
+            let dst_io = c.ioctx(DST_POOL, dst_ns).await.unwrap();
+            let size: u64 = 24 << 20;
+            match &opts {
+                Some(o) => src_io.create_image(&name, size, o).await.unwrap(),
+                None => {
+                    cluster().cli(
+                        "rbd",
+                        &[
+                            "create",
+                            "--size",
+                            "24M",
+                            "--data-pool",
+                            DATA_POOL,
+                            &format!("{SRC_POOL}/{name}"),
+                        ],
+                    );
+                }
+            }
+            let img = src_io.open_image(&name).await.unwrap();
+            // Scattered data: whole objects, pieces, a hole, the tail.
+            fill(&img, 7, &[0, 3 << 20, (9 << 20) + 4096, size - 100_000], 100_000).await;
+            write_at(&img, 12 << 20, random_bytes(8, 5 << 20)).await;
+            img.metadata_set("owner", label).await.unwrap();
+            img.close().await;
+
+            let src = spec(SRC_POOL, src_ns, &name);
+            let dst = spec(DST_POOL, dst_ns, &name);
+            let report = copier(CopyMode::Server, snapshot)
+                .run(&c, &src, &c, &dst)
+                .await
+                .unwrap_or_else(|e| panic!("{label} snapshot={snapshot}: {e}"));
+            assert_eq!(report.method, CopyMethod::ServerSide, "{label}");
+            assert_eq!(report.client_reason, None);
+            let hold = if snapshot {
+                SourceHold::Snapshot
+            } else {
+                SourceHold::ExclusiveLock
+            };
+            assert_eq!(report.source_hold, hold);
+
+            let a = src_io.open_image_read_only(&name, None).await.unwrap();
+            let b = dst_io.open_image_read_only(&name, None).await.unwrap();
+            assert_identical(&a, &b).await;
+            let (ia, ib) = (a.info().await.unwrap(), b.info().await.unwrap());
+            assert_eq!(
+                (ia.size, ia.order, ia.stripe_unit, ia.stripe_count),
+                (ib.size, ib.order, ib.stripe_unit, ib.stripe_count),
+                "{label}"
+            );
+            assert_eq!(a.metadata_list().await.unwrap(), b.metadata_list().await.unwrap());
+            assert!(a.snap_list().await.unwrap().is_empty(), "snapshot left on the source");
+            a.close().await;
+            b.close().await;
+            let (src_spec, dst_spec) = (src.to_string(), dst.to_string());
+            assert_object_map_clean(&dst_spec);
+            assert_eq!(used_bytes(&dst_spec), used_bytes(&src_spec), "{label}: rbd du");
+            // The destination is a normal image: written through librbd
+            // after the copy, it reads back what was written.
+            let b = dst_io.open_image(&name).await.unwrap();
+            write_at(&b, 20 << 20, random_bytes(99, 8192)).await;
+            let back = b.read(20 << 20, 8192, Vec::new()).await.unwrap();
+            assert_eq!(back, random_bytes(99, 8192));
+            b.close().await;
+            assert_object_map_clean(&dst_spec);
+        }
+    }
+}
+
+/// Read from a snapshot, the copy equals the snapshot, not the head
+/// written after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_from_a_snapshot_is_the_snapshot_not_the_head() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let (src_io, dst_io) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    let name = unique("ss-snap");
+    src_io
+        .create_image(&name, 16 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let head = src_io.open_image(&name).await.unwrap();
+    write_at(&head, 0, random_bytes(1, 10 << 20)).await;
+    head.snap_create("s").await.unwrap();
+    // After the snapshot: an object changed, one created.
+    write_at(&head, 1 << 20, random_bytes(2, 4096)).await;
+    write_at(&head, 13 << 20, random_bytes(3, 4096)).await;
+    let info = head.info().await.unwrap();
+    dst_io
+        .create_image(&name, info.size, &CreateOptions::like(&info))
+        .await
+        .unwrap();
+    let snap = src_io.open_image_read_only(&name, Some("s")).await.unwrap();
+    let dst = dst_io.open_image(&name).await.unwrap();
+    let p = copier(CopyMode::Server, false).transfer(&snap, &dst, 0).await.unwrap();
+    assert_eq!(p.method, CopyMethod::ServerSide);
+    assert_identical(&snap, &dst).await;
+    let differs = compare_images(&head, &dst).await.unwrap();
+    assert!(!differs.identical(), "the copy followed the head, not the snapshot");
+    dst.close().await;
+    snap.close().await;
+    head.close().await;
+    assert_object_map_clean(&format!("{DST_POOL}/{name}"));
+}
+
+/// An allocated source object that holds only zeros is not copied (the
+/// destination stays thin); objects with data anywhere in them are, also
+/// ones whose first 64 KiB are zeros or whose only data is their last byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_zero_object_stays_unallocated() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let (src_io, dst_io) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    let name = unique("ss-zeros");
+    let mb: u64 = 1 << 20;
+    src_io
+        .create_image(
+            &name,
+            8 * 4 * mb,
+            &CreateOptions {
+                order: Some(22),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    // Object 0: zeros written over all of it (allocated, all zero).
+    write_at(&img, 0, vec![0u8; 4 << 20]).await;
+    // Object 1: zeros, then data after the first 64 KiB.
+    write_at(&img, 4 * mb, vec![0u8; 1 << 20]).await;
+    write_at(&img, 4 * mb + (64 << 10), random_bytes(5, 100)).await;
+    // Object 2: zeros and one non-zero last byte.
+    let mut last = vec![0u8; 4 << 20];
+    *last.last_mut().unwrap() = 1;
+    write_at(&img, 8 * mb, last).await;
+    // Object 3: plain data. Object 4: a little zero write only.
+    write_at(&img, 12 * mb, random_bytes(6, 1 << 20)).await;
+    write_at(&img, 16 * mb + 512, vec![0u8; 4096]).await;
+    img.close().await;
+    let src = spec(SRC_POOL, "", &name);
+    let dst = spec(DST_POOL, "", &name);
+    let src_prefix = block_name_prefix(&src.to_string());
+    assert_eq!(data_objects(SRC_POOL, "", &src_prefix).len(), 5, "the source's objects");
+
+    let report = copier(CopyMode::Server, false).run(&c, &src, &c, &dst).await.unwrap();
+    assert_eq!(report.method, CopyMethod::ServerSide);
+    let prefix = block_name_prefix(&dst.to_string());
+    let objects = data_objects(DST_POOL, "", &prefix);
+    let want: Vec<String> = [1, 2, 3].iter().map(|n| format!("{prefix}.{n:016x}")).collect();
+    assert_eq!(objects, want, "only the objects with data are allocated");
+    let a = src_io.open_image_read_only(&name, None).await.unwrap();
+    let b = dst_io.open_image_read_only(&name, None).await.unwrap();
+    assert_identical(&a, &b).await;
+    a.close().await;
+    b.close().await;
+    assert_object_map_clean(&dst.to_string());
+    assert_eq!(used_bytes(&dst.to_string()), 3 * 4 * mb);
+}
+
+/// Where the OSDs cannot copy (another cluster, a clone whose parent holds
+/// data), auto mode copies through the client and says why; server mode
+/// refuses with `server_copy_unavailable` and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_osds_cannot_copy_auto_uses_the_client_and_server_refuses() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let c2 = second_cluster().connect().await;
+    second_cluster().ensure_pool(DST_POOL);
+    let src_io = c.ioctx(SRC_POOL, "").await.unwrap();
+    let name = unique("ss-fallback");
+    src_io
+        .create_image(&name, 8 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    write_at(&img, 0, random_bytes(11, 6 << 20)).await;
+    img.snap_create("base").await.unwrap();
+    img.close().await;
+    cluster().cli("rbd", &["snap", "protect", &format!("{SRC_POOL}/{name}@base")]);
+    let clone = unique("ss-clone");
+    cluster().cli(
+        "rbd",
+        &[
+            "clone",
+            &format!("{SRC_POOL}/{name}@base"),
+            &format!("{SRC_POOL}/{clone}"),
+        ],
+    );
+    let src = spec(SRC_POOL, "", &name);
+    let clone_src = spec(SRC_POOL, "", &clone);
+
+    let cases: [(&Cluster, &ImageSpec, &str); 2] = [(&c2, &src, "different clusters"), (&c, &clone_src, "clone")];
+    for (dst_cluster, source, why) in cases {
+        let dst = spec(DST_POOL, "", &unique("ss-fb-dst"));
+        let dst_io = dst_cluster.ioctx(DST_POOL, "").await.unwrap();
+        let before = pool_state(&[&dst_io], "ss-fb-dst").await;
+        let err = copier(CopyMode::Server, false)
+            .run(&c, source, dst_cluster, &dst)
+            .await
+            .expect_err("server mode where the OSDs cannot copy");
+        assert_eq!(err.kind(), ErrorKind::ServerCopyUnavailable, "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+        assert_eq!(
+            pool_state(&[&dst_io], "ss-fb-dst").await,
+            before,
+            "server mode changed something"
+        );
+        let s = src_io.open_image(&source.image).await.unwrap();
+        let snaps: Vec<String> = s.snap_list().await.unwrap().into_iter().map(|x| x.name).collect();
+        assert!(snaps.iter().all(|n| n == "base"), "left a snapshot: {snaps:?}");
+        s.close().await;
+
+        let report = copier(CopyMode::Auto, false)
+            .run(&c, source, dst_cluster, &dst)
+            .await
+            .unwrap();
+        assert_eq!(report.method, CopyMethod::Client);
+        let reason = report.client_reason.expect("a reason");
+        assert!(reason.contains(why), "{reason}");
+        let a = src_io.open_image_read_only(&source.image, None).await.unwrap();
+        let b = dst_io.open_image_read_only(&dst.image, None).await.unwrap();
+        assert_identical(&a, &b).await;
+        a.close().await;
+        b.close().await;
+    }
+}
+
+/// Asked for the client copy, the client copies (and says it was asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mode_copies_through_the_client() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let (src_io, dst_io): (IoCtx, IoCtx) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    let name = unique("ss-client");
+    src_io
+        .create_image(&name, 8 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    write_at(&img, 0, random_bytes(21, 5 << 20)).await;
+    img.close().await;
+    let (src, dst) = (spec(SRC_POOL, "", &name), spec(DST_POOL, "", &name));
+    let report = copier(CopyMode::Client, false).run(&c, &src, &c, &dst).await.unwrap();
+    assert_eq!((report.method, report.client_reason), (CopyMethod::Client, None));
+    let a = src_io.open_image_read_only(&name, None).await.unwrap();
+    let b = dst_io.open_image_read_only(&name, None).await.unwrap();
+    assert_identical(&a, &b).await;
+    a.close().await;
+    b.close().await;
+}
