@@ -397,6 +397,27 @@ async fn attached_volume_moves_with_every_acknowledged_write() {
     );
 }
 
+/// Live rounds and the final delta with the OSDs copying changed objects
+/// whole (from any change, so that every changed object the destination
+/// already has goes that way), under a writer of writes up to 2 MiB: every
+/// acknowledged write is on the destination, checked write by write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_with_whole_objects_copied_by_the_osds_keep_every_write() {
+    let mut env = setup(
+        "whole",
+        &["--rate", "60", "--min-size", "65536", "--max-size", "2097152"],
+    )
+    .await;
+    let args = env.start_args(&["--cutover-bytes", "8M", "--whole-object-from", "0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = migrate(&args).output().unwrap();
+    assert_ok(&out, "live migration");
+    let (job, _) = env.assert_finished_live().await;
+    let live = job.live.expect("a live record");
+    let whole: u64 = live.rounds.iter().map(|r| r.whole_objects).sum();
+    assert!(whole > 0, "no object of any delta was copied whole: {:?}", live.rounds);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_ignores_the_hold_is_fenced() {
     let mut env = setup("rogue", &["--ignore-hold", "--rate", "200", "--max-size", "65536"]).await;

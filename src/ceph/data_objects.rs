@@ -142,6 +142,11 @@ impl DataObjects {
         self.writable
     }
 
+    /// Bytes per object.
+    pub fn object_size(&self) -> u64 {
+        self.object_size
+    }
+
     fn object_name(&self, object_no: u64) -> Result<CString> {
         cstring(&format!("{}.{object_no:016x}", self.prefix), "object name")
     }

@@ -21,13 +21,20 @@
 //! process is stale until the lock is let go at the end
 //! ([`ObjectCopy::finish`]), after which whoever takes it loads the new one.
 //!
-//! Thin stays thin: an allocated source object that is all zeros is not
-//! copied. Reading every object through the client to find those would
-//! undo the point, so the source's OSD checksums it (CRC-32C) first: a
-//! checksum that differs from that of zeros proves data; the first 64 KiB
-//! are checked alone first, so dense data costs the OSD little. An object
-//! whose whole checksum equals that of zeros is read and skipped only if
-//! every byte is zero: a checksum match alone never drops data.
+//! A delta (live rounds, the final delta) overwrites objects the
+//! destination already has: [`ObjectCopy::overwrite`] copies a whole object
+//! only onto an existing one (the operation asserts it), so the object map
+//! (loaded by the delta's writer) needs no change; the caller applies the
+//! changed extents through librbd where it refuses.
+//!
+//! Thin stays thin, and mostly-zero objects stay cheap: before an object
+//! is copied, the source's OSD checksums (CRC-32C) 16 small samples spread
+//! over it, in one read. Mostly data (half the samples or more differ from
+//! zeros' checksum): the OSDs copy it. Otherwise ([`ObjectCopied::Sparse`])
+//! copying it whole would move and store its zeros, so the caller reads it
+//! ([`ObjectCopy::read_object`]) and writes only its non-zero blocks
+//! ([`ObjectCopy::write_object`]), or nothing if it is all zeros: a zero
+//! block is only ever skipped after reading it, never on a checksum alone.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -39,7 +46,7 @@ use std::time::Duration;
 use livemig_ceph_sys as sys;
 
 use super::aio::AioOp;
-use super::object::ReadOp;
+use super::object::{ReadOp, WriteOp};
 use super::{blocking, check, cstring, Features, Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -119,8 +126,12 @@ pub enum ObjectCopied {
     Data,
     /// The source does not have it (at the copy's snapshot): left absent.
     Absent,
-    /// It holds only zeros: left absent, so the destination stays thin.
-    Zeros,
+    /// Of `size` bytes, mostly zeros by its samples: not copied; the caller
+    /// moves its non-zero blocks (see the module docs).
+    Sparse {
+        /// The source object's size.
+        size: u64,
+    },
 }
 
 /// One side's data objects: the io-context of its data pool (reading at
@@ -154,6 +165,8 @@ pub struct ObjectCopy {
     /// The destination holds its exclusive lock for the copy (it has the
     /// feature): let go by [`ObjectCopy::finish`].
     dst_locked: bool,
+    /// Made for a delta: only existing destination objects are overwritten.
+    overwrite_only: bool,
     dst_image: Image,
     _src_image: Image,
 }
@@ -190,11 +203,27 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Server-side overwrites of whole objects of `dst` (which holds this
+    /// image's content as of some earlier point and is being brought up to
+    /// date by a writer that holds its lock) with this image's (at the
+    /// snapshot it is open at, or its head), or why there can be none.
+    pub async fn object_overwrite_to(&self, dst: &Image) -> Result<std::result::Result<ObjectCopy, String>> {
+        let (src, dst) = (self.clone(), dst.clone());
+        Ok(blocking(move || ObjectCopy::plan(src, dst)).await?.map(|mut copy| {
+            copy.dst_locked = false;
+            copy.overwrite_only = true;
+            copy
+        }))
+    }
+}
+
 /// Image-meta key set and removed on the destination to take its lock.
 const LOCK_PROBE_KEY: &str = "livemig.object-copy";
 
-/// The first bytes of an object checksummed alone: data usually shows there.
-const HEAD_PROBE: u64 = 64 << 10;
+/// Samples checksummed per object, and the bytes of each.
+const SAMPLES: usize = 16;
+const SAMPLE_LEN: u64 = 4096;
 
 /// Times a copy that the OSD refused because the source object was busy
 /// or changing is tried again.
@@ -266,6 +295,7 @@ impl ObjectCopy {
             layout,
             zero_sums: Mutex::new(HashMap::new()),
             dst_locked: di.features.contains(Features::EXCLUSIVE_LOCK),
+            overwrite_only: false,
             dst_image: dst,
             _src_image: src,
         }))
@@ -297,26 +327,47 @@ impl ObjectCopy {
     }
 
     /// Copies object `object_no` of the source onto the destination's
-    /// (replacing it whole), unless the source has none or it is all
-    /// zeros; a copied object is then marked in the destination's object map.
+    /// (replacing it whole), unless the source has none or its samples say
+    /// it is mostly zeros ([`ObjectCopied::Sparse`]); a copied object is
+    /// then marked in the destination's object map.
     pub async fn copy(&self, object_no: u64) -> Result<ObjectCopied> {
         let src_name = self.src.object_name(object_no)?;
-        match self.probe(&src_name).await? {
-            Probe::Absent => return Ok(ObjectCopied::Absent),
-            Probe::Zeros => return Ok(ObjectCopied::Zeros),
-            Probe::Data => {}
+        let Some((size, data_samples)) = self.sample(&src_name).await? else {
+            return Ok(ObjectCopied::Absent);
+        };
+        if data_samples * 2 < SAMPLES {
+            return Ok(ObjectCopied::Sparse { size });
         }
+        if !self.copy_with_retries(object_no, &src_name).await? {
+            // Gone since the probe: only possible at the head.
+            return Ok(ObjectCopied::Absent);
+        }
+        self.mark_exists(object_no).await?;
+        Ok(ObjectCopied::Data)
+    }
+
+    /// Replaces the destination's object `object_no`, which must exist, with
+    /// the source's whole. `false`, nothing written, when either does not
+    /// exist: the caller then applies the changes through librbd.
+    pub async fn overwrite(&self, object_no: u64) -> Result<bool> {
+        debug_assert!(self.overwrite_only, "made by object_overwrite_to");
+        let src_name = self.src.object_name(object_no)?;
+        self.copy_with_retries(object_no, &src_name).await
+    }
+
+    /// Copies the object (onto an existing one in overwrite mode), trying
+    /// again while the OSD refuses it as busy; `false` on `ENOENT`.
+    async fn copy_with_retries(&self, object_no: u64, src_name: &CString) -> Result<bool> {
         let dst_name = self.dst.object_name(object_no)?;
         let mut attempt = 0;
         loop {
-            let ret = self.copy_from(&src_name, &dst_name).await?;
+            let ret = self.copy_from(src_name, &dst_name).await?;
             match -ret as i32 {
-                0 => break,
-                // Gone since the probe: only possible at the head.
-                libc::ENOENT => return Ok(ObjectCopied::Absent),
+                0 => return Ok(true),
+                libc::ENOENT => return Ok(false),
                 libc::EAGAIN | libc::EBUSY | libc::ERANGE | libc::ECANCELED if attempt < COPY_RETRIES => {
                     attempt += 1;
-                    tracing::debug!(object = %self.src.target(&src_name), ret, attempt, "copy refused; retrying");
+                    tracing::debug!(object = %self.src.target(src_name), ret, attempt, "copy refused; retrying");
                     tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
                 }
                 _ => {
@@ -325,19 +376,18 @@ impl ObjectCopy {
                         .offset(self.layout.set_start(object_no))
                         .message(format!(
                             "the OSDs could not copy {} to {}",
-                            self.src.target(&src_name),
+                            self.src.target(src_name),
                             self.dst.target(&dst_name)
                         )))
                 }
             }
         }
-        self.mark_exists(object_no).await?;
-        Ok(ObjectCopied::Data)
     }
 
     async fn copy_from(&self, src_name: &CString, dst_name: &CString) -> Result<i64> {
         let target = self.dst.target(dst_name);
         let flags = sys::LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL | sys::LIBRADOS_OP_FLAG_FADVISE_NOCACHE;
+        let assert_exists = libc::c_int::from(self.overwrite_only);
         let aio = {
             let (dst_io, src_io) = (self.dst.ioctx.raw(), self.src.ioctx.raw());
             AioOp::submit_rados(
@@ -351,7 +401,15 @@ impl ObjectCopy {
                     // with the operation; the names are valid C strings that
                     // the shim encodes into the operation before returning.
                     unsafe {
-                        sys::livemig_rados_aio_copy_from(dst_io, dst_name.as_ptr(), src_io, src_name.as_ptr(), flags, c)
+                        sys::livemig_rados_aio_copy_from(
+                            dst_io,
+                            dst_name.as_ptr(),
+                            src_io,
+                            src_name.as_ptr(),
+                            flags,
+                            assert_exists,
+                            c,
+                        )
                     }
                 },
             )?
@@ -408,49 +466,24 @@ impl ObjectCopy {
         Ok(())
     }
 
-    /// Whether the source object exists and holds data, asking its OSD for
-    /// checksums (see the module docs) and reading it only if they match zeros'.
-    async fn probe(&self, name: &CString) -> Result<Probe> {
-        let head = self.checksum(name, HEAD_PROBE).await?;
-        let Some((size, sum)) = head else {
-            return Ok(Probe::Absent);
-        };
-        if size == 0 {
-            return Ok(Probe::Zeros);
-        }
-        if sum != self.zero_sum(size.min(HEAD_PROBE)) {
-            return Ok(Probe::Data);
-        }
-        if size > HEAD_PROBE {
-            match self.checksum(name, 0).await? {
-                None => return Ok(Probe::Absent),
-                Some((size, sum)) if sum != self.zero_sum(size) => return Ok(Probe::Data),
-                Some(_) => {}
-            }
-        }
-        match self.read_whole(name, size).await? {
-            None => Ok(Probe::Absent),
-            Some(data) if data.iter().all(|b| *b == 0) => Ok(Probe::Zeros),
-            Some(_) => Ok(Probe::Data),
-        }
-    }
-
-    /// The object's size and the CRC-32C of its first `len` bytes (all of
-    /// it for 0), or `None` if it does not exist.
-    async fn checksum(&self, name: &CString, len: u64) -> Result<Option<(u64, u32)>> {
+    /// The source object's size and how many of its samples hold data
+    /// (their checksums differ from zeros'), asked of its OSD in one read;
+    /// `None` if it does not exist.
+    async fn sample(&self, name: &CString) -> Result<Option<(u64, usize)>> {
         let target = self.src.target(name);
         // SAFETY: plain constructor; the handle is owned by ReadOp.
         let op = ReadOp(unsafe { sys::rados_create_read_op() });
         if op.0.is_null() {
             return Err(Error::from_errno("rados_create_read_op", -libc::ENOMEM).target(target));
         }
+        let step = (self.layout.object_size / SAMPLES as u64).max(SAMPLE_LEN);
         let aio = {
             let (handle, io) = (op.0, self.src.ioctx.raw());
             AioOp::submit_rados(
                 &target,
                 "checksum",
                 0,
-                SumOut::default(),
+                SampleOut::default(),
                 Box::new((op, self.src.ioctx.clone())),
                 |out, c| {
                     let seed = u32::MAX.to_le_bytes();
@@ -460,18 +493,20 @@ impl ObjectCopy {
                     // with the operation; name is a valid C string.
                     unsafe {
                         sys::rados_read_op_stat(handle, &mut out.size, &mut out.mtime, &mut out.stat_ret);
-                        sys::rados_read_op_checksum(
-                            handle,
-                            sys::rados_checksum_type_t_LIBRADOS_CHECKSUM_TYPE_CRC32C,
-                            seed.as_ptr().cast(),
-                            seed.len(),
-                            0,
-                            len as usize,
-                            0,
-                            out.sum.as_mut_ptr().cast(),
-                            out.sum.len(),
-                            &mut out.sum_ret,
-                        );
+                        for (k, (sum, ret)) in out.sums.iter_mut().zip(out.rets.iter_mut()).enumerate() {
+                            sys::rados_read_op_checksum(
+                                handle,
+                                sys::rados_checksum_type_t_LIBRADOS_CHECKSUM_TYPE_CRC32C,
+                                seed.as_ptr().cast(),
+                                seed.len(),
+                                k as u64 * step,
+                                SAMPLE_LEN as usize,
+                                0,
+                                sum.as_mut_ptr().cast(),
+                                sum.len(),
+                                ret,
+                            );
+                        }
                         sys::rados_aio_read_op_operate(handle, io, c, name.as_ptr(), 0)
                     }
                 },
@@ -482,36 +517,40 @@ impl ObjectCopy {
         if ret == -(libc::ENOENT as i64) {
             return Ok(None);
         }
-        let failed = [ret, out.stat_ret as i64, out.sum_ret as i64]
-            .into_iter()
+        let failed = std::iter::once(ret)
+            .chain(std::iter::once(out.stat_ret as i64))
+            .chain(out.rets.iter().map(|r| *r as i64))
             .find(|r| *r < 0);
         if let Some(r) = failed {
             return Err(Error::from_errno("checksum", r as i32).target(target));
         }
-        if out.size == 0 {
-            return Ok(Some((0, 0)));
+        let mut data = 0;
+        for (k, sum) in out.sums.iter().enumerate() {
+            let offset = k as u64 * step;
+            // A sample at or past the end has no checksum (zeros).
+            let len = SAMPLE_LEN.min(out.size.saturating_sub(offset));
+            // The reply: a count of checksums, then each (little-endian u32s).
+            let count = u32::from_le_bytes(sum[0..4].try_into().expect("4 bytes"));
+            if len == 0 || count == 0 {
+                continue;
+            }
+            let crc = u32::from_le_bytes(sum[4..8].try_into().expect("4 bytes"));
+            if crc != self.zero_sum(len) {
+                data += 1;
+            }
         }
-        // The reply: a count of checksums, then each (little-endian u32s).
-        let count = u32::from_le_bytes(out.sum[0..4].try_into().expect("4 bytes"));
-        if count != 1 {
-            return Err(Error::new(ErrorKind::Io, "checksum")
-                .target(target)
-                .message(format!("the OSD returned {count} checksums where one was asked for")));
-        }
-        Ok(Some((
-            out.size,
-            u32::from_le_bytes(out.sum[4..8].try_into().expect("4 bytes")),
-        )))
+        Ok(Some((out.size, data)))
     }
 
-    /// Reads the whole object (`size` bytes, as just found), or `None` if
-    /// it no longer exists.
-    async fn read_whole(&self, name: &CString, size: u64) -> Result<Option<Vec<u8>>> {
-        let (io, name_c, target) = (self.src.ioctx.clone(), name.clone(), self.src.target(name));
+    /// Reads the source's object `object_no` whole (`size` bytes, as
+    /// [`ObjectCopied::Sparse`] said), or `None` if it no longer exists.
+    pub async fn read_object(&self, object_no: u64, size: u64) -> Result<Option<Vec<u8>>> {
+        let name = self.src.object_name(object_no)?;
+        let (io, target) = (self.src.ioctx.clone(), self.src.target(&name));
         blocking(move || {
             let mut buf = vec![0u8; size as usize];
             // SAFETY: io is valid; name is a valid C string; buf is writable for its length.
-            let ret = unsafe { sys::rados_read(io.raw(), name_c.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let ret = unsafe { sys::rados_read(io.raw(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if ret == -libc::ENOENT {
                 return Ok(None);
             }
@@ -520,6 +559,46 @@ impl ObjectCopy {
             Ok(Some(buf))
         })
         .await
+    }
+
+    /// Writes `runs` of `data` (object offsets) to the destination's object
+    /// `object_no`, which does not exist yet (the rest reads as zeros), in
+    /// one operation, and marks it in the destination's object map.
+    pub async fn write_object(&self, object_no: u64, data: &[u8], runs: &[Range<usize>]) -> Result<()> {
+        let name = self.dst.object_name(object_no)?;
+        let target = self.dst.target(&name);
+        // SAFETY: plain constructor; the handle is owned by WriteOp.
+        let op = WriteOp(unsafe { sys::rados_create_write_op() });
+        if op.0.is_null() {
+            return Err(Error::from_errno("rados_create_write_op", -libc::ENOMEM).target(target));
+        }
+        for run in runs {
+            let bytes = &data[run.clone()];
+            // SAFETY: bytes is valid for its length; librados copies it now.
+            unsafe { sys::rados_write_op_write(op.0, bytes.as_ptr().cast(), bytes.len(), run.start as u64) };
+        }
+        let aio = {
+            let (handle, io) = (op.0, self.dst.ioctx.raw());
+            AioOp::submit_rados(
+                &target,
+                "rados_aio_write_op_operate",
+                0,
+                (),
+                Box::new((op, self.dst.ioctx.clone())),
+                |_, c| {
+                    // SAFETY: handle, io and c are valid and kept alive with the
+                    // operation; name is a valid C string (librados copies it).
+                    unsafe { sys::rados_aio_write_op_operate(handle, io, c, name.as_ptr(), std::ptr::null_mut(), 0) }
+                },
+            )?
+        };
+        let (ret, _) = aio.await;
+        if ret < 0 {
+            return Err(Error::from_errno("rados_aio_write_op_operate", ret as i32)
+                .target(target)
+                .offset(self.layout.set_start(object_no)));
+        }
+        self.mark_exists(object_no).await
     }
 
     /// The CRC-32C the OSDs report for `len` zero bytes (seeded with all
@@ -543,20 +622,15 @@ fn zero_crc32c(len: u64) -> u32 {
     !crc
 }
 
-enum Probe {
-    Absent,
-    Zeros,
-    Data,
-}
-
-/// Where a checksum read reports.
+/// Where a sampling read reports: the object's size, and each sample's
+/// checksum reply (a count, then the checksum).
 #[derive(Default)]
-struct SumOut {
+struct SampleOut {
     size: u64,
     mtime: libc::time_t,
     stat_ret: libc::c_int,
-    sum: [u8; 16],
-    sum_ret: libc::c_int,
+    sums: [[u8; 8]; SAMPLES],
+    rets: [libc::c_int; SAMPLES],
 }
 
 fn old_format(img: &Image) -> Result<bool> {

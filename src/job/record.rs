@@ -342,6 +342,10 @@ pub struct RoundReport {
     /// Whether this was the final delta, applied with the instance held.
     #[serde(default)]
     pub cutover: bool,
+    /// Objects of the delta the OSDs copied whole (changed enough that
+    /// this beat moving the changed extents).
+    #[serde(default)]
+    pub whole_objects: u64,
 }
 
 /// The cutover of a live migration.

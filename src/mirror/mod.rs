@@ -18,4 +18,4 @@ mod transfer;
 pub mod zero;
 
 pub use compare::{compare_images, CompareReport};
-pub use copy::{Copier, CopyMethod, CopyMode, CopyOptions, CopyReport, Progress, SourceHold};
+pub use copy::{Copier, CopyMethod, CopyMode, CopyOptions, CopyReport, Progress, SourceHold, WHOLE_OBJECT_FROM};

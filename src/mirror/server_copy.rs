@@ -1,8 +1,11 @@
 //! The bulk copy with the OSDs moving the bytes: each allocated data
 //! object of the source is copied onto the destination's object of the
-//! same number (see [`ObjectCopy`] for when that is exact, and how all-zero
-//! objects are left out). The client only enumerates objects and keeps
-//! count, so the copy costs it almost no CPU and no buffers.
+//! same number (see [`ObjectCopy`] for when that is exact). For those the
+//! client only enumerates objects and keeps count, so they cost it almost
+//! no CPU and no buffers. An object whose samples say it is mostly zeros
+//! is read here instead and only its non-zero blocks are written (an
+//! all-zero one not at all): copied whole, its zeros would be moved and
+//! stored.
 //!
 //! Like the client copy, one loop owns the state (objects queued, objects
 //! in flight, the watermark) and selects the next event; it pages through
@@ -18,8 +21,11 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tracing::debug;
 
+use tokio::sync::Semaphore;
+
 use super::copy::{Copier, CopyMethod, Progress};
 use super::transfer::{extent_bytes, Pacer};
+use super::zero::nonzero_runs;
 use crate::ceph::{Image, ObjectCopied, ObjectCopy};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -78,7 +84,13 @@ impl Copier {
             .filter(|l| *l > 0)
             .map(|l| Pacer::new(l, started));
         let mut failure: Option<Error> = None;
-        let (mut copied, mut zeros) = (0u64, 0u64);
+        let (mut copied, mut sparse, mut zeros) = (0u64, 0u64, 0u64);
+        // Mostly-zero objects pass through this client: their reads hold
+        // an object's bytes each, within the in-flight budget.
+        let zero_block = self.options.zero_block.max(512);
+        let buffers = Arc::new(Semaphore::new(
+            (self.options.in_flight_bytes / layout.object_size).clamp(1, OBJECTS_IN_FLIGHT as u64) as usize,
+        ));
         loop {
             let stopping = failure.is_some() || self.cancel.is_cancelled();
             let mut rate_wait = None;
@@ -93,8 +105,8 @@ impl Copier {
                 }
                 queue.pop_front();
                 in_flight.insert(object_no);
-                let objects = objects.clone();
-                tasks.push(async move { (object_no, objects.copy(object_no).await) });
+                let (objects, buffers) = (objects.clone(), buffers.clone());
+                tasks.push(async move { (object_no, move_object(&objects, object_no, &buffers, zero_block).await) });
             }
             if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
                 break;
@@ -107,12 +119,17 @@ impl Copier {
                     Ok(outcome) => {
                         in_flight.remove(&object_no);
                         match outcome {
-                            ObjectCopied::Data => {
+                            Moved::Whole => {
                                 copied += 1;
+                                progress.whole_objects += 1;
                                 progress.written_bytes += layout.object_size;
                             }
-                            ObjectCopied::Zeros => zeros += 1,
-                            ObjectCopied::Absent => {}
+                            Moved::Blocks(n) => {
+                                sparse += 1;
+                                progress.written_bytes += n;
+                            }
+                            Moved::Zeros => zeros += 1,
+                            Moved::Absent => {}
                         }
                         progress.done_bytes = (progress.done_bytes + layout.object_size).min(progress.total_bytes);
                         progress.elapsed = started.elapsed();
@@ -169,10 +186,44 @@ impl Copier {
         self.publish(&progress);
         debug!(
             copied,
+            sparse,
             zeros,
             ms = started.elapsed().as_millis() as u64,
             "server-side copy complete"
         );
         Ok(progress)
     }
+}
+
+/// What became of one object of the source.
+enum Moved {
+    /// The OSDs copied it whole.
+    Whole,
+    /// Mostly zeros: its non-zero blocks (so many bytes) were written.
+    Blocks(u64),
+    /// All zeros (read and checked): left absent.
+    Zeros,
+    /// The source has no such object.
+    Absent,
+}
+
+/// Moves one object: the OSDs copy it, or, when its samples say it is
+/// mostly zeros, it is read here (holding one of `buffers`) and only its
+/// non-zero `zero_block`s are written.
+async fn move_object(objects: &ObjectCopy, object_no: u64, buffers: &Semaphore, zero_block: usize) -> Result<Moved> {
+    let size = match objects.copy(object_no).await? {
+        ObjectCopied::Data => return Ok(Moved::Whole),
+        ObjectCopied::Absent => return Ok(Moved::Absent),
+        ObjectCopied::Sparse { size } => size,
+    };
+    let _buffer = buffers.acquire().await.expect("the semaphore is never closed");
+    let Some(data) = objects.read_object(object_no, size).await? else {
+        return Ok(Moved::Absent);
+    };
+    let runs = nonzero_runs(&data, zero_block);
+    if runs.is_empty() {
+        return Ok(Moved::Zeros);
+    }
+    objects.write_object(object_no, &data, &runs).await?;
+    Ok(Moved::Blocks(runs.iter().map(|r| r.len() as u64).sum()))
 }

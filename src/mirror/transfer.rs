@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::copy::{Copier, CopyMode, Progress};
 use super::zero::{exact_overwrite_plan, nonzero_runs, overwrite_plan, Overwrite};
-use crate::ceph::{DataObjects, Image};
+use crate::ceph::{DataObjects, Image, ObjectCopy};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Memory a chunk in flight holds, in multiples of its length: our buffer
@@ -32,7 +32,7 @@ impl Copier {
     /// died can be resumed from its last recorded watermark.
     ///
     /// The OSDs move the bytes where the copy mode and both images allow it
-    /// (see [`ObjectCopy`](crate::ceph::ObjectCopy)); the progress says which moved them and why.
+    /// (see [`ObjectCopy`]); the progress says which moved them and why.
     pub async fn transfer(&self, src: &Image, dst: &Image, resume_from: u64) -> Result<Progress> {
         let client_reason = match self.options.copy_mode {
             CopyMode::Client => None,
@@ -82,7 +82,20 @@ impl Copier {
         // one object are read in one operation and written in one.
         let direct = match overwrite {
             true => match (src.data_objects().await?, dst.data_objects().await?) {
-                (Some(src), Some(dst)) if dst.writable() => Some(Arc::new(Direct { src, dst })),
+                (Some(src_objects), Some(dst_objects)) if dst_objects.writable() => {
+                    // Objects changed enough are copied whole by the OSDs.
+                    let whole = match self.options.copy_mode {
+                        CopyMode::Client => None,
+                        _ if self.options.whole_object_from > 1.0 => None,
+                        _ => src.object_overwrite_to(dst).await?.ok(),
+                    };
+                    Some(Arc::new(Direct {
+                        src: src_objects,
+                        dst: dst_objects,
+                        whole,
+                        whole_from: (self.options.whole_object_from * info.object_size as f64) as u64,
+                    }))
+                }
                 _ => None,
             },
             false => None,
@@ -203,6 +216,7 @@ impl Copier {
                         // Merged gaps are moved but were not counted as changed.
                         progress.done_bytes = (progress.done_bytes + len).min(progress.total_bytes);
                         progress.written_bytes += chunk.written;
+                        progress.whole_objects += u64::from(chunk.whole);
                         progress.elapsed = started.elapsed();
                         progress.watermark = [in_flight_offsets.first().copied(), queue.iter().map(|q| q.offset).min()]
                             .into_iter()
@@ -353,6 +367,8 @@ struct ChunkDone {
     op: ChunkOp,
     buffer: Vec<u8>,
     written: u64,
+    /// The OSDs copied the chunk's object whole.
+    whole: bool,
 }
 
 /// The source's (at its snapshot, or its fenced head) and the destination's
@@ -360,6 +376,10 @@ struct ChunkDone {
 struct Direct {
     src: DataObjects,
     dst: DataObjects,
+    /// Server-side copies of whole objects onto existing ones, where allowed.
+    whole: Option<ObjectCopy>,
+    /// Changed bytes in an object from which it is copied whole.
+    whole_from: u64,
 }
 
 /// Moves one chunk: reads it from the source and writes its non-zero runs
@@ -376,7 +396,12 @@ async fn copy_chunk(
     let (offset, len) = (op.piece.offset, op.piece.len as usize);
     if op.piece.fill == Fill::Zero {
         dst.write_zeroes(offset, len as u64).await?;
-        return Ok(ChunkDone { op, buffer, written: 0 });
+        return Ok(ChunkDone {
+            op,
+            buffer,
+            written: 0,
+            whole: false,
+        });
     }
     if let Some(direct) = direct {
         return apply_changes_by_object(&src, &dst, &direct, op, buffer).await;
@@ -398,7 +423,12 @@ async fn copy_chunk(
             Overwrite::Zeros(r) => dst.write_zeroes(offset + r.start as u64, r.len() as u64).await?,
         }
     }
-    Ok(ChunkDone { op, buffer, written })
+    Ok(ChunkDone {
+        op,
+        buffer,
+        written,
+        whole: false,
+    })
 }
 
 /// Applies a delta piece (all in one object) an object at a time: its
@@ -421,6 +451,27 @@ async fn apply_changes_by_object(
         .iter()
         .map(|c| offset + c.start as u64..offset + c.end as u64)
         .collect();
+    let changed: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let object_size = direct.src.object_size();
+    let object_no = ranges.first().map_or(0, |r| r.start / object_size);
+    let one_object = ranges.iter().all(|r| r.end <= (object_no + 1) * object_size);
+    let whole = direct
+        .whole
+        .as_ref()
+        .filter(|_| one_object && changed >= direct.whole_from.max(1));
+    if let Some(whole) = whole {
+        // One server-side copy of the object instead of moving its changes
+        // through this client; refused (nothing written) where the
+        // destination has no such object yet.
+        if whole.overwrite(object_no).await? {
+            return Ok(ChunkDone {
+                op,
+                buffer,
+                written: changed,
+                whole: true,
+            });
+        }
+    }
     let (found, mut buffer) = direct.src.read_packed(&ranges, buffer).await?;
     if !found {
         buffer.resize(ranges.iter().map(|r| (r.end - r.start) as usize).sum(), 0);
@@ -459,7 +510,12 @@ async fn apply_changes_by_object(
             dst.write_zeroes(z.start, z.end - z.start).await?;
         }
     }
-    Ok(ChunkDone { op, buffer, written })
+    Ok(ChunkDone {
+        op,
+        buffer,
+        written,
+        whole: false,
+    })
 }
 
 /// Bytes a full copy moves in all, and below `split`: the allocated

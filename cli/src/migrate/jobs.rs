@@ -10,7 +10,7 @@ use livemig::ceph::Cluster;
 use livemig::job::{
     JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
 };
-use livemig::mirror::{compare_images, CopyOptions};
+use livemig::mirror::{compare_images, CopyOptions, WHOLE_OBJECT_FROM};
 use livemig::precheck::{Clusters, Destination};
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// (server), or livemig itself (client).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = CopyModeChoice::Auto)]
     copy_mode: CopyModeChoice,
+    /// Live: a delta's changes covering at least this fraction of an object
+    /// (e.g. 0.5) are applied by the OSDs copying the whole object instead
+    /// of through livemig (where the copy mode allows); above 1: never.
+    #[arg(long, value_name = "FRACTION")]
+    whole_object_from: Option<f64>,
     /// Seconds the job's lease lasts; another process can resume a job this
     /// long after its driver died.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -101,6 +106,7 @@ impl RunArgs {
             in_flight: 128 << 20,
             bwlimit: None,
             copy_mode: CopyModeChoice::Auto,
+            whole_object_from: None,
             lease_secs,
             keep_source: false,
             trash_delay: 0,
@@ -125,6 +131,7 @@ impl RunArgs {
                 in_flight_bytes: self.in_flight,
                 bandwidth_limit: self.bwlimit,
                 copy_mode: self.copy_mode.mode(),
+                whole_object_from: self.whole_object_from.unwrap_or(WHOLE_OBJECT_FROM),
                 ..Default::default()
             },
             lease: Duration::from_secs(self.lease_secs.max(1)),

@@ -17,7 +17,7 @@
 #include <rados/librados.hpp>
 
 extern "C" int livemig_rados_aio_copy_from(rados_ioctx_t dst_io, const char *dst_oid, rados_ioctx_t src_io,
-                                           const char *src_oid, uint32_t src_fadvise_flags,
+                                           const char *src_oid, uint32_t src_fadvise_flags, int assert_dst_exists,
                                            rados_completion_t completion) {
     if (dst_io == nullptr || dst_oid == nullptr || src_io == nullptr || src_oid == nullptr ||
         completion == nullptr) {
@@ -31,6 +31,11 @@ extern "C" int livemig_rados_aio_copy_from(rados_ioctx_t dst_io, const char *dst
         librados::IoCtx::from_rados_ioctx_t(dst_io, dst);
         librados::IoCtx::from_rados_ioctx_t(src_io, src);
         librados::ObjectWriteOperation op;
+        if (assert_dst_exists) {
+            // Fails the whole operation with -ENOENT, nothing written, if
+            // the destination object does not exist yet.
+            op.assert_exists();
+        }
         op.copy_from(src_oid, src, 0, src_fadvise_flags);
         // The C completion is the implementation a C++ AioCompletion wraps.
         // The wrapper is built in place and never destroyed: its destructor

@@ -12,8 +12,9 @@ extern "C" {
     /// Submits a server-side copy of `src_oid` (in `src_io`, at its read
     /// snapshot) over `dst_oid` (in `dst_io`) on `completion`: the OSDs move
     /// the data; the destination object becomes an exact copy (data, xattrs,
-    /// omap). Returns 0 or a negative errno (then the completion never
-    /// fires). Built from `shim/copy_from.cc` (librados' C++ API): the caller
+    /// omap); with `assert_dst_exists` non-zero, only if `dst_oid` exists
+    /// (else the operation fails with -ENOENT, nothing written). Returns 0
+    /// or a negative errno (then the completion never fires). Built from `shim/copy_from.cc` (librados' C++ API): the caller
     /// owns both io-contexts and the completion and keeps `dst_io` alive
     /// until the completion fires.
     pub fn livemig_rados_aio_copy_from(
@@ -22,6 +23,7 @@ extern "C" {
         src_io: rados_ioctx_t,
         src_oid: *const ::std::os::raw::c_char,
         src_fadvise_flags: u32,
+        assert_dst_exists: ::std::os::raw::c_int,
         completion: rados_completion_t,
     ) -> ::std::os::raw::c_int;
 }

@@ -135,6 +135,7 @@ impl Migrator {
             written_bytes: p.written_bytes,
             millis: started.elapsed().as_millis() as u64,
             cutover: false,
+            whole_objects: p.whole_objects,
         })
     }
 
@@ -254,6 +255,7 @@ mod tests {
             written_bytes: changed_bytes,
             millis: 1,
             cutover: false,
+            whole_objects: 0,
         }
     }
 
