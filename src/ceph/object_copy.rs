@@ -543,22 +543,42 @@ impl ObjectCopy {
     }
 
     /// Reads the source's object `object_no` whole (`size` bytes, as
-    /// [`ObjectCopied::Sparse`] said), or `None` if it no longer exists.
-    pub async fn read_object(&self, object_no: u64, size: u64) -> Result<Option<Vec<u8>>> {
+    /// [`ObjectCopied::Sparse`] said) into `buf` (grown to `size` if
+    /// shorter; a buffer handed back keeps its length, so reusing it costs
+    /// no clearing), returning it with the bytes read (only those are the
+    /// object's), or `None` if the object no longer exists.
+    pub async fn read_object(&self, object_no: u64, size: u64, mut buf: Vec<u8>) -> Result<Option<(Vec<u8>, usize)>> {
         let name = self.src.object_name(object_no)?;
-        let (io, target) = (self.src.ioctx.clone(), self.src.target(&name));
-        blocking(move || {
-            let mut buf = vec![0u8; size as usize];
-            // SAFETY: io is valid; name is a valid C string; buf is writable for its length.
-            let ret = unsafe { sys::rados_read(io.raw(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if ret == -libc::ENOENT {
-                return Ok(None);
-            }
-            let n = check("rados_read", ret).map_err(|e| e.target(target))?;
-            buf.truncate(n as usize);
-            Ok(Some(buf))
-        })
-        .await
+        let target = self.src.target(&name);
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
+        let aio = {
+            let io = self.src.ioctx.raw();
+            AioOp::submit_rados(
+                &target,
+                "rados_aio_read",
+                0,
+                buf,
+                Box::new(self.src.ioctx.clone()),
+                |buf, c| {
+                    // SAFETY: the buffer lives in the operation's shared block
+                    // until the completion fires and is writable for `size`
+                    // bytes; io and c are valid and kept alive with the
+                    // operation; name is a valid C string (librados copies it).
+                    unsafe { sys::rados_aio_read(io, name.as_ptr(), c, buf.as_mut_ptr().cast(), size as usize, 0) }
+                },
+            )?
+        };
+        let (ret, buf) = aio.await;
+        let buf = buf.expect("a read owns its buffer");
+        if ret == -(libc::ENOENT as i64) {
+            return Ok(None);
+        }
+        if ret < 0 {
+            return Err(Error::from_errno("rados_aio_read", ret as i32).target(target));
+        }
+        Ok(Some((buf, (ret as usize).min(size as usize))))
     }
 
     /// Writes `runs` of `data` (object offsets) to the destination's object

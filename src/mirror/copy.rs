@@ -60,7 +60,7 @@ pub struct CopyOptions {
 /// See [`CopyOptions::whole_object_from`]: where copying the whole object
 /// on the OSDs costs a delta round less time than moving the changes
 /// (measured with the delta bench, `benches/delta.rs`).
-pub const WHOLE_OBJECT_FROM: f64 = 0.5;
+pub const WHOLE_OBJECT_FROM: f64 = 0.625;
 
 /// Who moves a bulk copy's bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

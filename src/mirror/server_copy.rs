@@ -88,7 +88,7 @@ impl Copier {
         // Mostly-zero objects pass through this client: their reads hold
         // an object's bytes each, within the in-flight budget.
         let zero_block = self.options.zero_block.max(512);
-        let buffers = Arc::new(Semaphore::new(
+        let buffers = Arc::new(Buffers::new(
             (self.options.in_flight_bytes / layout.object_size).clamp(1, OBJECTS_IN_FLIGHT as u64) as usize,
         ));
         loop {
@@ -210,20 +210,54 @@ enum Moved {
 /// Moves one object: the OSDs copy it, or, when its samples say it is
 /// mostly zeros, it is read here (holding one of `buffers`) and only its
 /// non-zero `zero_block`s are written.
-async fn move_object(objects: &ObjectCopy, object_no: u64, buffers: &Semaphore, zero_block: usize) -> Result<Moved> {
+async fn move_object(objects: &ObjectCopy, object_no: u64, buffers: &Buffers, zero_block: usize) -> Result<Moved> {
     let size = match objects.copy(object_no).await? {
         ObjectCopied::Data => return Ok(Moved::Whole),
         ObjectCopied::Absent => return Ok(Moved::Absent),
         ObjectCopied::Sparse { size } => size,
     };
-    let _buffer = buffers.acquire().await.expect("the semaphore is never closed");
-    let Some(data) = objects.read_object(object_no, size).await? else {
+    let _permit = buffers.permits.acquire().await.expect("the semaphore is never closed");
+    let buffer = buffers.take();
+    let Some((buffer, len)) = objects.read_object(object_no, size, buffer).await? else {
         return Ok(Moved::Absent);
     };
-    let runs = nonzero_runs(&data, zero_block);
-    if runs.is_empty() {
-        return Ok(Moved::Zeros);
+    let data = &buffer[..len];
+    let runs = nonzero_runs(data, zero_block);
+    let moved = match runs.is_empty() {
+        true => Moved::Zeros,
+        false => {
+            objects.write_object(object_no, data, &runs).await?;
+            Moved::Blocks(runs.iter().map(|r| r.len() as u64).sum())
+        }
+    };
+    buffers.put(buffer);
+    Ok(moved)
+}
+
+/// The buffers mostly-zero objects are read into: at most `permits` in
+/// use, reused rather than allocated (and cleared) for every object.
+struct Buffers {
+    permits: Semaphore,
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    fn new(count: usize) -> Self {
+        Buffers {
+            permits: Semaphore::new(count),
+            free: std::sync::Mutex::new(Vec::new()),
+        }
     }
-    objects.write_object(object_no, &data, &runs).await?;
-    Ok(Moved::Blocks(runs.iter().map(|r| r.len() as u64).sum()))
+
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn put(&self, buffer: Vec<u8>) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
+    }
 }
