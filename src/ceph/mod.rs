@@ -22,8 +22,10 @@ mod features;
 mod image;
 mod info;
 mod ioctx;
+mod layout;
 mod object;
 mod object_copy;
+mod object_sample;
 mod open;
 mod release;
 
@@ -35,8 +37,9 @@ pub use diff::{DiffStream, Extent};
 pub use features::Features;
 pub use image::{CreateOptions, Image, ImageInfo, SnapInfo, Watcher};
 pub use ioctx::IoCtx;
+pub use layout::Layout;
 pub use object::{GuardedObject, OmapEntries};
-pub use object_copy::{Layout, ObjectCopied, ObjectCopy};
+pub use object_copy::{ObjectCopied, ObjectCopy};
 
 use std::ffi::CString;
 

@@ -39,85 +39,15 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
-use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use livemig_ceph_sys as sys;
 
 use super::aio::AioOp;
-use super::object::{ReadOp, WriteOp};
+use super::layout::Layout;
 use super::{blocking, check, cstring, Features, Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
-
-/// How an image's bytes are spread over its objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    /// Bytes per object.
-    pub object_size: u64,
-    /// Bytes written to one object before moving to the next of its set.
-    pub stripe_unit: u64,
-    /// Objects per object set.
-    pub stripe_count: u64,
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "object size {}, stripe unit {}, stripe count {}",
-            self.object_size, self.stripe_unit, self.stripe_count
-        )
-    }
-}
-
-impl Layout {
-    fn normalized(object_size: u64, stripe_unit: u64, stripe_count: u64) -> Layout {
-        let object_size = object_size.max(1);
-        Layout {
-            object_size,
-            stripe_unit: if stripe_unit == 0 { object_size } else { stripe_unit },
-            stripe_count: stripe_count.max(1),
-        }
-    }
-
-    /// Image bytes of one object set (its objects hold exactly these).
-    pub fn period(&self) -> u64 {
-        self.object_size * self.stripe_count
-    }
-
-    /// Where the object set holding object `object_no` begins in the image.
-    pub fn set_start(&self, object_no: u64) -> u64 {
-        object_no / self.stripe_count * self.period()
-    }
-
-    /// The objects holding any byte of `range` (image offsets), in order.
-    pub fn objects_in(&self, range: Range<u64>) -> Vec<u64> {
-        let mut objects = Vec::new();
-        if range.start >= range.end {
-            return objects;
-        }
-        let (period, su, sc) = (self.period(), self.stripe_unit, self.stripe_count);
-        let mut set = range.start / period;
-        while set * period < range.end {
-            let (set_start, set_end) = (set * period, (set + 1) * period);
-            let (from, to) = (range.start.max(set_start), range.end.min(set_end));
-            let first = set * sc;
-            if to - from >= su * sc {
-                // A whole stripe (or more) touches every object of the set.
-                objects.extend(first..first + sc);
-            } else {
-                let mut hit = vec![false; sc as usize];
-                for unit in (from - set_start) / su..=(to - 1 - set_start) / su {
-                    hit[(unit % sc) as usize] = true;
-                }
-                objects.extend((0..sc).filter(|i| hit[*i as usize]).map(|i| first + i));
-            }
-            set += 1;
-        }
-        objects
-    }
-}
 
 /// What became of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,18 +66,18 @@ pub enum ObjectCopied {
 
 /// One side's data objects: the io-context of its data pool (reading at
 /// the image's snapshot, for the source) and the objects' name prefix.
-struct DataSide {
-    ioctx: IoCtx,
+pub(super) struct DataSide {
+    pub(super) ioctx: IoCtx,
     prefix: String,
-    spec: String,
+    pub(super) spec: String,
 }
 
 impl DataSide {
-    fn object_name(&self, object_no: u64) -> Result<CString> {
+    pub(super) fn object_name(&self, object_no: u64) -> Result<CString> {
         cstring(&format!("{}.{object_no:016x}", self.prefix), "object name")
     }
 
-    fn target(&self, name: &CString) -> String {
+    pub(super) fn target(&self, name: &CString) -> String {
         format!("{} object {}", self.spec, name.to_string_lossy())
     }
 }
@@ -155,13 +85,13 @@ impl DataSide {
 /// A server-side copy from one image's data objects onto another's, made
 /// by [`Image::object_copy_to`]. Holds both images open.
 pub struct ObjectCopy {
-    src: DataSide,
-    dst: DataSide,
+    pub(super) src: DataSide,
+    pub(super) dst: DataSide,
     /// The destination's object map: its pool's io-context and object name.
     dst_map: Option<(IoCtx, CString)>,
-    layout: Layout,
+    pub(super) layout: Layout,
     /// CRC-32C of so many zero bytes, as the OSDs compute it.
-    zero_sums: Mutex<HashMap<u64, u32>>,
+    pub(super) zero_sums: Mutex<HashMap<u64, u32>>,
     /// The destination holds its exclusive lock for the copy (it has the
     /// feature): let go by [`ObjectCopy::finish`].
     dst_locked: bool,
@@ -220,10 +150,6 @@ impl Image {
 
 /// Image-meta key set and removed on the destination to take its lock.
 const LOCK_PROBE_KEY: &str = "livemig.object-copy";
-
-/// Samples checksummed per object, and the bytes of each.
-const SAMPLES: usize = 16;
-const SAMPLE_LEN: u64 = 4096;
 
 /// Times a copy that the OSD refused because the source object was busy
 /// or changing is tried again.
@@ -332,10 +258,10 @@ impl ObjectCopy {
     /// then marked in the destination's object map.
     pub async fn copy(&self, object_no: u64) -> Result<ObjectCopied> {
         let src_name = self.src.object_name(object_no)?;
-        let Some((size, data_samples)) = self.sample(&src_name).await? else {
+        let Some((size, mostly_data)) = self.sample(&src_name).await? else {
             return Ok(ObjectCopied::Absent);
         };
-        if data_samples * 2 < SAMPLES {
+        if !mostly_data {
             return Ok(ObjectCopied::Sparse { size });
         }
         if !self.copy_with_retries(object_no, &src_name).await? {
@@ -418,7 +344,7 @@ impl ObjectCopy {
     }
 
     /// Marks an object that now exists in the destination's object map.
-    async fn mark_exists(&self, object_no: u64) -> Result<()> {
+    pub(super) async fn mark_exists(&self, object_no: u64) -> Result<()> {
         let Some((io, name)) = &self.dst_map else {
             return Ok(());
         };
@@ -465,192 +391,6 @@ impl ObjectCopy {
         }
         Ok(())
     }
-
-    /// The source object's size and how many of its samples hold data
-    /// (their checksums differ from zeros'), asked of its OSD in one read;
-    /// `None` if it does not exist.
-    async fn sample(&self, name: &CString) -> Result<Option<(u64, usize)>> {
-        let target = self.src.target(name);
-        // SAFETY: plain constructor; the handle is owned by ReadOp.
-        let op = ReadOp(unsafe { sys::rados_create_read_op() });
-        if op.0.is_null() {
-            return Err(Error::from_errno("rados_create_read_op", -libc::ENOMEM).target(target));
-        }
-        let step = (self.layout.object_size / SAMPLES as u64).max(SAMPLE_LEN);
-        let aio = {
-            let (handle, io) = (op.0, self.src.ioctx.raw());
-            AioOp::submit_rados(
-                &target,
-                "checksum",
-                0,
-                SampleOut::default(),
-                Box::new((op, self.src.ioctx.clone())),
-                |out, c| {
-                    let seed = u32::MAX.to_le_bytes();
-                    // SAFETY: the outputs live in the operation's shared
-                    // block until the completion fires; librados copies the
-                    // seed now; handle, io and c are valid and kept alive
-                    // with the operation; name is a valid C string.
-                    unsafe {
-                        sys::rados_read_op_stat(handle, &mut out.size, &mut out.mtime, &mut out.stat_ret);
-                        for (k, (sum, ret)) in out.sums.iter_mut().zip(out.rets.iter_mut()).enumerate() {
-                            sys::rados_read_op_checksum(
-                                handle,
-                                sys::rados_checksum_type_t_LIBRADOS_CHECKSUM_TYPE_CRC32C,
-                                seed.as_ptr().cast(),
-                                seed.len(),
-                                k as u64 * step,
-                                SAMPLE_LEN as usize,
-                                0,
-                                sum.as_mut_ptr().cast(),
-                                sum.len(),
-                                ret,
-                            );
-                        }
-                        sys::rados_aio_read_op_operate(handle, io, c, name.as_ptr(), 0)
-                    }
-                },
-            )?
-        };
-        let (ret, out) = aio.await;
-        let out = out.expect("a read owns its outputs");
-        if ret == -(libc::ENOENT as i64) {
-            return Ok(None);
-        }
-        let failed = std::iter::once(ret)
-            .chain(std::iter::once(out.stat_ret as i64))
-            .chain(out.rets.iter().map(|r| *r as i64))
-            .find(|r| *r < 0);
-        if let Some(r) = failed {
-            return Err(Error::from_errno("checksum", r as i32).target(target));
-        }
-        let mut data = 0;
-        for (k, sum) in out.sums.iter().enumerate() {
-            let offset = k as u64 * step;
-            // A sample at or past the end has no checksum (zeros).
-            let len = SAMPLE_LEN.min(out.size.saturating_sub(offset));
-            // The reply: a count of checksums, then each (little-endian u32s).
-            let count = u32::from_le_bytes(sum[0..4].try_into().expect("4 bytes"));
-            if len == 0 || count == 0 {
-                continue;
-            }
-            let crc = u32::from_le_bytes(sum[4..8].try_into().expect("4 bytes"));
-            if crc != self.zero_sum(len) {
-                data += 1;
-            }
-        }
-        Ok(Some((out.size, data)))
-    }
-
-    /// Reads the source's object `object_no` whole (`size` bytes, as
-    /// [`ObjectCopied::Sparse`] said) into `buf` (grown to `size` if
-    /// shorter; a buffer handed back keeps its length, so reusing it costs
-    /// no clearing), returning it with the bytes read (only those are the
-    /// object's), or `None` if the object no longer exists.
-    pub async fn read_object(&self, object_no: u64, size: u64, mut buf: Vec<u8>) -> Result<Option<(Vec<u8>, usize)>> {
-        let name = self.src.object_name(object_no)?;
-        let target = self.src.target(&name);
-        if buf.len() < size as usize {
-            buf.resize(size as usize, 0);
-        }
-        let aio = {
-            let io = self.src.ioctx.raw();
-            AioOp::submit_rados(
-                &target,
-                "rados_aio_read",
-                0,
-                buf,
-                Box::new(self.src.ioctx.clone()),
-                |buf, c| {
-                    // SAFETY: the buffer lives in the operation's shared block
-                    // until the completion fires and is writable for `size`
-                    // bytes; io and c are valid and kept alive with the
-                    // operation; name is a valid C string (librados copies it).
-                    unsafe { sys::rados_aio_read(io, name.as_ptr(), c, buf.as_mut_ptr().cast(), size as usize, 0) }
-                },
-            )?
-        };
-        let (ret, buf) = aio.await;
-        let buf = buf.expect("a read owns its buffer");
-        if ret == -(libc::ENOENT as i64) {
-            return Ok(None);
-        }
-        if ret < 0 {
-            return Err(Error::from_errno("rados_aio_read", ret as i32).target(target));
-        }
-        Ok(Some((buf, (ret as usize).min(size as usize))))
-    }
-
-    /// Writes `runs` of `data` (object offsets) to the destination's object
-    /// `object_no`, which does not exist yet (the rest reads as zeros), in
-    /// one operation, and marks it in the destination's object map.
-    pub async fn write_object(&self, object_no: u64, data: &[u8], runs: &[Range<usize>]) -> Result<()> {
-        let name = self.dst.object_name(object_no)?;
-        let target = self.dst.target(&name);
-        // SAFETY: plain constructor; the handle is owned by WriteOp.
-        let op = WriteOp(unsafe { sys::rados_create_write_op() });
-        if op.0.is_null() {
-            return Err(Error::from_errno("rados_create_write_op", -libc::ENOMEM).target(target));
-        }
-        for run in runs {
-            let bytes = &data[run.clone()];
-            // SAFETY: bytes is valid for its length; librados copies it now.
-            unsafe { sys::rados_write_op_write(op.0, bytes.as_ptr().cast(), bytes.len(), run.start as u64) };
-        }
-        let aio = {
-            let (handle, io) = (op.0, self.dst.ioctx.raw());
-            AioOp::submit_rados(
-                &target,
-                "rados_aio_write_op_operate",
-                0,
-                (),
-                Box::new((op, self.dst.ioctx.clone())),
-                |_, c| {
-                    // SAFETY: handle, io and c are valid and kept alive with the
-                    // operation; name is a valid C string (librados copies it).
-                    unsafe { sys::rados_aio_write_op_operate(handle, io, c, name.as_ptr(), std::ptr::null_mut(), 0) }
-                },
-            )?
-        };
-        let (ret, _) = aio.await;
-        if ret < 0 {
-            return Err(Error::from_errno("rados_aio_write_op_operate", ret as i32)
-                .target(target)
-                .offset(self.layout.set_start(object_no)));
-        }
-        self.mark_exists(object_no).await
-    }
-
-    /// The CRC-32C the OSDs report for `len` zero bytes (seeded with all
-    /// ones, without the final inversion of the standard CRC-32C).
-    fn zero_sum(&self, len: u64) -> u32 {
-        let mut sums = self.zero_sums.lock().unwrap_or_else(|p| p.into_inner());
-        *sums.entry(len).or_insert_with(|| zero_crc32c(len))
-    }
-}
-
-/// See [`ObjectCopy::zero_sum`].
-fn zero_crc32c(len: u64) -> u32 {
-    let zeros = [0u8; 64 << 10];
-    let mut crc = 0u32;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        crc = crc32c::crc32c_append(crc, &zeros[..n]);
-        left -= n as u64;
-    }
-    !crc
-}
-
-/// Where a sampling read reports: the object's size, and each sample's
-/// checksum reply (a count, then the checksum).
-#[derive(Default)]
-struct SampleOut {
-    size: u64,
-    mtime: libc::time_t,
-    stat_ret: libc::c_int,
-    sums: [[u8; 8]; SAMPLES],
-    rets: [libc::c_int; SAMPLES],
 }
 
 fn old_format(img: &Image) -> Result<bool> {
@@ -729,62 +469,4 @@ fn block_name_prefix(img: &Image) -> Result<String> {
     Ok(std::ffi::CStr::from_bytes_until_nul(&prefix)
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn objects_of_a_plain_layout_follow_the_offsets() {
-        let l = Layout::normalized(4 << 20, 0, 0);
-        assert_eq!(l.period(), 4 << 20);
-        assert_eq!(l.objects_in(0..1), vec![0]);
-        assert_eq!(l.objects_in((4 << 20) - 1..(4 << 20) + 1), vec![0, 1]);
-        assert_eq!(l.objects_in(8 << 20..20 << 20), vec![2, 3, 4]);
-        assert!(l.objects_in(5..5).is_empty());
-        assert_eq!(l.set_start(3), 12 << 20);
-    }
-
-    #[test]
-    fn objects_of_a_striped_layout_follow_the_stripes() {
-        // 4 objects of 1 MiB per set, 64 KiB stripe units.
-        let l = Layout::normalized(1 << 20, 64 << 10, 4);
-        assert_eq!(l.period(), 4 << 20);
-        // Units go round the set's objects: unit k is in object k % 4.
-        assert_eq!(l.objects_in(0..(64 << 10)), vec![0]);
-        assert_eq!(l.objects_in((64 << 10)..(128 << 10) + 1), vec![1, 2]);
-        assert_eq!(l.objects_in((3 * (64 << 10))..(5 * (64 << 10))), vec![0, 3]);
-        // A whole stripe touches every object of the set.
-        assert_eq!(l.objects_in(0..(256 << 10)), vec![0, 1, 2, 3]);
-        // The second set holds objects 4..8.
-        assert_eq!(l.objects_in((4 << 20) + 1..(4 << 20) + 2), vec![4]);
-        assert_eq!(l.set_start(6), 4 << 20);
-        // Brute force against the striping formula.
-        for start in (0..(9 << 20)).step_by(50_000) {
-            let end = start + 300_000;
-            let mut want: Vec<u64> = (start..end)
-                .step_by(4096)
-                .chain(std::iter::once(end - 1))
-                .map(|off| {
-                    let unit = off / l.stripe_unit;
-                    let (stripe, pos) = (unit / l.stripe_count, unit % l.stripe_count);
-                    stripe / (l.object_size / l.stripe_unit) * l.stripe_count + pos
-                })
-                .collect();
-            want.sort();
-            want.dedup();
-            assert_eq!(l.objects_in(start..end), want, "{start}..{end}");
-        }
-    }
-
-    #[test]
-    fn the_zero_checksum_is_the_unfinished_crc32c_of_zeros() {
-        // Seeded with all ones and not inverted at the end: the standard
-        // CRC-32C of one zero byte is 0x527d5351.
-        assert_eq!(zero_crc32c(1), !0x527d_5351);
-        assert_eq!(zero_crc32c(0), u32::MAX);
-        let long: u32 = !crc32c::crc32c(&vec![0u8; 200_000]);
-        assert_eq!(zero_crc32c(200_000), long);
-    }
 }

@@ -12,6 +12,7 @@
 pub mod compare;
 pub mod copy;
 pub mod fence;
+mod pace;
 pub mod partial;
 mod server_copy;
 mod transfer;

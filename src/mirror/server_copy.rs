@@ -24,7 +24,8 @@ use tracing::debug;
 use tokio::sync::Semaphore;
 
 use super::copy::{Copier, CopyMethod, Progress};
-use super::transfer::{extent_bytes, Pacer};
+use super::pace::Pacer;
+use super::transfer::extent_bytes;
 use super::zero::nonzero_runs;
 use crate::ceph::{Image, ObjectCopied, ObjectCopy};
 use crate::error::{Error, ErrorKind, Result};
