@@ -74,59 +74,29 @@ impl DataObjects {
         if !plain_layout || info.features.contains(Features::JOURNALING) {
             return Ok(None);
         }
-        let mut old = 0u8;
-        // SAFETY: h is open; old is a valid out-pointer.
-        let ret = unsafe { sys::rbd_get_old_format(h, &mut old) };
-        if ret < 0 || old != 0 {
+        if !matches!(old_format(&image), Ok(false)) {
             return Ok(None);
         }
         // SAFETY: h is open.
         if unsafe { sys::rbd_get_data_pool_id(h) } != unsafe { sys::rados_ioctx_get_id(image.ioctx().raw()) } {
             return Ok(None);
         }
-        let mut overlap = 0u64;
-        // SAFETY: h is open; overlap is a valid out-pointer.
-        let ret = unsafe { sys::rbd_get_overlap(h, &mut overlap) };
-        if (ret < 0 && ret != -libc::ENOENT) || (ret == 0 && overlap > 0) {
+        if !matches!(parent_overlap(&image), Ok(0)) {
             return Ok(None);
         }
-        let mut writable = false;
-        let snap_id = match image.snap_name() {
-            Some(name) => {
-                let name = cstring(name, "snapshot name")?;
-                let mut id = 0u64;
-                // SAFETY: h is open; name is a valid C string; id a valid out-pointer.
-                let ret = unsafe { sys::rbd_snap_get_id(h, name.as_ptr(), &mut id) };
-                check("rbd_snap_get_id", ret).map_err(|e| e.target(image.spec()))?;
-                Some(id)
-            }
-            None => {
-                let mut max_snaps = 0;
-                // SAFETY: h is open; with room for no entry librbd only reports
-                // how many it needs (the snapshots and a terminator) in max_snaps.
-                let ret = unsafe { sys::rbd_snap_list(h, std::ptr::null_mut(), &mut max_snaps) };
-                if !(ret == 0 || ret == -libc::ERANGE) {
-                    return Ok(None);
-                }
-                writable = ret == 0 || max_snaps <= 1;
-                None
-            }
+        let writable = match image.snap_name() {
+            Some(_) => false,
+            None => match snapshot_count(&image) {
+                Ok(n) => n == 0,
+                Err(_) => return Ok(None),
+            },
         };
-        let mut prefix = vec![0u8; 128];
-        // SAFETY: prefix is writable for its length.
-        let ret = unsafe { sys::rbd_get_block_name_prefix(h, prefix.as_mut_ptr().cast(), prefix.len()) };
-        check("rbd_get_block_name_prefix", ret).map_err(|e| e.target(image.spec()))?;
-        let prefix = std::ffi::CStr::from_bytes_until_nul(&prefix)
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let prefix = block_name_prefix(&image)?;
         if prefix.is_empty() {
             return Ok(None);
         }
         let ioctx = image.ioctx().private_copy_blocking()?;
-        if let Some(id) = snap_id {
-            // SAFETY: the io-context is ours alone; id is the image's snapshot.
-            unsafe { sys::rados_ioctx_snap_set_read(ioctx.raw(), id) };
-        }
+        read_at_snapshot_of(&image, &ioctx)?;
         Ok(Some(DataObjects {
             ioctx,
             writable,
@@ -309,6 +279,70 @@ impl DataObjects {
             _ => Ok(true),
         }
     }
+}
+
+// What reading and writing an image's objects directly (here and in
+// `object_copy`) asks of the image.
+
+/// Whether the image is format 1.
+pub(super) fn old_format(img: &Image) -> Result<bool> {
+    let mut old = 0u8;
+    // SAFETY: the image is open; old is a valid out-pointer.
+    let ret = unsafe { sys::rbd_get_old_format(img.raw(), &mut old) };
+    check("rbd_get_old_format", ret).map_err(|e| e.target(img.spec()))?;
+    Ok(old != 0)
+}
+
+/// The bytes a clone still reads from its parent (0 for no parent).
+pub(super) fn parent_overlap(img: &Image) -> Result<u64> {
+    let mut overlap = 0u64;
+    // SAFETY: the image is open; overlap is a valid out-pointer.
+    let ret = unsafe { sys::rbd_get_overlap(img.raw(), &mut overlap) };
+    if ret == -libc::ENOENT {
+        return Ok(0);
+    }
+    check("rbd_get_overlap", ret).map_err(|e| e.target(img.spec()))?;
+    Ok(overlap)
+}
+
+/// How many snapshots the image has.
+pub(super) fn snapshot_count(img: &Image) -> Result<usize> {
+    let mut max_snaps = 0;
+    // SAFETY: the image is open; with room for no entry librbd only reports
+    // how many it needs (the snapshots and a terminator) in max_snaps.
+    let ret = unsafe { sys::rbd_snap_list(img.raw(), std::ptr::null_mut(), &mut max_snaps) };
+    match ret {
+        0 => Ok(0),
+        r if r == -libc::ERANGE => Ok((max_snaps as usize).saturating_sub(1)),
+        r => Err(Error::from_errno("rbd_snap_list", r).target(img.spec())),
+    }
+}
+
+/// The image's data objects' name prefix.
+pub(super) fn block_name_prefix(img: &Image) -> Result<String> {
+    let mut prefix = vec![0u8; 128];
+    // SAFETY: prefix is writable for its length.
+    let ret = unsafe { sys::rbd_get_block_name_prefix(img.raw(), prefix.as_mut_ptr().cast(), prefix.len()) };
+    check("rbd_get_block_name_prefix", ret).map_err(|e| e.target(img.spec()))?;
+    Ok(std::ffi::CStr::from_bytes_until_nul(&prefix)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
+/// Makes `ioctx` (private to its user) read at the snapshot `img` is open
+/// at; an image open at its head leaves it reading heads.
+pub(super) fn read_at_snapshot_of(img: &Image, ioctx: &IoCtx) -> Result<()> {
+    let Some(name) = img.snap_name() else {
+        return Ok(());
+    };
+    let name = cstring(name, "snapshot name")?;
+    let mut id = 0u64;
+    // SAFETY: the image is open; name is a valid C string; id a valid out-pointer.
+    let ret = unsafe { sys::rbd_snap_get_id(img.raw(), name.as_ptr(), &mut id) };
+    check("rbd_snap_get_id", ret).map_err(|e| e.target(img.spec()))?;
+    // SAFETY: the io-context is the caller's alone; id is the image's snapshot.
+    unsafe { sys::rados_ioctx_snap_set_read(ioctx.raw(), id) };
+    Ok(())
 }
 
 /// Where one read of a [`DataObjects::read_packed`] operation reports.

@@ -434,34 +434,36 @@ impl Image {
 
     /// The clients owning the image's exclusive lock (empty if none).
     pub async fn lock_owners(&self) -> Result<Vec<String>> {
-        self.call(|img| {
-            let mut max: usize = 4;
-            loop {
-                let mut mode: sys::rbd_lock_mode_t = 0;
-                let mut owners: Vec<*mut c_char> = vec![ptr::null_mut(); max];
-                let mut count = max;
-                // SAFETY: image open; owners has room for `count` pointers,
-                // filled by librbd and freed by the cleanup call below.
-                let ret = unsafe { sys::rbd_lock_get_owners(img.raw(), &mut mode, owners.as_mut_ptr(), &mut count) };
-                if ret == -libc::ERANGE && count > max {
-                    max = count;
-                    continue;
-                }
-                if ret == -libc::ENOENT {
-                    return Ok(Vec::new());
-                }
-                check("rbd_lock_get_owners", ret).map_err(|e| e.target(img.spec()))?;
-                let out = owners[..count]
-                    .iter()
-                    // SAFETY: each of the first `count` entries is a NUL-terminated string from librbd.
-                    .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
-                    .collect();
-                // SAFETY: entries filled by rbd_lock_get_owners, cleaned once.
-                unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), count) };
-                return Ok(out);
+        self.call(Image::lock_owners_blocking).await
+    }
+
+    /// [`Image::lock_owners`], for code already on the blocking pool.
+    pub(crate) fn lock_owners_blocking(&self) -> Result<Vec<String>> {
+        let mut max: usize = 4;
+        loop {
+            let mut mode: sys::rbd_lock_mode_t = 0;
+            let mut owners: Vec<*mut c_char> = vec![ptr::null_mut(); max];
+            let mut count = max;
+            // SAFETY: image open; owners has room for `count` pointers,
+            // filled by librbd and freed by the cleanup call below.
+            let ret = unsafe { sys::rbd_lock_get_owners(self.raw(), &mut mode, owners.as_mut_ptr(), &mut count) };
+            if ret == -libc::ERANGE && count > max {
+                max = count;
+                continue;
             }
-        })
-        .await
+            if ret == -libc::ENOENT {
+                return Ok(Vec::new());
+            }
+            check("rbd_lock_get_owners", ret).map_err(|e| e.target(self.spec()))?;
+            let out = owners[..count]
+                .iter()
+                // SAFETY: each of the first `count` entries is a NUL-terminated string from librbd.
+                .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
+                .collect();
+            // SAFETY: entries filled by rbd_lock_get_owners, cleaned once.
+            unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), count) };
+            return Ok(out);
+        }
     }
 
     /// Breaks `owner`'s exclusive lock; with Ceph's default

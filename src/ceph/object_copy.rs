@@ -45,6 +45,7 @@ use std::time::Duration;
 use livemig_ceph_sys as sys;
 
 use super::aio::AioOp;
+use super::data_objects::{block_name_prefix, old_format, parent_overlap, read_at_snapshot_of, snapshot_count};
 use super::layout::Layout;
 use super::{blocking, check, cstring, Features, Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
@@ -193,15 +194,7 @@ impl ObjectCopy {
             prefix: block_name_prefix(&src)?,
             spec: src.spec(),
         };
-        if let Some(name) = src.snap_name() {
-            let name = cstring(name, "snapshot name")?;
-            let mut id = 0u64;
-            // SAFETY: the image is open; name is a valid C string; id a valid out-pointer.
-            let ret = unsafe { sys::rbd_snap_get_id(src.raw(), name.as_ptr(), &mut id) };
-            check("rbd_snap_get_id", ret).map_err(|e| e.target(src.spec()))?;
-            // SAFETY: the io-context is this copy's alone; id is the image's snapshot.
-            unsafe { sys::rados_ioctx_snap_set_read(src_side.ioctx.raw(), id) };
-        }
+        read_at_snapshot_of(&src, &src_side.ioctx)?;
         let dst_side = DataSide {
             ioctx: data_ioctx(&dst)?,
             prefix: block_name_prefix(&dst)?,
@@ -245,6 +238,11 @@ impl ObjectCopy {
                 )));
         }
         self.dst_image.lock_release().await
+    }
+
+    /// The destination image, as `pool[/namespace]/image`.
+    pub fn destination(&self) -> &str {
+        &self.dst.spec
     }
 
     /// The layout both images share.
@@ -393,63 +391,13 @@ impl ObjectCopy {
     }
 }
 
-fn old_format(img: &Image) -> Result<bool> {
-    let mut old = 0u8;
-    // SAFETY: the image is open; old is a valid out-pointer.
-    let ret = unsafe { sys::rbd_get_old_format(img.raw(), &mut old) };
-    check("rbd_get_old_format", ret).map_err(|e| e.target(img.spec()))?;
-    Ok(old != 0)
-}
-
-fn parent_overlap(img: &Image) -> Result<u64> {
-    let mut overlap = 0u64;
-    // SAFETY: the image is open; overlap is a valid out-pointer.
-    let ret = unsafe { sys::rbd_get_overlap(img.raw(), &mut overlap) };
-    if ret == -libc::ENOENT {
-        return Ok(0);
-    }
-    check("rbd_get_overlap", ret).map_err(|e| e.target(img.spec()))?;
-    Ok(overlap)
-}
-
-fn snapshot_count(img: &Image) -> Result<usize> {
-    let mut max_snaps = 0;
-    // SAFETY: the image is open; with room for no entry librbd only reports
-    // how many it needs (the snapshots and a terminator) in max_snaps.
-    let ret = unsafe { sys::rbd_snap_list(img.raw(), std::ptr::null_mut(), &mut max_snaps) };
-    match ret {
-        0 => Ok(0),
-        r if r == -libc::ERANGE => Ok((max_snaps as usize).saturating_sub(1)),
-        r => Err(Error::from_errno("rbd_snap_list", r).target(img.spec())),
-    }
-}
-
 /// Whether a client other than this handle owns the image's exclusive lock.
 fn lock_held_elsewhere(img: &Image) -> Result<bool> {
     let mut owner = 0;
     // SAFETY: the image is open; owner is a valid out-pointer.
     let ret = unsafe { sys::rbd_is_exclusive_lock_owner(img.raw(), &mut owner) };
     check("rbd_is_exclusive_lock_owner", ret).map_err(|e| e.target(img.spec()))?;
-    if owner != 0 {
-        return Ok(false);
-    }
-    let mut mode: sys::rbd_lock_mode_t = 0;
-    let mut owners: [*mut libc::c_char; 4] = [std::ptr::null_mut(); 4];
-    let mut max = owners.len();
-    // SAFETY: the image is open; owners has room for max entries.
-    let ret = unsafe { sys::rbd_lock_get_owners(img.raw(), &mut mode, owners.as_mut_ptr(), &mut max) };
-    if ret == -libc::ENOENT || (ret == 0 && max == 0) {
-        return Ok(false);
-    }
-    if ret == 0 {
-        // SAFETY: librbd filled max entries, released here once.
-        unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), max) };
-        return Ok(true);
-    }
-    if ret == -libc::ERANGE {
-        return Ok(true);
-    }
-    Err(Error::from_errno("rbd_lock_get_owners", ret).target(img.spec()))
+    Ok(owner == 0 && !img.lock_owners_blocking()?.is_empty())
 }
 
 fn data_ioctx(img: &Image) -> Result<IoCtx> {
@@ -459,14 +407,4 @@ fn data_ioctx(img: &Image) -> Result<IoCtx> {
         return Err(Error::from_errno("rbd_get_data_pool_id", pool_id as i32).target(img.spec()));
     }
     img.ioctx().data_pool_blocking(pool_id)
-}
-
-fn block_name_prefix(img: &Image) -> Result<String> {
-    let mut prefix = vec![0u8; 128];
-    // SAFETY: prefix is writable for its length.
-    let ret = unsafe { sys::rbd_get_block_name_prefix(img.raw(), prefix.as_mut_ptr().cast(), prefix.len()) };
-    check("rbd_get_block_name_prefix", ret).map_err(|e| e.target(img.spec()))?;
-    Ok(std::ffi::CStr::from_bytes_until_nul(&prefix)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default())
 }

@@ -28,7 +28,7 @@ use super::pace::Pacer;
 use super::transfer::extent_bytes;
 use super::zero::nonzero_runs;
 use crate::ceph::{Image, ObjectCopied, ObjectCopy};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// Object copies in flight at once: each costs the client nothing but a
 /// request; more keep the OSDs busy, fewer leave them idle between objects.
@@ -174,17 +174,7 @@ impl Copier {
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if self.cancel.is_cancelled() {
-            return Err(Error::new(ErrorKind::Cancelled, "copy")
-                .message("copy cancelled; the partial destination is removed and the source is untouched"));
-        }
-        progress.elapsed = started.elapsed();
-        progress.watermark = size;
-        progress.done_bytes = progress.total_bytes;
-        self.publish(&progress);
+        let progress = self.conclude(progress, failure, started, size, objects.destination().to_owned())?;
         debug!(
             copied,
             sparse,

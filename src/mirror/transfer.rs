@@ -275,16 +275,30 @@ impl Copier {
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
             }
         }
+        self.conclude(progress, failure, started, info.size, dst.spec())
+    }
+
+    /// Ends a copy's loop: its first failure, or cancellation, or the
+    /// progress of a complete copy (every byte below `size` copied),
+    /// published. `destination` names it in the cancellation error.
+    pub(super) fn conclude(
+        &self,
+        mut progress: Progress,
+        failure: Option<Error>,
+        started: Instant,
+        size: u64,
+        destination: String,
+    ) -> Result<Progress> {
         if let Some(e) = failure {
             return Err(e);
         }
         if self.cancel.is_cancelled() {
             return Err(Error::new(ErrorKind::Cancelled, "copy")
-                .target(dst.spec())
+                .target(destination)
                 .message("copy cancelled; the partial destination is removed and the source is untouched"));
         }
         progress.elapsed = started.elapsed();
-        progress.watermark = info.size;
+        progress.watermark = size;
         progress.done_bytes = progress.total_bytes;
         self.publish(&progress);
         Ok(progress)
