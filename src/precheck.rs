@@ -55,6 +55,8 @@ pub struct Destination {
     pub namespace: String,
     /// Image name, if given.
     pub image: Option<String>,
+    /// A separate pool for the new image's data objects, if any.
+    pub data_pool: Option<String>,
 }
 
 impl Destination {
@@ -67,6 +69,7 @@ impl Destination {
                 pool: spec.pool,
                 namespace: String::new(),
                 image: None,
+                data_pool: None,
             });
         }
         let spec: ImageSpec = s.parse()?;
@@ -75,7 +78,13 @@ impl Destination {
             pool: spec.pool,
             namespace: spec.namespace,
             image: Some(spec.image),
+            data_pool: None,
         })
+    }
+
+    /// This destination with its data objects in `data_pool`.
+    pub fn with_data_pool(self, data_pool: Option<String>) -> Self {
+        Destination { data_pool, ..self }
     }
 
     /// The destination image for a source image named `source_image`.
@@ -410,9 +419,25 @@ pub async fn precheck(
         _ => rules.skip("capacity", "the source or destination could not be read"),
     }
 
-    match (used, &dest_io) {
+    // The data goes to the destination's data pool, if it has one.
+    let mut space_io = dest_io.as_ref();
+    if let Some(pool) = &to.data_pool {
+        match dest_cluster.check_data_pool(pool).await {
+            Ok(()) => rules.pass(
+                "data_pool",
+                format!("data pool `{pool}` takes RBD data"),
+                serde_json::Value::Null,
+            ),
+            Err(e) => {
+                space_io = None;
+                rules.fail_with("data_pool", &e);
+            }
+        }
+    }
+    let space_pool = to.data_pool.as_deref().unwrap_or(&dest.image.pool);
+    match (used, space_io) {
         (Some(used), Some(_)) => {
-            let usage = dest_cluster.pool_usage(&dest.image.pool).await?;
+            let usage = dest_cluster.pool_usage(space_pool).await?;
             let quota_left = usage.quota_left();
             let numbers = serde_json::json!({"max_avail": usage.max_avail, "quota_bytes": usage.quota_bytes, "stored": usage.stored, "used_bytes": used});
             if usage.max_avail < used {
@@ -420,8 +445,8 @@ pub async fn precheck(
                     "pool_space",
                     ErrorKind::NoSpace,
                     format!(
-                        "pool `{}` has room for {} bytes, the source uses {used}",
-                        dest.image.pool, usage.max_avail
+                        "pool `{space_pool}` has room for {} bytes, the source uses {used}",
+                        usage.max_avail
                     ),
                     numbers,
                 );
@@ -430,8 +455,7 @@ pub async fn precheck(
                     "pool_space",
                     ErrorKind::NoSpace,
                     format!(
-                        "pool `{}` quota leaves {} bytes, the source uses {used}",
-                        dest.image.pool,
+                        "pool `{space_pool}` quota leaves {} bytes, the source uses {used}",
                         quota_left.unwrap_or(0)
                     ),
                     numbers,
@@ -439,7 +463,7 @@ pub async fn precheck(
             } else {
                 rules.pass(
                     "pool_space",
-                    format!("pool `{}` has room ({} bytes free)", dest.image.pool, usage.max_avail),
+                    format!("pool `{space_pool}` has room ({} bytes free)", usage.max_avail),
                     numbers,
                 );
             }

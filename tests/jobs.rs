@@ -264,19 +264,41 @@ async fn whole_flow_moves_a_detached_volume() {
     // verify VOLUME compares with the source retained in the trash.
     let v = run(&["verify", &env.volume, "--json"]);
     assert_ok(&v, "verify");
-    // A second migration back works too (the volume is free again).
-    let back = run(&[
-        "start",
-        &env.volume,
-        "--to",
-        SRC,
-        "--keep-source",
-        "--lease-secs",
-        LEASE,
-        "--json",
-    ]);
-    assert_ok(&back, "migrate back");
-    assert_eq!(env.catalog.volume(&env.volume).await.unwrap().backing.image.pool, SRC);
+    // A second migration back works too (the volume is free again), its
+    // data in a separate data pool; a data pool that does not exist is
+    // refused first, with nothing changed.
+    const DATA_POOL: &str = "jobs-data";
+    cluster().ensure_pool(DATA_POOL);
+    let start_back = |data_pool: &str| {
+        run(&[
+            "start",
+            &env.volume,
+            "--to",
+            SRC,
+            "--data-pool",
+            data_pool,
+            "--keep-source",
+            "--lease-secs",
+            LEASE,
+            "--json",
+        ])
+    };
+    let volume_before = env.catalog.volume(&env.volume).await.unwrap();
+    let refused = start_back("jobs-no-such-pool");
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("pool_not_found"));
+    assert_eq!(env.catalog.volume(&env.volume).await.unwrap(), volume_before);
+    assert_ok(&start_back(DATA_POOL), "migrate back");
+    let moved = env.catalog.volume(&env.volume).await.unwrap();
+    assert_eq!(moved.backing.image.pool, SRC);
+    let info = cluster().cli("rbd", &["info", "--format", "json", &moved.backing.image.to_string()]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["data_pool"], DATA_POOL);
     assert!(
         env.dst_io.image_exists(&env.volume).await.unwrap(),
         "--keep-source keeps the old image"

@@ -40,7 +40,11 @@ fn copier(mode: CopyMode, always_snapshot: bool) -> Copier {
 
 /// `rbd du`'s used bytes of an image (from its object map with fast-diff).
 fn used_bytes(spec: &str) -> u64 {
-    let out = cluster().cli("rbd", &["du", "--format", "json", spec]);
+    used_bytes_on(cluster(), spec)
+}
+
+fn used_bytes_on(c: &TestCluster, spec: &str) -> u64 {
+    let out = c.cli("rbd", &["du", "--format", "json", spec]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("rbd du json");
     v["images"][0]["used_size"].as_u64().expect("used_size")
 }
@@ -48,8 +52,12 @@ fn used_bytes(spec: &str) -> u64 {
 /// Runs `rbd object-map check` and asserts it left the map valid (it
 /// flags the map invalid when an object's existence disagrees with it).
 fn assert_object_map_clean(spec: &str) {
-    cluster().cli("rbd", &["object-map", "check", "--no-progress", spec]);
-    let info = cluster().cli("rbd", &["info", "--format", "json", spec]);
+    assert_object_map_clean_on(cluster(), spec)
+}
+
+fn assert_object_map_clean_on(c: &TestCluster, spec: &str) {
+    c.cli("rbd", &["object-map", "check", "--no-progress", spec]);
+    let info = c.cli("rbd", &["info", "--format", "json", spec]);
     let v: serde_json::Value = serde_json::from_str(&info).expect("rbd info json");
     let flags: Vec<String> = v["flags"]
         .as_array()
@@ -77,9 +85,15 @@ fn data_objects(pool: &str, ns: &str, prefix: &str) -> Vec<String> {
 }
 
 fn block_name_prefix(spec: &str) -> String {
-    let info = cluster().cli("rbd", &["info", "--format", "json", spec]);
-    let v: serde_json::Value = serde_json::from_str(&info).expect("rbd info json");
-    v["block_name_prefix"].as_str().expect("prefix").to_owned()
+    rbd_info(cluster(), spec)["block_name_prefix"]
+        .as_str()
+        .expect("prefix")
+        .to_owned()
+}
+
+fn rbd_info(c: &TestCluster, spec: &str) -> serde_json::Value {
+    let info = c.cli("rbd", &["info", "--format", "json", spec]);
+    serde_json::from_str(&info).expect("rbd info json")
 }
 
 fn spec(pool: &str, namespace: &str, image: &str) -> ImageSpec {
@@ -112,21 +126,25 @@ async fn fill(img: &Image, seed: u64, offsets: &[u64], len: usize) {
 async fn every_layout_is_copied_by_the_osds_byte_identical() {
     setup_pools();
     let c = cluster().connect().await;
-    let layouts: [(&str, Option<CreateOptions>, &str, &str); 5] = [
-        ("default", Some(CreateOptions::default()), "", ""),
+    let layouts: [(&str, CreateOptions, &str, &str); 5] = [
+        ("default", CreateOptions::default(), "", ""),
         (
             "object-size",
-            Some(CreateOptions {
+            CreateOptions {
                 order: Some(20),
                 ..Default::default()
-            }),
+            },
             "",
             "",
         ),
-        ("striped", Some(striped_layout()), "", ""),
-        ("namespace", Some(CreateOptions::default()), SRC_NS, DST_NS),
-        // Made by the rbd CLI: livemig creates no image with a data pool.
-        ("data-pool", None, "", ""),
+        ("striped", striped_layout(), "", ""),
+        ("namespace", CreateOptions::default(), SRC_NS, DST_NS),
+        (
+            "data-pool",
+            CreateOptions::default().in_data_pool(Some(DATA_POOL)),
+            "",
+            "",
+        ),
     ];
     for (label, opts, src_ns, dst_ns) in layouts {
         for snapshot in [false, true] {
@@ -134,22 +152,7 @@ async fn every_layout_is_copied_by_the_osds_byte_identical() {
             let src_io = c.ioctx(SRC_POOL, src_ns).await.unwrap();
             let dst_io = c.ioctx(DST_POOL, dst_ns).await.unwrap();
             let size: u64 = 24 << 20;
-            match &opts {
-                Some(o) => src_io.create_image(&name, size, o).await.unwrap(),
-                None => {
-                    cluster().cli(
-                        "rbd",
-                        &[
-                            "create",
-                            "--size",
-                            "24M",
-                            "--data-pool",
-                            DATA_POOL,
-                            &format!("{SRC_POOL}/{name}"),
-                        ],
-                    );
-                }
-            }
+            src_io.create_image(&name, size, &opts).await.unwrap();
             let img = src_io.open_image(&name).await.unwrap();
             // Scattered data: whole objects, pieces, a hole, the tail.
             fill(&img, 7, &[0, 3 << 20, (9 << 20) + 4096, size - 100_000], 100_000).await;
@@ -390,4 +393,194 @@ async fn client_mode_copies_through_the_client() {
     assert_identical(&a, &b).await;
     a.close().await;
     b.close().await;
+}
+
+/// The destination's data objects go to the data pool asked for (its own
+/// pool keeps only its metadata), copied by the OSDs or by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_keeps_its_data_in_the_data_pool_asked_for() {
+    setup_pools();
+    let c = cluster().connect().await;
+    let (src_io, dst_io) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    let name = unique("ss-into-data-pool");
+    src_io
+        .create_image(&name, 16 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    fill(&img, 31, &[0, 5 << 20, (11 << 20) + 512], 700_000).await;
+    img.close().await;
+    let src = spec(SRC_POOL, "", &name);
+    for (mode, method) in [
+        (CopyMode::Server, CopyMethod::ServerSide),
+        (CopyMode::Client, CopyMethod::Client),
+    ] {
+        let dst = spec(DST_POOL, "", &unique("ss-in-data-pool"));
+        let report = Copier::new(CopyOptions {
+            copy_mode: mode,
+            data_pool: Some(DATA_POOL.into()),
+            ..Default::default()
+        })
+        .run(&c, &src, &c, &dst)
+        .await
+        .unwrap();
+        assert_eq!(report.method, method);
+        let dst_spec = dst.to_string();
+        assert_eq!(rbd_info(cluster(), &dst_spec)["data_pool"], DATA_POOL);
+        let prefix = block_name_prefix(&dst_spec);
+        assert_eq!(data_objects(DST_POOL, "", &prefix), Vec::<String>::new());
+        assert_eq!(data_objects(DATA_POOL, "", &prefix).len(), 3, "{mode:?}");
+        let a = src_io.open_image_read_only(&name, None).await.unwrap();
+        let b = dst_io.open_image_read_only(&dst.image, None).await.unwrap();
+        assert_identical(&a, &b).await;
+        a.close().await;
+        b.close().await;
+        assert_object_map_clean(&dst_spec);
+        assert_eq!(used_bytes(&dst_spec), used_bytes(&src.to_string()));
+    }
+}
+
+const EC_PROFILE: &str = "livemig-k2m1";
+
+/// An erasure-coded pool (2+1, one chunk per OSD) on the second cluster,
+/// which scripts/test starts with three BlueStore OSDs: EC overwrites,
+/// which RBD data needs, are a BlueStore feature.
+fn ensure_ec_pool(c: &TestCluster, pool: &str, overwrites: bool) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if c.cli("ceph", &["osd", "pool", "ls"]).lines().any(|l| l == pool) {
+        return;
+    }
+    c.cli(
+        "ceph",
+        &[
+            "osd",
+            "erasure-code-profile",
+            "set",
+            EC_PROFILE,
+            "k=2",
+            "m=1",
+            "crush-failure-domain=osd",
+        ],
+    );
+    c.cli(
+        "ceph",
+        &["osd", "pool", "create", pool, "8", "8", "erasure", EC_PROFILE],
+    );
+    if overwrites {
+        let out = std::process::Command::new("ceph")
+            .arg("-c")
+            .arg(&c.conf)
+            .args(["osd", "pool", "set", pool, "allow_ec_overwrites", "true"])
+            .output()
+            .expect("run ceph");
+        assert!(
+            out.status.success(),
+            "the second test cluster must have BlueStore OSDs for EC overwrites (scripts/test starts it with \
+             `scripts/dev-cluster up DIR --osds 3 --store bluestore`; so must LIVEMIG_TEST_CEPH_CONF_2's): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    c.cli("ceph", &["osd", "pool", "application", "enable", pool, "rbd"]);
+}
+
+/// Images whose data lives in an erasure-coded pool: the OSDs copy them
+/// from one into another (EC to EC, EC to replicated, replicated to EC),
+/// byte-identical, the object map clean, `rbd du` right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_in_an_erasure_coded_pool_is_copied_by_the_osds() {
+    let tc = second_cluster();
+    const EC_POOL: &str = "sscopy-ec";
+    for p in [SRC_POOL, DST_POOL] {
+        tc.ensure_pool(p);
+    }
+    ensure_ec_pool(tc, EC_POOL, true);
+    let c = tc.connect().await;
+    let (src_io, dst_io) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    for (from_ec, to_ec) in [(true, true), (true, false), (false, true)] {
+        let name = unique("ss-ec");
+        let size: u64 = 20 << 20;
+        src_io
+            .create_image(
+                &name,
+                size,
+                &CreateOptions::default().in_data_pool(from_ec.then_some(EC_POOL)),
+            )
+            .await
+            .unwrap();
+        let img = src_io.open_image(&name).await.unwrap();
+        fill(&img, 41, &[0, 4 << 20, (9 << 20) + 4096, size - 100_000], 100_000).await;
+        write_at(&img, 12 << 20, random_bytes(42, 5 << 20)).await;
+        img.close().await;
+        let (src, dst) = (spec(SRC_POOL, "", &name), spec(DST_POOL, "", &name));
+        let report = Copier::new(CopyOptions {
+            copy_mode: CopyMode::Server,
+            data_pool: to_ec.then(|| EC_POOL.to_owned()),
+            ..Default::default()
+        })
+        .run(&c, &src, &c, &dst)
+        .await
+        .unwrap_or_else(|e| panic!("from_ec={from_ec} to_ec={to_ec}: {e}"));
+        assert_eq!(report.method, CopyMethod::ServerSide);
+        let (src_spec, dst_spec) = (src.to_string(), dst.to_string());
+        let data_pool = rbd_info(tc, &dst_spec)["data_pool"].as_str().map(str::to_owned);
+        assert_eq!(data_pool.as_deref(), to_ec.then_some(EC_POOL));
+        let a = src_io.open_image_read_only(&name, None).await.unwrap();
+        let b = dst_io.open_image_read_only(&name, None).await.unwrap();
+        assert_identical(&a, &b).await;
+        a.close().await;
+        b.close().await;
+        assert_object_map_clean_on(tc, &dst_spec);
+        assert_eq!(used_bytes_on(tc, &dst_spec), used_bytes_on(tc, &src_spec));
+    }
+}
+
+/// A data pool that does not exist, or an erasure-coded one without
+/// overwrites, is refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_pool_is_refused_and_nothing_is_made() {
+    let tc = second_cluster();
+    const EC_NO_OVERWRITES: &str = "sscopy-ec-plain";
+    tc.ensure_pool(SRC_POOL);
+    tc.ensure_pool(DST_POOL);
+    ensure_ec_pool(tc, EC_NO_OVERWRITES, false);
+    let c = tc.connect().await;
+    let (src_io, dst_io) = (
+        c.ioctx(SRC_POOL, "").await.unwrap(),
+        c.ioctx(DST_POOL, "").await.unwrap(),
+    );
+    let name = unique("ss-bad-data-pool");
+    src_io
+        .create_image(&name, 8 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let img = src_io.open_image(&name).await.unwrap();
+    write_at(&img, 0, random_bytes(51, 1 << 20)).await;
+    img.close().await;
+    let src = spec(SRC_POOL, "", &name);
+    let before = pool_state(&[&src_io, &dst_io], "ss-bad-data-pool").await;
+    for (pool, kind, says) in [
+        ("sscopy-no-such-pool", ErrorKind::PoolNotFound, "does not exist"),
+        (EC_NO_OVERWRITES, ErrorKind::InvalidInput, "allow_ec_overwrites"),
+    ] {
+        for mode in [CopyMode::Auto, CopyMode::Client] {
+            let err = Copier::new(CopyOptions {
+                copy_mode: mode,
+                data_pool: Some(pool.into()),
+                ..Default::default()
+            })
+            .run(&c, &src, &c, &spec(DST_POOL, "", &name))
+            .await
+            .expect_err("an unusable data pool");
+            assert_eq!(err.kind(), kind, "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+            assert_eq!(pool_state(&[&src_io, &dst_io], "ss-bad-data-pool").await, before);
+        }
+    }
 }

@@ -464,6 +464,12 @@ class RunOptions:
     # Who copies the data: "server" (the OSDs, or fail), "client" (livemig
     # itself); None: the OSDs where they can, the client otherwise.
     copy_mode: Optional[str] = None
+    # Live: a delta's changes covering at least this fraction of an object
+    # are applied by the OSDs copying it whole; above 1: never; None: 0.625.
+    whole_object_from: Optional[float] = None
+    # start(): the pool for the new image's data objects (replicated, or
+    # erasure-coded with overwrites); None: the image's own pool.
+    data_pool: Optional[str] = None
 
     def _c(self) -> _n.RunOptions:
         on_stall = {None: 0, "cutover": 1, "pause": 2}.get(self.on_stall)
@@ -490,6 +496,8 @@ class RunOptions:
             self.mirror_stall_ms or 0,
             {None: 0, 0: _n.DELTA_PRIORITY_CEPH_DEFAULT}.get(self.delta_op_priority, self.delta_op_priority),
             copy_mode,
+            0 if self.whole_object_from is None else max(1, min(1001, round(self.whole_object_from * 1000))),
+            self.data_pool.encode() if self.data_pool else None,
         )
 
 
@@ -558,7 +566,9 @@ class Job:
     def status(self) -> Dict[str, Any]:
         """The job record: ``phase_name``, ``phase`` (with its data), ``live``
         (rounds, ``cutover`` with hold/resume times), ``history``,
-        ``last_error``, and ``running`` (driven by this migrator now)."""
+        ``last_error``, ``running`` (driven by this migrator now) and, while
+        it copies, ``copy``: bytes, rate, and who moves them (``method``:
+        ``server_side`` or ``client``; ``client_reason``)."""
         out = ctypes.c_void_p()
         _check(_n.lib.livemig_status(self.migrator._handle, self.id.encode(), ctypes.byref(out)))
         return json.loads(_n.take_string(out))

@@ -185,6 +185,8 @@ class RunOptions(Structure):
         ("mirror_stall_ms", c_uint64),
         ("delta_op_priority", c_int32),
         ("copy_mode", c_int32),
+        ("whole_object_from_permille", c_uint32),
+        ("data_pool", c_char_p),
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import os
 import random
 import subprocess
@@ -123,7 +124,9 @@ class DetachedMigrations(unittest.TestCase):
         plane = Plane(self, "vol-1", image, len(data))
         out = io.StringIO()
         with plane.migrator() as m:
-            job = cp.migrate(m, "vol-1", DST, livemig.RunOptions(keep_source=True), out=out)
+            # The new image keeps its data objects in another pool (here SRC).
+            options = livemig.RunOptions(keep_source=True, data_pool=SRC)
+            job = cp.migrate(m, "vol-1", DST, options, out=out)
             status = job.status()
         self.assertEqual(status["phase_name"], "done")
         self.assertIn(f"job {job.id}: done", out.getvalue())
@@ -131,6 +134,8 @@ class DetachedMigrations(unittest.TestCase):
         self.assertEqual((v.backing.pool, v.backing.image, v.migration), (DST, image, None))
         self.assertEqual(v.status, livemig.VolumeStatus.AVAILABLE)
         self.assertEqual(image_bytes(f"{DST}/{image}"), data)
+        info = json.loads(rbd("info", "--format", "json", f"{DST}/{image}"))
+        self.assertEqual(info.get("data_pool"), SRC)
         purposes = [p for (p,) in plane.db.query("SELECT purpose FROM changes ORDER BY seq")]
         self.assertEqual(purposes, ["mark", "switch", "release"])
 
@@ -141,8 +146,15 @@ class DetachedMigrations(unittest.TestCase):
         with plane.migrator() as m:
             # A bandwidth limit makes the copy last long enough to be watched.
             job = m.start("vol-w", DST, livemig.RunOptions(bwlimit_bytes_per_sec=2 * MiB))
-            seen = list(job.watch(interval=0.1))
+            seen, methods = [], set()
+            for p in job.watch(interval=0.1):
+                seen.append(p)
+                # The status says who moves the bytes while it copies.
+                copy = job.status().get("copy") if p.running and p.phase == "copying" else None
+                if copy:
+                    methods.add(copy["method"])
             job.wait()
+        self.assertEqual(methods, {"server_side"})
         self.assertTrue(seen[0].running)
         self.assertFalse(seen[-1].running)
         self.assertEqual(seen[-1].phase, "done")
@@ -238,6 +250,9 @@ class DetachedMigrations(unittest.TestCase):
             with self.assertRaises(livemig.PoolNotFound) as ctx:
                 m.start("vol-b", "no-such-pool")
             self.assertIn("no-such-pool", str(ctx.exception))
+            with self.assertRaises(livemig.PoolNotFound) as ctx:
+                m.start("vol-b", DST, livemig.RunOptions(data_pool="no-such-data-pool"))
+            self.assertIn("no-such-data-pool", str(ctx.exception))
             with self.assertRaises(livemig.SameImage):
                 m.start("vol-b", f"{SRC}/{image}")
             with self.assertRaises(livemig.InvalidInput) as ctx:

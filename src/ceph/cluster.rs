@@ -322,6 +322,39 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Refuses `pool` as an image's data pool when it does not exist or is
+    /// erasure-coded without overwrites (RBD writes partial objects).
+    pub async fn check_data_pool(&self, pool: &str) -> Result<()> {
+        let out = self
+            .mon_command(serde_json::json!({"prefix": "osd pool ls", "detail": "detail", "format": "json"}))
+            .await?;
+        let pools: serde_json::Value =
+            serde_json::from_slice(&out).map_err(|e| Error::new(ErrorKind::Io, "parse osd pool ls").cause(e))?;
+        let Some(entry) = pools
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["pool_name"] == pool))
+        else {
+            return Err(Error::new(ErrorKind::PoolNotFound, "check data pool")
+                .target(pool)
+                .message(format!("data pool `{pool}` does not exist")));
+        };
+        // Pool type 3 is erasure-coded.
+        let erasure = entry["type"].as_u64() == Some(3);
+        let overwrites = entry["flags_names"]
+            .as_str()
+            .is_some_and(|f| f.split(',').any(|f| f == "ec_overwrites"));
+        if erasure && !overwrites {
+            return Err(Error::new(ErrorKind::InvalidInput, "check data pool")
+                .target(pool)
+                .message(format!(
+                    "data pool `{pool}` is erasure-coded without overwrites, which RBD needs: `ceph osd pool set {pool} allow_ec_overwrites true` (BlueStore OSDs), or choose another data pool"
+                )));
+        }
+        Ok(())
+    }
+}
+
 /// Objects an exact diff asks the OSDs about at a time (librbd's
 /// `rbd_concurrent_management_ops`, 10 by default, set on our handles).
 pub(crate) const DIFF_OBJECTS_AT_ONCE: u32 = 64;

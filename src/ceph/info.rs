@@ -33,6 +33,9 @@ pub struct CreateOptions {
     pub stripe_unit: Option<u64>,
     /// Stripe count (with `stripe_unit`).
     pub stripe_count: Option<u64>,
+    /// A separate pool for the data objects (replicated or erasure-coded
+    /// with overwrites); the image's own pool then keeps only its metadata.
+    pub data_pool: Option<String>,
 }
 
 impl CreateOptions {
@@ -44,6 +47,16 @@ impl CreateOptions {
             features: Some(info.features.intersection(Features::SETTABLE)),
             stripe_unit: Some(info.stripe_unit),
             stripe_count: Some(info.stripe_count),
+            data_pool: None,
+        }
+    }
+
+    /// These options with the data objects in `data_pool` (`None`: in the
+    /// image's own pool).
+    pub fn in_data_pool(self, data_pool: Option<&str>) -> Self {
+        CreateOptions {
+            data_pool: data_pool.map(str::to_owned),
+            ..self
         }
     }
 }

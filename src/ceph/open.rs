@@ -35,6 +35,21 @@ impl IoCtx {
                 .and_then(|_| set(sys::RBD_IMAGE_OPTION_FEATURES, opts.features.map(Features::bits)))
                 .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_UNIT, opts.stripe_unit))
                 .and_then(|_| set(sys::RBD_IMAGE_OPTION_STRIPE_COUNT, opts.stripe_count))
+                .and_then(|_| match &opts.data_pool {
+                    Some(pool) => {
+                        let pool = cstring(pool, "data pool name")?;
+                        // SAFETY: o is a live options handle; librbd copies the string.
+                        check("rbd_image_options_set_string", unsafe {
+                            sys::rbd_image_options_set_string(
+                                o,
+                                sys::RBD_IMAGE_OPTION_DATA_POOL as libc::c_int,
+                                pool.as_ptr(),
+                            )
+                        })
+                        .map(|_| ())
+                    }
+                    None => Ok(()),
+                })
                 .and_then(|_| {
                     // SAFETY: io is valid; n a valid C string; o a live options handle.
                     let ret = unsafe { sys::rbd_create4(io.raw(), n.as_ptr(), size, o) };

@@ -122,6 +122,7 @@ impl Migrator {
             last_error: None,
             live,
             source_drivers: Vec::new(),
+            destination_data_pool: to.data_pool.clone(),
         };
         let stored = self.store.create(&record).await?;
         fault::point("after-create");

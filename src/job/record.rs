@@ -484,6 +484,9 @@ pub struct JobRecord {
     /// next driver blocklists what an earlier one left instead of waiting.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_drivers: Vec<String>,
+    /// The pool the destination keeps its data objects in, if not its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_data_pool: Option<String>,
 }
 
 impl JobRecord {

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::ceph::{Cluster, Features, Image, ImageInfo, IoCtx};
+use crate::ceph::{Cluster, CreateOptions, Features, Image, ImageInfo, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
 
@@ -55,6 +55,9 @@ pub struct CopyOptions {
     /// applied by the OSDs copying the whole object (where the copy mode and
     /// both images allow it) instead of through this client; above 1: never.
     pub whole_object_from: f64,
+    /// A new destination keeps its data objects in this pool (replicated,
+    /// or erasure-coded with overwrites); `None`: in its own pool.
+    pub data_pool: Option<String>,
 }
 
 /// See [`CopyOptions::whole_object_from`]: where copying the whole object
@@ -108,6 +111,7 @@ impl Default for CopyOptions {
             always_snapshot: false,
             copy_mode: CopyMode::Auto,
             whole_object_from: WHOLE_OBJECT_FROM,
+            data_pool: None,
         }
     }
 }
@@ -279,7 +283,15 @@ impl Copier {
         if dst_io.image_exists(&partial).await? {
             reclaim_stale_partial(&dst_io, &partial, &src_io, src).await?;
         }
-        self.check_space(dst_cluster, dst, needed).await?;
+        // The data goes to the data pool, if there is one.
+        let data_pool = match &self.options.data_pool {
+            Some(pool) => {
+                dst_cluster.check_data_pool(pool).await?;
+                pool
+            }
+            None => &dst.pool,
+        };
+        self.check_space(dst_cluster, data_pool, needed).await?;
         debug!("destination checked");
 
         let src_rw = src_io.open_image(&src.image).await?;
@@ -357,17 +369,14 @@ impl Copier {
         Ok(report)
     }
 
-    /// Refuses a copy whose data cannot fit in the destination pool (free
-    /// space as the monitors see it, and the pool quota).
-    async fn check_space(&self, dst_cluster: &Cluster, dst: &ImageSpec, needed: u64) -> Result<()> {
-        let usage = dst_cluster.pool_usage(&dst.pool).await?;
+    /// Refuses a copy whose data cannot fit in `pool`, the destination's
+    /// (data) pool (free space as the monitors see it, and the pool quota).
+    async fn check_space(&self, dst_cluster: &Cluster, pool: &str, needed: u64) -> Result<()> {
+        let usage = dst_cluster.pool_usage(pool).await?;
         let short = |what: &str, have: u64| {
-            Error::new(ErrorKind::NoSpace, "copy")
-                .target(dst.pool_spec())
-                .message(format!(
-                    "pool `{}` {what} {have} bytes but the source holds {needed} bytes of data",
-                    dst.pool
-                ))
+            Error::new(ErrorKind::NoSpace, "copy").target(pool).message(format!(
+                "pool `{pool}` {what} {have} bytes but the source holds {needed} bytes of data"
+            ))
         };
         if usage.max_avail < needed {
             return Err(short("has room for", usage.max_avail));
@@ -400,7 +409,8 @@ impl Copier {
             None => None,
         };
         let reader = src_snap.as_ref().unwrap_or(head);
-        let dst_img = match create_partial(dst_io, partial, info, src_io, src, snap.unwrap_or("")).await {
+        let layout = CreateOptions::like(info).in_data_pool(self.options.data_pool.as_deref());
+        let dst_img = match create_partial(dst_io, partial, info.size, &layout, src_io, src, snap.unwrap_or("")).await {
             Ok(img) => img,
             Err(e) => {
                 if let Some(img) = src_snap {

@@ -8,7 +8,7 @@
 
 use tracing::warn;
 
-use crate::ceph::{CreateOptions, Image, ImageInfo, IoCtx};
+use crate::ceph::{CreateOptions, Image, IoCtx};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
 
@@ -26,20 +26,19 @@ pub fn partial_name(name: &str) -> String {
     format!("{name}{PARTIAL_SUFFIX}")
 }
 
-/// Creates the partial destination `partial` with `info`'s layout, marks it
+/// Creates the partial destination `partial` of `size` bytes as `layout` says, marks it
 /// as the copy of `src`@`snap` ([`PARTIAL_META_KEY`]: whoever finds it after
 /// a crash can reclaim it and that snapshot), and returns it open.
 pub async fn create_partial(
     dst_io: &IoCtx,
     partial: &str,
-    info: &ImageInfo,
+    size: u64,
+    layout: &CreateOptions,
     src_io: &IoCtx,
     src: &ImageSpec,
     snap: &str,
 ) -> Result<Image> {
-    dst_io
-        .create_image(partial, info.size, &CreateOptions::like(info))
-        .await?;
+    dst_io.create_image(partial, size, layout).await?;
     let img = dst_io.open_image(partial).await?;
     let marker = format!("{} {src}@{snap}", src_io.cluster().fsid());
     if let Err(e) = img.metadata_set(PARTIAL_META_KEY, &marker).await {

@@ -39,7 +39,7 @@ pub fn repo() -> PathBuf {
     dir
 }
 
-fn start_cluster(tag: &str) -> TestCluster {
+fn start_cluster(tag: &str, layout: &[&str]) -> TestCluster {
     let dir = std::env::temp_dir().join(format!("livemig-test-{tag}-{}", std::process::id()));
     let script = repo().join("scripts/dev-cluster");
     // Crash tests wait for killed clients' watches to expire: keep that short.
@@ -47,6 +47,7 @@ fn start_cluster(tag: &str) -> TestCluster {
     let out = Command::new(&script)
         .arg("up")
         .arg(&dir)
+        .args(layout)
         .env("LIVEMIG_WATCH_TIMEOUT", timeout)
         .output();
     let ok = matches!(&out, Ok(o) if o.status.success());
@@ -87,7 +88,7 @@ fn start_cluster(tag: &str) -> TestCluster {
     }
 }
 
-fn from_env_or_start(var: &str, tag: &str) -> TestCluster {
+fn from_env_or_start(var: &str, tag: &str, layout: &[&str]) -> TestCluster {
     match std::env::var_os(var) {
         Some(conf) if !conf.is_empty() => {
             let conf = PathBuf::from(conf);
@@ -98,20 +99,27 @@ fn from_env_or_start(var: &str, tag: &str) -> TestCluster {
             );
             TestCluster { conf }
         }
-        _ => start_cluster(tag),
+        _ => start_cluster(tag, layout),
     }
 }
 
 /// The primary test cluster.
 pub fn cluster() -> &'static TestCluster {
     static C: OnceLock<TestCluster> = OnceLock::new();
-    C.get_or_init(|| from_env_or_start("CEPH_CONF", "a"))
+    C.get_or_init(|| from_env_or_start("CEPH_CONF", "a", &[]))
 }
 
-/// A second, independent cluster.
+/// A second, independent cluster, with three BlueStore OSDs (as
+/// scripts/test starts it): erasure-coded pools with overwrites need both.
 pub fn second_cluster() -> &'static TestCluster {
     static C: OnceLock<TestCluster> = OnceLock::new();
-    C.get_or_init(|| from_env_or_start("LIVEMIG_TEST_CEPH_CONF_2", "b"))
+    C.get_or_init(|| {
+        from_env_or_start(
+            "LIVEMIG_TEST_CEPH_CONF_2",
+            "b",
+            &["--osds", "3", "--store", "bluestore"],
+        )
+    })
 }
 
 impl TestCluster {
@@ -164,6 +172,7 @@ pub fn striped_layout() -> CreateOptions {
         features: Some(features),
         stripe_unit: Some(64 << 10),
         stripe_count: Some(4),
+        data_pool: None,
     }
 }
 

@@ -262,13 +262,12 @@ pub async fn run_catalog(
 
 pub async fn run_check(
     volume: &str,
-    to: &str,
+    destination: &Destination,
     catalog: &RadosCatalog,
     cluster: &Cluster,
     json: bool,
 ) -> Result<serde_json::Value, Error> {
-    let destination = Destination::parse("local", to)?;
-    let report = precheck(catalog, &Clusters::local(cluster.clone()), volume, &destination).await?;
+    let report = precheck(catalog, &Clusters::local(cluster.clone()), volume, destination).await?;
     if !json {
         for r in &report.rules {
             println!(

@@ -33,6 +33,10 @@ pub(crate) struct CopyArgs {
     /// (server), or livemig itself (client).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = CopyModeChoice::Auto)]
     pub(crate) copy_mode: CopyModeChoice,
+    /// Keep DST's data objects in this pool (replicated, or erasure-coded
+    /// with overwrites); DST's own pool keeps its metadata.
+    #[arg(long, value_name = "POOL")]
+    pub(crate) data_pool: Option<String>,
     /// Do not show progress.
     #[arg(long)]
     pub(crate) no_progress: bool,
@@ -168,6 +172,7 @@ pub(crate) async fn run_copy(args: CopyArgs, json: bool, timeout: u64) -> Result
         bandwidth_limit: args.bwlimit,
         always_snapshot: args.snapshot,
         copy_mode: args.copy_mode.mode(),
+        data_pool: args.data_pool,
         ..Default::default()
     };
     let cancel = on_ctrl_c("cancelling (removing the partial destination)");

@@ -250,9 +250,14 @@ async fn drive(m: &Migrator, id: &str, json: bool, quiet: bool, abort: Option<&s
     result
 }
 
-pub async fn start(m: Migrator, volume: &str, to: &str, json: bool, quiet: bool) -> Result<serde_json::Value, Error> {
-    let destination = Destination::parse("local", to)?;
-    let created = m.create(volume, &destination).await?;
+pub async fn start(
+    m: Migrator,
+    volume: &str,
+    destination: &Destination,
+    json: bool,
+    quiet: bool,
+) -> Result<serde_json::Value, Error> {
+    let created = m.create(volume, destination).await?;
     let r = &created.record;
     if json {
         println!(

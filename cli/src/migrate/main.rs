@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use livemig::ceph::{Cluster, ClusterConfig};
 use livemig::job::Engine;
 use livemig::mirror::{compare_images, Copier, CopyMethod, CopyMode, CopyOptions, Progress, SourceHold};
+use livemig::precheck::Destination;
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
@@ -148,6 +149,10 @@ struct StartArgs {
     /// delta; `qemu` insists on the QEMU mirror.
     #[arg(long, value_name = "ENGINE", value_enum, default_value_t = EngineChoice::Auto)]
     engine: EngineChoice,
+    /// Keep the new image's data objects in this pool (replicated, or
+    /// erasure-coded with overwrites); its own pool keeps its metadata.
+    #[arg(long, value_name = "POOL")]
+    data_pool: Option<String>,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -215,6 +220,10 @@ struct CheckArgs {
     /// Destination: POOL (same image name), POOL/IMAGE or POOL/NAMESPACE/IMAGE.
     #[arg(long, value_name = "POOL[/IMAGE]")]
     to: String,
+    /// Keep the new image's data objects in this pool (replicated, or
+    /// erasure-coded with overwrites); its own pool keeps its metadata.
+    #[arg(long, value_name = "POOL")]
+    data_pool: Option<String>,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -411,7 +420,8 @@ fn main() -> ExitCode {
             Command::Check(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
                 let cat = a.catalog.open(&cluster).await?;
-                catalog::run_check(&a.volume, &a.to, &cat, &cluster, json).await
+                let to = Destination::parse("local", &a.to)?.with_data_pool(a.data_pool);
+                catalog::run_check(&a.volume, &to, &cat, &cluster, json).await
             }
             Command::Start(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
@@ -423,7 +433,8 @@ fn main() -> ExitCode {
                     on_ctrl_c("pausing the job at a safe point"),
                 )
                 .engine(a.engine.engine());
-                jobs::start(m, &a.volume, &a.to, json, a.run.no_progress_flag()).await
+                let to = Destination::parse("local", &a.to)?.with_data_pool(a.data_pool);
+                jobs::start(m, &a.volume, &to, json, a.run.no_progress_flag()).await
             }
             Command::Resume(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;

@@ -436,6 +436,14 @@ typedef struct livemig_run_options {
   int32_t delta_op_priority;
   // Who moves the bulk copy's bytes: `LIVEMIG_COPY_MODE_*`.
   int32_t copy_mode;
+  // Live: a delta's changes covering at least this many thousandths of
+  // an object are applied by the OSDs copying the whole object; 0: the
+  // default (625); above 1000: never.
+  uint32_t whole_object_from_permille;
+  // `livemig_start`: the pool for the new image's data objects
+  // (replicated, or erasure-coded with overwrites); NULL or "": the
+  // image's own pool. Read during the call only.
+  const char *data_pool;
 } livemig_run_options;
 
 // Where a job stands, as `livemig_progress` reports it.
@@ -541,8 +549,9 @@ int32_t livemig_get_progress(const struct livemig_migrator *migrator,
 
 // The job's record as JSON in `*json` (caller frees it with
 // `livemig_string_free`): phase, rounds, downtime, errors, history; plus
-// `"phase_name"` (as in `livemig_progress`) and `"running"` (this
-// migrator drives it now).
+// `"phase_name"` (as in `livemig_progress`), `"running"` (this migrator
+// drives it now) and, while it copies, `"copy"`: the copy's progress,
+// with `"method"` (`server_side` or `client`) and `"client_reason"`.
 //
 // # Safety
 // `job_id` is a valid C string; `json` is writable.

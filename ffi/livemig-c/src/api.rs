@@ -181,7 +181,7 @@ pub unsafe extern "C" fn livemig_start(
             unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
         // SAFETY: NULL or a valid options struct (caller's contract).
         let options = unsafe { livemig_run_options::read(options) }?;
-        let to = Destination::parse("local", &destination)?;
+        let to = Destination::parse("local", &destination)?.with_data_pool(options.copy.data_pool.clone());
         let migrator = state.migrator(options.clone(), CancellationToken::new());
         let stored = state.block_on(migrator.create(&volume_id, &to))??;
         let id = stored.record.id.clone();
@@ -326,8 +326,9 @@ pub unsafe extern "C" fn livemig_get_progress(
 
 /// The job's record as JSON in `*json` (caller frees it with
 /// `livemig_string_free`): phase, rounds, downtime, errors, history; plus
-/// `"phase_name"` (as in `livemig_progress`) and `"running"` (this
-/// migrator drives it now).
+/// `"phase_name"` (as in `livemig_progress`), `"running"` (this migrator
+/// drives it now) and, while it copies, `"copy"`: the copy's progress,
+/// with `"method"` (`server_side` or `client`) and `"client_reason"`.
 ///
 /// # Safety
 /// `job_id` is a valid C string; `json` is writable.
@@ -346,11 +347,23 @@ pub unsafe extern "C" fn livemig_status(
         }
         let stored = state.block_on(state.store.load(&job))??;
         let running = state.run_outcome(&job).is_some_and(|(rx, _)| rx.borrow().is_none());
-        let mut value = serde_json::to_value(&stored.record)
-            .map_err(|e| FfiError::new(ErrorKind::Io.code(), format!("cannot encode the job record: {e}")))?;
+        // While this migrator drives it: the copy or round in progress
+        // (bytes, rate, and who moves them: `method`).
+        let copy = running
+            .then(|| {
+                let runs = state.runs.lock().unwrap_or_else(|p| p.into_inner());
+                runs.get(&job).and_then(|r| r.progress.borrow().copy.clone())
+            })
+            .flatten();
+        let encode_error =
+            |e: serde_json::Error| FfiError::new(ErrorKind::Io.code(), format!("cannot encode the job record: {e}"));
+        let mut value = serde_json::to_value(&stored.record).map_err(encode_error)?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert("running".into(), running.into());
             obj.insert("phase_name".into(), stored.record.phase.name().into());
+            if let Some(copy) = copy {
+                obj.insert("copy".into(), serde_json::to_value(copy).map_err(encode_error)?);
+            }
         }
         // SAFETY: non-null and writable by the caller's contract.
         unsafe { give_string(json, &value.to_string()) };

@@ -105,4 +105,27 @@ mod tests {
         o.struct_size = std::mem::offset_of!(livemig_run_options, delta_op_priority) as u32;
         assert_eq!(read(&o).ok().map(|o| o.live.delta_op_priority), Some(None));
     }
+
+    #[test]
+    fn the_data_pool_and_whole_object_threshold_reach_the_copy_options() {
+        let pool = c"fast-data";
+        let mut o = livemig_run_options {
+            struct_size: std::mem::size_of::<livemig_run_options>() as u32,
+            whole_object_from_permille: 800,
+            data_pool: pool.as_ptr(),
+            ..Default::default()
+        };
+        let copy = read(&o).ok().map(|o| o.copy);
+        assert_eq!(copy.as_ref().and_then(|c| c.data_pool.as_deref()), Some("fast-data"));
+        assert_eq!(copy.map(|c| c.whole_object_from), Some(0.8));
+        // A caller compiled before these fields: the defaults, whatever
+        // lies beyond its struct.
+        o.struct_size = std::mem::offset_of!(livemig_run_options, whole_object_from_permille) as u32;
+        let copy = read(&o).ok().map(|o| o.copy);
+        assert_eq!(copy.as_ref().map(|c| c.data_pool.clone()), Some(None));
+        assert_eq!(
+            copy.map(|c| c.whole_object_from),
+            Some(livemig::mirror::WHOLE_OBJECT_FROM)
+        );
+    }
 }

@@ -56,7 +56,7 @@ pub struct livemig_config {
 /// release adds after the ones the caller was compiled with then read as
 /// zero (their defaults), so the struct can grow without breaking callers.
 #[repr(C)]
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct livemig_run_options {
     /// `sizeof(livemig_run_options)` as the caller knows it.
     pub struct_size: u32,
@@ -90,6 +90,37 @@ pub struct livemig_run_options {
     pub delta_op_priority: i32,
     /// Who moves the bulk copy's bytes: `LIVEMIG_COPY_MODE_*`.
     pub copy_mode: i32,
+    /// Live: a delta's changes covering at least this many thousandths of
+    /// an object are applied by the OSDs copying the whole object; 0: the
+    /// default (625); above 1000: never.
+    pub whole_object_from_permille: u32,
+    /// `livemig_start`: the pool for the new image's data objects
+    /// (replicated, or erasure-coded with overwrites); NULL or "": the
+    /// image's own pool. Read during the call only.
+    pub data_pool: *const c_char,
+}
+
+impl Default for livemig_run_options {
+    fn default() -> Self {
+        livemig_run_options {
+            struct_size: 0,
+            engine: 0,
+            bwlimit_bytes_per_sec: 0,
+            in_flight_bytes: 0,
+            cutover_bytes: 0,
+            stall_rounds: 0,
+            max_rounds: 0,
+            on_stall: 0,
+            fence_timeout_ms: 0,
+            keep_source: 0,
+            trash_delay_secs: 0,
+            mirror_stall_ms: 0,
+            delta_op_priority: 0,
+            copy_mode: 0,
+            whole_object_from_permille: 0,
+            data_pool: std::ptr::null(),
+        }
+    }
 }
 
 impl livemig_run_options {
@@ -148,7 +179,11 @@ impl livemig_run_options {
                 ))
                 .into());
         }
-        Ok(out.to_options())
+        // SAFETY: NULL or a valid C string (the caller's contract).
+        let data_pool = unsafe { opt_str_arg(out.data_pool, "data_pool") }?;
+        let mut options = out.to_options();
+        options.copy.data_pool = data_pool;
+        Ok(options)
     }
 
     pub(crate) fn to_options(self) -> MigrateOptions {
@@ -158,6 +193,9 @@ impl livemig_run_options {
         copy.bandwidth_limit = nonzero(self.bwlimit_bytes_per_sec);
         if self.in_flight_bytes != 0 {
             copy.in_flight_bytes = self.in_flight_bytes;
+        }
+        if self.whole_object_from_permille != 0 {
+            copy.whole_object_from = f64::from(self.whole_object_from_permille) / 1000.0;
         }
         copy.copy_mode = match self.copy_mode {
             LIVEMIG_COPY_MODE_SERVER => CopyMode::Server,

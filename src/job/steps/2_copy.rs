@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing::warn;
 
-use crate::ceph::Image;
+use crate::ceph::{CreateOptions, Image};
 use crate::error::Result;
 use crate::job::driver::now;
 use crate::job::record::{Phase, PhaseKind};
@@ -81,7 +81,17 @@ impl Migrator {
         let src_snap = src_io.open_image_read_only(&src_name, Some(&snapshot)).await?;
         let info = src_snap.info().await?;
         if !dst_io.image_exists(&partial).await? {
-            let p = create_partial(&dst_io, &partial, &info, &src_io, &s.record.source.image, &snapshot).await?;
+            let layout = CreateOptions::like(&info).in_data_pool(s.record.destination_data_pool.as_deref());
+            let p = create_partial(
+                &dst_io,
+                &partial,
+                info.size,
+                &layout,
+                &src_io,
+                &s.record.source.image,
+                &snapshot,
+            )
+            .await?;
             p.metadata_set(JOB_META_KEY, &id).await?;
             p.close().await;
             watermark = 0;

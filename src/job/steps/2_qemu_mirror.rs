@@ -143,7 +143,11 @@ impl Migrator {
             let metadata = src.metadata_list().await?;
             src.close().await;
             dst_io
-                .create_image(dst_name, info.size, &CreateOptions::like(&info))
+                .create_image(
+                    dst_name,
+                    info.size,
+                    &CreateOptions::like(&info).in_data_pool(r.destination_data_pool.as_deref()),
+                )
                 .await?;
             let dst = dst_io.open_image(dst_name).await?;
             dst.metadata_set(JOB_META_KEY, &r.id).await?;
