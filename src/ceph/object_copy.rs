@@ -252,8 +252,9 @@ impl ObjectCopy {
 
     /// Copies object `object_no` of the source onto the destination's
     /// (replacing it whole), unless the source has none or its samples say
-    /// it is mostly zeros ([`ObjectCopied::Sparse`]); a copied object is
-    /// then marked in the destination's object map.
+    /// it is mostly zeros ([`ObjectCopied::Sparse`]). A copied object is
+    /// then to be marked in the destination's object map
+    /// ([`ObjectCopy::mark_copied`]).
     pub async fn copy(&self, object_no: u64) -> Result<ObjectCopied> {
         let src_name = self.src.object_name(object_no)?;
         let Some((size, mostly_data)) = self.sample(&src_name).await? else {
@@ -266,7 +267,6 @@ impl ObjectCopy {
             // Gone since the probe: only possible at the head.
             return Ok(ObjectCopied::Absent);
         }
-        self.mark_exists(object_no).await?;
         Ok(ObjectCopied::Data)
     }
 
@@ -341,16 +341,28 @@ impl ObjectCopy {
         Ok(aio.await.0)
     }
 
-    /// Marks an object that now exists in the destination's object map.
-    pub(super) async fn mark_exists(&self, object_no: u64) -> Result<()> {
+    /// Marks objects that now exist (copied by [`ObjectCopy::copy`] or
+    /// written by [`ObjectCopy::write_object`]) in the destination's object
+    /// map, a class call per run of consecutive objects. Until their mark
+    /// has landed, objects must count as not copied (a reader trusts the
+    /// map and would skip them).
+    pub async fn mark_copied(&self, objects: &[u64]) -> Result<()> {
+        // One call per operation: each call reads, changes and writes back
+        // the part of the map it covers, and a later call in the same
+        // operation would read the map as it was before the operation.
+        futures::future::try_join_all(runs_of(objects).into_iter().map(|run| self.mark_run(run))).await?;
+        Ok(())
+    }
+
+    async fn mark_run(&self, run: std::ops::Range<u64>) -> Result<()> {
         let Some((io, name)) = &self.dst_map else {
             return Ok(());
         };
         // cls_rbd's object_map_update: start, end, new state (1: exists),
         // and no expected current state.
         let mut input = Vec::with_capacity(18);
-        input.extend_from_slice(&object_no.to_le_bytes());
-        input.extend_from_slice(&(object_no + 1).to_le_bytes());
+        input.extend_from_slice(&run.start.to_le_bytes());
+        input.extend_from_slice(&run.end.to_le_bytes());
         input.extend_from_slice(&[1, 0]);
         let target = format!("{} object map", self.dst.spec);
         let aio = {
@@ -358,7 +370,7 @@ impl ObjectCopy {
             AioOp::submit_rados(
                 &target,
                 "object_map_update",
-                object_no,
+                run.start,
                 input,
                 Box::new(io.clone()),
                 |input, c| {
@@ -385,10 +397,22 @@ impl ObjectCopy {
         if ret < 0 {
             return Err(Error::from_errno("object_map_update", ret as i32)
                 .target(target)
-                .offset(object_no));
+                .offset(run.start));
         }
         Ok(())
     }
+}
+
+/// `objects` (ascending) as runs of consecutive numbers.
+fn runs_of(objects: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+    for &n in objects {
+        match runs.last_mut() {
+            Some(r) if r.end == n => r.end = n + 1,
+            _ => runs.push(n..n + 1),
+        }
+    }
+    runs
 }
 
 /// Whether a client other than this handle owns the image's exclusive lock.
@@ -407,4 +431,16 @@ fn data_ioctx(img: &Image) -> Result<IoCtx> {
         return Err(Error::from_errno("rbd_get_data_pool_id", pool_id as i32).target(img.spec()));
     }
     img.ioctx().data_pool_blocking(pool_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_of;
+
+    #[test]
+    fn consecutive_objects_make_one_run() {
+        assert_eq!(runs_of(&[]), vec![]);
+        assert_eq!(runs_of(&[4]), vec![4..5]);
+        assert_eq!(runs_of(&[0, 1, 2, 5, 6, 9]), vec![0..3, 5..7, 9..10]);
+    }
 }

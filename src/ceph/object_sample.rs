@@ -136,7 +136,8 @@ impl ObjectCopy {
 
     /// Writes `runs` of `data` (object offsets) to the destination's object
     /// `object_no`, which does not exist yet (the rest reads as zeros), in
-    /// one operation, and marks it in the destination's object map.
+    /// one operation. It is then to be marked in the destination's object
+    /// map ([`ObjectCopy::mark_copied`]).
     pub async fn write_object(&self, object_no: u64, data: &[u8], runs: &[Range<usize>]) -> Result<()> {
         let name = self.dst.object_name(object_no)?;
         let target = self.dst.target(&name);
@@ -171,7 +172,7 @@ impl ObjectCopy {
                 .target(target)
                 .offset(self.layout.set_start(object_no)));
         }
-        self.mark_exists(object_no).await
+        Ok(())
     }
 
     /// The CRC-32C the OSDs report for `len` zero bytes (seeded with all

@@ -19,7 +19,7 @@
 //!   complete; cancellation or failure removes it and the snapshot, so
 //!   nothing half-made is left behind under the destination's name.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -207,6 +207,8 @@ pub enum SourceHold {
 pub struct Copier {
     pub(super) options: CopyOptions,
     pub(super) progress: Option<watch::Sender<Progress>>,
+    /// When progress was last sent (see [`Copier::publish`]).
+    pub(super) published_at: std::sync::Mutex<Option<Instant>>,
     pub(super) cancel: CancellationToken,
 }
 
@@ -216,6 +218,7 @@ impl Copier {
         Copier {
             options,
             progress: None,
+            published_at: std::sync::Mutex::new(None),
             cancel: CancellationToken::new(),
         }
     }

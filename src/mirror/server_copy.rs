@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tracing::debug;
@@ -63,7 +64,7 @@ impl Copier {
             method: CopyMethod::ServerSide,
             ..Progress::default()
         };
-        self.publish(&progress);
+        self.publish_now(&progress);
         debug!(?objects, total_bytes, resume_from, "server-side copy starts");
 
         let started = Instant::now();
@@ -78,6 +79,13 @@ impl Copier {
         // extents can come in several pieces).
         let mut seen: BTreeSet<u64> = BTreeSet::new();
         let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+        // Copied, not yet marked in the destination's object map: marked
+        // in batches, one batch at a time, and not done until then.
+        let mut unmarked: BTreeSet<u64> = BTreeSet::new();
+        let mut marking: Option<(u64, BoxFuture<'static, Result<()>>)> = None;
+        let mut mark_failed = false;
+        // Progress to publish.
+        let mut changed = false;
         let mut tasks = FuturesUnordered::new();
         let mut pacer = self
             .options
@@ -109,7 +117,17 @@ impl Copier {
                 let (objects, buffers) = (objects.clone(), buffers.clone());
                 tasks.push(async move { (object_no, move_object(&objects, object_no, &buffers, zero_block).await) });
             }
-            if tasks.is_empty() && (stopping || (extents_done && queue.is_empty())) {
+            // What is copied gets marked, also when stopping.
+            if marking.is_none() && !unmarked.is_empty() && !mark_failed {
+                let batch: Vec<u64> = std::mem::take(&mut unmarked).into_iter().collect();
+                let objects = objects.clone();
+                marking = Some((batch[0], Box::pin(async move { objects.mark_copied(&batch).await })));
+            }
+            if tasks.is_empty()
+                && marking.is_none()
+                && (unmarked.is_empty() || mark_failed)
+                && (stopping || (extents_done && queue.is_empty()))
+            {
                 break;
             }
             let want_extents = !stopping && !extents_done && queue.len() < 1024;
@@ -124,28 +142,31 @@ impl Copier {
                                 copied += 1;
                                 progress.whole_objects += 1;
                                 progress.written_bytes += layout.object_size;
+                                unmarked.insert(object_no);
                             }
                             Moved::Blocks(n) => {
                                 sparse += 1;
                                 progress.written_bytes += n;
+                                unmarked.insert(object_no);
                             }
                             Moved::Zeros => zeros += 1,
                             Moved::Absent => {}
                         }
                         progress.done_bytes = (progress.done_bytes + layout.object_size).min(progress.total_bytes);
                         progress.elapsed = started.elapsed();
-                        progress.watermark = [in_flight.first(), queue.front()]
-                            .into_iter()
-                            .flatten()
-                            .map(|n| layout.set_start(*n))
-                            .fold(frontier, u64::min)
-                            .max(progress.watermark);
-                        self.publish(&progress);
+                        changed = true;
                     }
                     Err(e) => {
                         failure.get_or_insert(e);
                     }
                 },
+                Some(marked) = async { marking.as_mut()?.1.as_mut().await.into() }, if marking.is_some() => {
+                    marking = None;
+                    if let Err(e) = marked {
+                        mark_failed = true;
+                        failure.get_or_insert(e);
+                    }
+                }
                 next = extents.next(), if want_extents => match next {
                     None => {
                         extents_done = true;
@@ -172,6 +193,24 @@ impl Copier {
                     }
                 },
                 _ = tokio::time::sleep_until(rate_wait.unwrap_or_else(Instant::now).into()), if rate_wait.is_some() => {}
+            }
+            // Below the lowest object set with an object queued, copying or
+            // not yet marked, everything is copied and marked.
+            let pending = [
+                in_flight.first(),
+                queue.front(),
+                unmarked.first(),
+                marking.as_ref().map(|m| &m.0),
+            ];
+            let watermark = pending
+                .into_iter()
+                .flatten()
+                .map(|n| layout.set_start(*n))
+                .fold(frontier, u64::min)
+                .max(progress.watermark);
+            if std::mem::take(&mut changed) || watermark != progress.watermark {
+                progress.watermark = watermark;
+                self.publish(&progress);
             }
         }
         let progress = self.conclude(progress, failure, started, size, objects.destination().to_owned())?;

@@ -126,7 +126,7 @@ impl Copier {
             client_reason,
             ..Progress::default()
         };
-        self.publish(&progress);
+        self.publish_now(&progress);
         debug!(chunk, budget, total_bytes, resume_from, ?since, "transfer starts");
 
         let started = Instant::now();
@@ -300,16 +300,33 @@ impl Copier {
         progress.elapsed = started.elapsed();
         progress.watermark = size;
         progress.done_bytes = progress.total_bytes;
-        self.publish(&progress);
+        self.publish_now(&progress);
         Ok(progress)
     }
 
+    /// Sends `progress` to the subscriber, at most every
+    /// [`PUBLISH_EVERY`]: each send wakes whoever watches, and a copy
+    /// makes progress an object or a chunk at a time.
     pub(super) fn publish(&self, progress: &Progress) {
-        if let Some(tx) = &self.progress {
-            tx.send_replace(progress.clone());
+        let Some(tx) = &self.progress else { return };
+        let now = Instant::now();
+        let mut at = self.published_at.lock().unwrap_or_else(|p| p.into_inner());
+        if at.is_some_and(|t| now.duration_since(t) < PUBLISH_EVERY) {
+            return;
         }
+        *at = Some(now);
+        tx.send_replace(progress.clone());
+    }
+
+    /// Sends `progress` now (a copy's first and last).
+    pub(super) fn publish_now(&self, progress: &Progress) {
+        *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.publish(progress);
     }
 }
+
+/// How often a copy's progress is sent at most.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Changed extents of a delta this close are read as one operation: an
 /// operation costs about as much as moving this many bytes.
