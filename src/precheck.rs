@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 
 use crate::catalog::{Backing, Catalog, VolumeStatus};
-use crate::ceph::Cluster;
+use crate::ceph::{Cluster, ClusterConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
+
+/// The name backings give the catalog's own cluster.
+pub const LOCAL_CLUSTER: &str = "local";
 
 /// The clusters a catalog's backings name, connected.
 #[derive(Clone)]
@@ -30,6 +33,40 @@ impl Clusters {
     pub fn with(mut self, name: impl Into<String>, cluster: Cluster) -> Self {
         self.by_name.insert(name.into(), cluster);
         self
+    }
+
+    /// These clusters and the ones called `names` that the catalog
+    /// registers, connected (waiting at most `timeout` for each); a name
+    /// the catalog does not know is [`ErrorKind::NotInCatalog`].
+    pub async fn with_registered(
+        mut self,
+        catalog: &dyn Catalog,
+        names: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let registered = catalog.clusters().await?;
+        for name in names {
+            if self.by_name.contains_key(*name) {
+                continue;
+            }
+            let entry = registered
+                .iter()
+                .find(|c| c.name == *name)
+                .ok_or_else(|| crate::catalog::unknown_cluster(name))?;
+            let config = ClusterConfig {
+                conf_path: Some(entry.conf_path.clone().into()),
+                client_id: entry.client_id.clone(),
+                keyring: entry.keyring.clone().map(Into::into),
+                connect_timeout: timeout,
+                ..Default::default()
+            };
+            let cluster = Cluster::connect(config).await.map_err(|e| {
+                let msg = format!("cluster `{name}` (as the catalog registers it): {}", e.detail());
+                e.message(msg)
+            })?;
+            self.by_name.insert((*name).to_owned(), cluster);
+        }
+        Ok(self)
     }
 
     /// The cluster called `name`.
@@ -57,6 +94,9 @@ pub struct Destination {
     pub image: Option<String>,
     /// A separate pool for the new image's data objects, if any.
     pub data_pool: Option<String>,
+    /// The storage location the volume declares once there (the pool
+    /// map's); `None` keeps the volume's.
+    pub location: Option<String>,
 }
 
 impl Destination {
@@ -70,6 +110,7 @@ impl Destination {
                 namespace: String::new(),
                 image: None,
                 data_pool: None,
+                location: None,
             });
         }
         let spec: ImageSpec = s.parse()?;
@@ -79,6 +120,39 @@ impl Destination {
             namespace: spec.namespace,
             image: Some(spec.image),
             data_pool: None,
+            location: None,
+        })
+    }
+
+    /// Where the pool map sends `volume_id` on cluster `to_cluster`: the
+    /// mapping of its current cluster and pool to that cluster (the image
+    /// keeps its name; the volume takes the mapping's location).
+    pub async fn by_pool_map(catalog: &dyn Catalog, volume_id: &str, to_cluster: &str) -> Result<Self> {
+        let volume = catalog.volume(volume_id).await?;
+        let from = &volume.backing;
+        if to_cluster != LOCAL_CLUSTER && !catalog.clusters().await?.iter().any(|c| c.name == to_cluster) {
+            return Err(crate::catalog::unknown_cluster(to_cluster));
+        }
+        let mapping = catalog
+            .pool_mappings()
+            .await?
+            .into_iter()
+            .find(|m| m.from_cluster == from.cluster && m.from_pool == from.image.pool && m.to_cluster == to_cluster)
+            .ok_or_else(|| {
+                Error::new(ErrorKind::InvalidInput, "map pool")
+                    .target(volume_id.to_owned())
+                    .message(format!(
+                        "no pool mapping from `{}/{}` (volume `{volume_id}`) to cluster `{to_cluster}`: `migrate catalog map-pool --from {}/{} --to {to_cluster}/POOL`",
+                        from.cluster, from.image.pool, from.cluster, from.image.pool
+                    ))
+            })?;
+        Ok(Destination {
+            cluster: mapping.to_cluster,
+            pool: mapping.to_pool,
+            namespace: from.image.namespace.clone(),
+            image: None,
+            data_pool: None,
+            location: mapping.location,
         })
     }
 

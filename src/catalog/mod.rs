@@ -13,7 +13,7 @@ mod rados;
 
 pub use rados::RadosCatalog;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ImageSpec;
 
 /// Volume status, in Cinder's vocabulary.
@@ -167,6 +167,39 @@ pub struct Cas {
     pub put_instances: Vec<Instance>,
 }
 
+/// Another Ceph cluster the catalog's volumes can live on, and how to reach
+/// it (no secrets: the keyring stays a path on the host).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterEntry {
+    /// The name backings use (`local` is the catalog's own cluster).
+    pub name: String,
+    /// Path of its ceph.conf on the hosts that run livemig.
+    pub conf_path: String,
+    /// Client id without `client.`; `admin` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Keyring path, overriding the conf's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<String>,
+}
+
+/// Where volumes of one pool go when they move to another cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolMapping {
+    /// The source cluster (`local` for the catalog's own).
+    pub from_cluster: String,
+    /// The source pool.
+    pub from_pool: String,
+    /// The destination cluster.
+    pub to_cluster: String,
+    /// The destination pool.
+    pub to_pool: String,
+    /// The storage location a volume declares once there (its
+    /// [`Volume::location`]); `None` keeps the volume's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
 /// What livemig needs from a control plane's database.
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync {
@@ -181,4 +214,21 @@ pub trait Catalog: Send + Sync {
     /// Applies `cas` atomically, or fails with [`crate::ErrorKind::Conflict`]
     /// and changes nothing.
     async fn compare_and_swap(&self, cas: Cas) -> Result<()>;
+    /// The other clusters volumes can move to; none by default.
+    async fn clusters(&self) -> Result<Vec<ClusterEntry>> {
+        Ok(Vec::new())
+    }
+    /// The pool map for moves between clusters; empty by default.
+    async fn pool_mappings(&self) -> Result<Vec<PoolMapping>> {
+        Ok(Vec::new())
+    }
+}
+
+/// A cluster name the catalog does not know.
+pub(crate) fn unknown_cluster(name: &str) -> Error {
+    Error::new(ErrorKind::NotInCatalog, "find cluster")
+        .target(name.to_owned())
+        .message(format!(
+            "cluster `{name}` is not registered in the catalog: `migrate catalog add-cluster {name} --conf PATH`"
+        ))
 }

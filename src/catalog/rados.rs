@@ -1,10 +1,11 @@
 //! The built-in catalog: one guarded RADOS object (see
 //! [`crate::ceph::GuardedObject`]) holding every record as JSON in its omap.
-//! Keys: `volume/<id>`, `instance/<id>`, `attachment/<volume>/<instance>`.
+//! Keys: `volume/<id>`, `instance/<id>`, `attachment/<volume>/<instance>`,
+//! `cluster/<name>`, `pool-map/<cluster>/<pool>/<cluster>`.
 
 use std::collections::BTreeMap;
 
-use super::{Attachment, Cas, Catalog, Instance, Volume};
+use super::{unknown_cluster, Attachment, Cas, Catalog, ClusterEntry, Instance, PoolMapping, Volume};
 use crate::ceph::{GuardedObject, IoCtx, OmapEntries};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -31,6 +32,13 @@ fn attachment_prefix(volume_id: &str) -> String {
 }
 fn attachment_key(volume_id: &str, instance_id: &str) -> String {
     format!("attachment/{volume_id}/{instance_id}")
+}
+
+fn cluster_key(name: &str) -> String {
+    format!("cluster/{name}")
+}
+fn pool_map_key(m: &PoolMapping) -> String {
+    format!("pool-map/{}/{}/{}", m.from_cluster, m.from_pool, m.to_cluster)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T> {
@@ -77,6 +85,53 @@ impl RadosCatalog {
         self.io.read_guarded(&self.object).await
     }
 
+    /// Registers (or updates) another cluster.
+    pub async fn put_cluster(&self, entry: &ClusterEntry) -> Result<()> {
+        if entry.name == crate::precheck::LOCAL_CLUSTER {
+            return Err(Error::new(ErrorKind::InvalidInput, "add cluster")
+                .target(entry.name.clone())
+                .message("`local` is the catalog's own cluster; give the other cluster another name"));
+        }
+        self.put_record(cluster_key(&entry.name), encode(entry)).await
+    }
+
+    /// Maps volumes of `from_cluster/from_pool` to `to_cluster/to_pool`
+    /// (replacing an earlier mapping between the same two clusters). The
+    /// destination cluster must be registered (or `local`), and differ from
+    /// the source's pool.
+    pub async fn put_pool_mapping(&self, mapping: &PoolMapping) -> Result<()> {
+        let m = mapping;
+        if m.from_cluster == m.to_cluster && m.from_pool == m.to_pool {
+            return Err(Error::new(ErrorKind::InvalidInput, "map pool")
+                .target(format!("{}/{}", m.from_cluster, m.from_pool))
+                .message(format!(
+                    "pool `{}` of cluster `{}` cannot map to itself; name another pool or cluster",
+                    m.from_pool, m.from_cluster
+                )));
+        }
+        let known = self.clusters().await?;
+        for name in [&m.from_cluster, &m.to_cluster] {
+            if name != crate::precheck::LOCAL_CLUSTER && !known.iter().any(|c| &c.name == name) {
+                return Err(unknown_cluster(name));
+            }
+        }
+        self.put_record(pool_map_key(m), encode(m)).await
+    }
+
+    async fn put_record(&self, key: String, value: Vec<u8>) -> Result<()> {
+        for _ in 0..RETRIES {
+            let generation = self.raw_state().await?.map(|s| s.generation);
+            let set: OmapEntries = vec![(key.clone(), value.clone())];
+            match self.io.write_guarded(&self.object, generation, set, Vec::new()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::new(ErrorKind::Conflict, "catalog write")
+            .message(format!("the catalog kept changing; gave up after {RETRIES} attempts")))
+    }
+
     async fn state(&self) -> Result<GuardedObject> {
         Ok(self.raw_state().await?.unwrap_or_default())
     }
@@ -93,11 +148,16 @@ impl RadosCatalog {
 
     /// Every attachment in the catalog.
     pub async fn all_attachments(&self) -> Result<Vec<Attachment>> {
+        self.records("attachment/").await
+    }
+
+    /// Every record whose key starts with `prefix`, decoded.
+    async fn records<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         let state = self.state().await?;
         state
             .omap
             .iter()
-            .filter(|(k, _)| k.starts_with("attachment/"))
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| decode(k, v))
             .collect()
     }
@@ -197,6 +257,14 @@ impl Catalog for RadosCatalog {
 
     async fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
         Self::attachments_in(&self.state().await?, volume_id)
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterEntry>> {
+        self.records("cluster/").await
+    }
+
+    async fn pool_mappings(&self) -> Result<Vec<PoolMapping>> {
+        self.records("pool-map/").await
     }
 
     async fn compare_and_swap(&self, cas: Cas) -> Result<()> {

@@ -123,6 +123,7 @@ impl Migrator {
             live,
             source_drivers: Vec::new(),
             destination_data_pool: to.data_pool.clone(),
+            destination_location: to.location.clone(),
         };
         let stored = self.store.create(&record).await?;
         fault::point("after-create");

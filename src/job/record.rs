@@ -487,6 +487,10 @@ pub struct JobRecord {
     /// The pool the destination keeps its data objects in, if not its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_data_pool: Option<String>,
+    /// The storage location the volume declares after the switch (the
+    /// pool map's), if it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_location: Option<String>,
 }
 
 impl JobRecord {

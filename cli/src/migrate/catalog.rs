@@ -2,9 +2,11 @@
 //! operators without a control plane, and the precheck.
 
 use clap::{Args, Subcommand};
-use livemig::catalog::{Access, Attachment, Backing, Cas, Catalog, Instance, RadosCatalog, Volume, VolumeStatus};
+use livemig::catalog::{
+    Access, Attachment, Backing, Cas, Catalog, ClusterEntry, Instance, PoolMapping, RadosCatalog, Volume, VolumeStatus,
+};
 use livemig::ceph::Cluster;
-use livemig::precheck::{precheck, Clusters, Destination};
+use livemig::precheck::{precheck, Clusters, Destination, LOCAL_CLUSTER};
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
 
@@ -83,6 +85,56 @@ pub enum CatalogCommand {
         /// Volume id.
         volume: String,
     },
+    /// Register another Ceph cluster volumes can move to (or update it).
+    /// The catalog keeps how to reach it, never a secret.
+    AddCluster {
+        /// The name backings and `--to-cluster` use.
+        name: String,
+        /// Its ceph.conf on the hosts that run livemig.
+        #[arg(long, value_name = "PATH")]
+        conf: String,
+        /// Client id without `client.` [default: admin].
+        #[arg(long = "id", value_name = "ID")]
+        client_id: Option<String>,
+        /// Keyring path, overriding the conf's.
+        #[arg(long, value_name = "PATH")]
+        keyring: Option<String>,
+    },
+    /// Map a pool to a pool of another cluster: `migrate start VOL
+    /// --to-cluster NAME` moves a volume of FROM to TO and gives it
+    /// LOCATION, in the same switch.
+    MapPool {
+        /// Source: [CLUSTER/]POOL (`local` when no cluster is given).
+        #[arg(long, value_name = "[CLUSTER/]POOL")]
+        from: String,
+        /// Destination: CLUSTER/POOL.
+        #[arg(long, value_name = "CLUSTER/POOL")]
+        to: String,
+        /// The storage location volumes declare there [default: keep theirs].
+        #[arg(long)]
+        location: Option<String>,
+    },
+    /// List the registered clusters and the pool map.
+    Maps,
+}
+
+/// `[CLUSTER/]POOL` as (cluster, pool).
+fn cluster_pool(s: &str, default_cluster: Option<&str>) -> Result<(String, String), Error> {
+    let bad = || {
+        Error::new(ErrorKind::InvalidInput, "parse cluster/pool").message(format!(
+            "`{s}` is not {}",
+            if default_cluster.is_some() {
+                "[CLUSTER/]POOL"
+            } else {
+                "CLUSTER/POOL"
+            }
+        ))
+    };
+    match s.split_once('/') {
+        Some((c, p)) if !c.is_empty() && !p.is_empty() && !p.contains('/') => Ok((c.into(), p.into())),
+        None if !s.is_empty() => default_cluster.map(|c| (c.to_owned(), s.to_owned())).ok_or_else(bad),
+        _ => Err(bad()),
+    }
 }
 
 fn describe_attachments(atts: &[Attachment]) -> String {
@@ -248,6 +300,65 @@ pub async fn run_catalog(
             }
             Ok(serde_json::json!({"volumes": rows}))
         }
+        CatalogCommand::AddCluster {
+            name,
+            conf,
+            client_id,
+            keyring,
+        } => {
+            let entry = ClusterEntry {
+                name: name.clone(),
+                conf_path: conf,
+                client_id,
+                keyring,
+            };
+            catalog.put_cluster(&entry).await?;
+            if !json {
+                println!("registered cluster {name} ({})", entry.conf_path);
+            }
+            Ok(serde_json::json!({"cluster": entry}))
+        }
+        CatalogCommand::MapPool { from, to, location } => {
+            let (from_cluster, from_pool) = cluster_pool(&from, Some(LOCAL_CLUSTER))?;
+            let (to_cluster, to_pool) = cluster_pool(&to, None)?;
+            let mapping = PoolMapping {
+                from_cluster,
+                from_pool,
+                to_cluster,
+                to_pool,
+                location,
+            };
+            catalog.put_pool_mapping(&mapping).await?;
+            if !json {
+                println!(
+                    "mapped {}/{} to {}/{}",
+                    mapping.from_cluster, mapping.from_pool, mapping.to_cluster, mapping.to_pool
+                );
+            }
+            Ok(serde_json::json!({"mapping": mapping}))
+        }
+        CatalogCommand::Maps => {
+            let (clusters, mappings) = (catalog.clusters().await?, catalog.pool_mappings().await?);
+            if !json {
+                for c in &clusters {
+                    println!("cluster {:<16} {}", c.name, c.conf_path);
+                }
+                for m in &mappings {
+                    println!(
+                        "map {}/{} -> {}/{}{}",
+                        m.from_cluster,
+                        m.from_pool,
+                        m.to_cluster,
+                        m.to_pool,
+                        m.location
+                            .as_ref()
+                            .map(|l| format!(" (location {l})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(serde_json::json!({"clusters": clusters, "pool_map": mappings}))
+        }
         CatalogCommand::Show { volume } => {
             let v = catalog.volume(&volume).await?;
             let atts = catalog.attachments(&volume).await?;
@@ -264,10 +375,10 @@ pub async fn run_check(
     volume: &str,
     destination: &Destination,
     catalog: &RadosCatalog,
-    cluster: &Cluster,
+    clusters: &Clusters,
     json: bool,
 ) -> Result<serde_json::Value, Error> {
-    let report = precheck(catalog, &Clusters::local(cluster.clone()), volume, destination).await?;
+    let report = precheck(catalog, clusters, volume, destination).await?;
     if !json {
         for r in &report.rules {
             println!(

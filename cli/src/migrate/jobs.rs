@@ -158,18 +158,34 @@ impl RunArgs {
 
 pub fn migrator(
     catalog: &RadosCatalog,
-    cluster: &Cluster,
+    clusters: Clusters,
     store: JobStore,
     run: &RunArgs,
     pause: CancellationToken,
 ) -> Migrator {
-    Migrator::new(
-        Arc::new(catalog.clone()),
-        Clusters::local(cluster.clone()),
-        store,
-        run.options(),
-    )
-    .pause_on(pause)
+    Migrator::new(Arc::new(catalog.clone()), clusters, store, run.options()).pause_on(pause)
+}
+
+/// The local cluster and the registered clusters job `id`'s source and
+/// destination name, connected (only the local one for a job id no job has:
+/// the migrator says so).
+pub async fn clusters_of_job(
+    catalog: &RadosCatalog,
+    cluster: &Cluster,
+    store: &JobStore,
+    id: &str,
+    timeout: u64,
+) -> Result<Clusters, Error> {
+    let local = Clusters::local(cluster.clone());
+    let record = match store.load(id).await {
+        Ok(stored) => stored.record,
+        Err(e) if matches!(e.kind(), ErrorKind::JobNotFound | ErrorKind::InvalidInput) => return Ok(local),
+        Err(e) => return Err(e),
+    };
+    let names = [record.source.cluster.as_str(), record.destination.cluster.as_str()];
+    local
+        .with_registered(catalog, &names, Duration::from_secs(timeout))
+        .await
 }
 
 /// Renders job progress until the sender goes away.

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use livemig::ceph::{Cluster, ClusterConfig};
 use livemig::job::Engine;
 use livemig::mirror::{compare_images, Copier, CopyMethod, CopyMode, CopyOptions, Progress, SourceHold};
-use livemig::precheck::Destination;
+use livemig::precheck::{Clusters, Destination, LOCAL_CLUSTER};
 use livemig::spec::ImageSpec;
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
@@ -140,19 +140,14 @@ enum Command {
 struct StartArgs {
     /// Volume id (as registered in the catalog).
     volume: String,
-    /// Destination: POOL (same image name) or POOL/IMAGE (a new image).
-    #[arg(long, value_name = "POOL[/IMAGE]")]
-    to: String,
+    #[command(flatten)]
+    to: DestinationArgs,
     /// Engine for an attached volume: `auto` lets a QEMU (QMP socket)
     /// mirror it and uses the native engine otherwise; `native` copies with
     /// livemig and holds the instance (a QEMU: `stop`/`cont`) for the final
     /// delta; `qemu` insists on the QEMU mirror.
     #[arg(long, value_name = "ENGINE", value_enum, default_value_t = EngineChoice::Auto)]
     engine: EngineChoice,
-    /// Keep the new image's data objects in this pool (replicated, or
-    /// erasure-coded with overwrites); its own pool keeps its metadata.
-    #[arg(long, value_name = "POOL")]
-    data_pool: Option<String>,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -213,17 +208,56 @@ struct AbortArgs {
     catalog: CatalogArgs,
 }
 
+/// Where a volume goes: `--to`, or `--to-cluster` by the pool map.
 #[derive(Args)]
-struct CheckArgs {
-    /// Volume id (as registered in the catalog).
-    volume: String,
+struct DestinationArgs {
     /// Destination: POOL (same image name), POOL/IMAGE or POOL/NAMESPACE/IMAGE.
-    #[arg(long, value_name = "POOL[/IMAGE]")]
-    to: String,
+    #[arg(
+        long,
+        value_name = "POOL[/IMAGE]",
+        required_unless_present = "to_cluster",
+        conflicts_with = "to_cluster"
+    )]
+    to: Option<String>,
+    /// To this cluster (registered with `catalog add-cluster`), into the
+    /// pool the catalog's pool map gives the volume's pool there (`catalog
+    /// map-pool`), taking that mapping's location.
+    #[arg(long, value_name = "NAME")]
+    to_cluster: Option<String>,
     /// Keep the new image's data objects in this pool (replicated, or
     /// erasure-coded with overwrites); its own pool keeps its metadata.
     #[arg(long, value_name = "POOL")]
     data_pool: Option<String>,
+}
+
+impl DestinationArgs {
+    /// Where these arguments send `volume`, and the clusters that takes,
+    /// connected.
+    async fn resolve(
+        &self,
+        catalog: &livemig::catalog::RadosCatalog,
+        local: &Cluster,
+        volume: &str,
+        timeout: u64,
+    ) -> Result<(Destination, Clusters), Error> {
+        let to = match (&self.to, &self.to_cluster) {
+            (Some(to), _) => Destination::parse(LOCAL_CLUSTER, to)?,
+            (None, Some(name)) => Destination::by_pool_map(catalog, volume, name).await?,
+            (None, None) => unreachable!("clap requires --to or --to-cluster"),
+        };
+        let clusters = Clusters::local(local.clone())
+            .with_registered(catalog, &[&to.cluster], Duration::from_secs(timeout))
+            .await?;
+        Ok((to.with_data_pool(self.data_pool.clone()), clusters))
+    }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Volume id (as registered in the catalog).
+    volume: String,
+    #[command(flatten)]
+    to: DestinationArgs,
     #[command(flatten)]
     source: SourceClusterArgs,
     #[command(flatten)]
@@ -420,27 +454,28 @@ fn main() -> ExitCode {
             Command::Check(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
                 let cat = a.catalog.open(&cluster).await?;
-                let to = Destination::parse("local", &a.to)?.with_data_pool(a.data_pool);
-                catalog::run_check(&a.volume, &to, &cat, &cluster, json).await
+                let (to, clusters) = a.to.resolve(&cat, &cluster, &a.volume, timeout).await?;
+                catalog::run_check(&a.volume, &to, &cat, &clusters, json).await
             }
             Command::Start(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                let (to, clusters) = a.to.resolve(&cat, &cluster, &a.volume, timeout).await?;
                 let m = jobs::migrator(
                     &cat,
-                    &cluster,
+                    clusters,
                     store,
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
                 )
                 .engine(a.engine.engine());
-                let to = Destination::parse("local", &a.to)?.with_data_pool(a.data_pool);
                 jobs::start(m, &a.volume, &to, json, a.run.no_progress_flag()).await
             }
             Command::Resume(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
+                let clusters = jobs::clusters_of_job(&cat, &cluster, &store, &a.job, timeout).await?;
                 let m = jobs::migrator(
                     &cat,
-                    &cluster,
+                    clusters,
                     store,
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
@@ -450,7 +485,8 @@ fn main() -> ExitCode {
             Command::Abort(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
                 let run = RunArgs::for_abort(a.lease_secs);
-                let m = jobs::migrator(&cat, &cluster, store, &run, CancellationToken::new());
+                let clusters = jobs::clusters_of_job(&cat, &cluster, &store, &a.job, timeout).await?;
+                let m = jobs::migrator(&cat, clusters, store, &run, CancellationToken::new());
                 jobs::abort(m, &a.job, &a.reason, json, a.wait).await
             }
             Command::Status(a) => {

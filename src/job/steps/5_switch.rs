@@ -40,10 +40,15 @@ impl Migrator {
             return Ok(true);
         }
         let marked = self.marked_volume(r);
+        // The backing and the declared location change together.
         let switched = Volume {
             backing: r.destination.clone(),
             size: r.original_volume.size,
             status: r.original_volume.status,
+            location: r
+                .destination_location
+                .clone()
+                .unwrap_or_else(|| marked.location.clone()),
             ..marked.clone()
         };
         let live = r.live.is_some();
