@@ -770,3 +770,62 @@ async fn a_readied_destination_is_let_go_on_resume_and_used_by_the_repoint() {
     env.instance.take().unwrap().stop().await;
     env.dst_io.remove_image(&dst_name).await.unwrap();
 }
+
+/// An attached volume moves live to another cluster by the catalog's pool
+/// map, under a writer: the instance is re-pointed to the other cluster's
+/// image (opened with the conf the catalog registers for it), every
+/// acknowledged write is there, and the switch rewrote the backing and the
+/// declared location together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_volume_moves_live_to_another_cluster() {
+    let mut env = setup("xlive", &["--rate", "100", "--max-size", "1048576"]).await;
+    let other = second_cluster();
+    other.ensure_pool(DST);
+    let conf = other.conf.display().to_string();
+    assert_ok(
+        &migrate(&["catalog", "add-cluster", "b", "--conf", &conf])
+            .output()
+            .unwrap(),
+        "add-cluster",
+    );
+    assert_ok(
+        &migrate(&[
+            "catalog",
+            "map-pool",
+            "--from",
+            SRC,
+            "--to",
+            &format!("b/{DST}"),
+            "--location",
+            "site-b",
+        ])
+        .output()
+        .unwrap(),
+        "map-pool",
+    );
+    env.dst_io = other.connect().await.ioctx(DST, "").await.unwrap();
+    let out = migrate(&[
+        "start",
+        &env.volume,
+        "--to-cluster",
+        "b",
+        "--cutover-bytes",
+        "4M",
+        "--lease-secs",
+        LEASE,
+        "--json",
+        "--no-progress",
+    ])
+    .output()
+    .unwrap();
+    assert_ok(&out, "live migration to another cluster");
+    let v = env.catalog.volume(&env.volume).await.unwrap();
+    assert_eq!((v.backing.cluster.as_str(), v.location.as_str()), ("b", "site-b"));
+    let atts = env.catalog.attachments(&env.volume).await.unwrap();
+    assert_eq!(atts[0].connection.cluster, "b", "attachment connection");
+    let (job, entries) = env.assert_finished_live().await;
+    assert!(job.live.expect("live").cutover.is_some());
+    assert!(entries
+        .iter()
+        .any(|e| matches!(e, LogEntry::Repointed { image, .. } if image.starts_with(DST))));
+}

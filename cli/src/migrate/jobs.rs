@@ -7,11 +7,12 @@ use std::time::Duration;
 use clap::Args;
 use livemig::catalog::{Catalog, RadosCatalog};
 use livemig::ceph::Cluster;
+use livemig::hypervisor::BuiltinHypervisors;
 use livemig::job::{
     JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
 };
 use livemig::mirror::{compare_images, CopyOptions, WHOLE_OBJECT_FROM};
-use livemig::precheck::{Clusters, Destination};
+use livemig::precheck::{Clusters, Destination, LOCAL_CLUSTER};
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -156,14 +157,31 @@ impl RunArgs {
     }
 }
 
-pub fn migrator(
+pub async fn migrator(
     catalog: &RadosCatalog,
     clusters: Clusters,
+    local_conf: Option<&std::path::Path>,
     store: JobStore,
     run: &RunArgs,
     pause: CancellationToken,
-) -> Migrator {
-    Migrator::new(Arc::new(catalog.clone()), clusters, store, run.options()).pause_on(pause)
+) -> Result<Migrator, Error> {
+    // An instance re-pointed to another cluster opens it with the conf the
+    // catalog registers for it (and the local one with ours).
+    let mut cluster_confs: Vec<(String, String)> = catalog
+        .clusters()
+        .await?
+        .into_iter()
+        .map(|c| (c.name, c.conf_path))
+        .collect();
+    let local_conf = local_conf
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("CEPH_CONF").map(Into::into));
+    if let Some(conf) = local_conf {
+        cluster_confs.push((LOCAL_CLUSTER.to_owned(), conf.display().to_string()));
+    }
+    Ok(Migrator::new(Arc::new(catalog.clone()), clusters, store, run.options())
+        .hypervisors(Arc::new(BuiltinHypervisors { cluster_confs }))
+        .pause_on(pause))
 }
 
 /// The local cluster and the registered clusters job `id`'s source and

@@ -463,10 +463,12 @@ fn main() -> ExitCode {
                 let m = jobs::migrator(
                     &cat,
                     clusters,
+                    a.source.conf.as_deref(),
                     store,
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
                 )
+                .await?
                 .engine(a.engine.engine());
                 jobs::start(m, &a.volume, &to, json, a.run.no_progress_flag()).await
             }
@@ -476,17 +478,27 @@ fn main() -> ExitCode {
                 let m = jobs::migrator(
                     &cat,
                     clusters,
+                    a.source.conf.as_deref(),
                     store,
                     &a.run,
                     on_ctrl_c("pausing the job at a safe point"),
-                );
+                )
+                .await?;
                 jobs::resume(m, &a.job, json, a.run.no_progress_flag(), a.wait).await
             }
             Command::Abort(a) => {
                 let (cluster, cat, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
                 let run = RunArgs::for_abort(a.lease_secs);
                 let clusters = jobs::clusters_of_job(&cat, &cluster, &store, &a.job, timeout).await?;
-                let m = jobs::migrator(&cat, clusters, store, &run, CancellationToken::new());
+                let m = jobs::migrator(
+                    &cat,
+                    clusters,
+                    a.source.conf.as_deref(),
+                    store,
+                    &run,
+                    CancellationToken::new(),
+                )
+                .await?;
                 jobs::abort(m, &a.job, &a.reason, json, a.wait).await
             }
             Command::Status(a) => {
