@@ -29,6 +29,11 @@ impl Clusters {
         }
     }
 
+    /// Whether a cluster is connected under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// Adds a cluster under `name`.
     pub fn with(mut self, name: impl Into<String>, cluster: Cluster) -> Self {
         self.by_name.insert(name.into(), cluster);
@@ -100,6 +105,25 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// Parses `[CLUSTER:]POOL[/IMAGE]` (`POOL/NAMESPACE/IMAGE` too): on the
+    /// cluster named before the colon, or on the local one.
+    pub fn parse_on_any_cluster(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            Some((cluster, rest)) if !cluster.is_empty() => Self::parse(cluster, rest),
+            Some(_) => Err(Error::new(ErrorKind::InvalidInput, "parse destination")
+                .target(s.to_owned())
+                .message(format!(
+                    "`{s}` names no cluster before the colon: give CLUSTER:POOL[/IMAGE] or POOL[/IMAGE]"
+                ))),
+            None => Self::parse(LOCAL_CLUSTER, s),
+        }
+    }
+
+    /// This destination with the volume declaring `location` once there.
+    pub fn with_location(self, location: Option<String>) -> Self {
+        Destination { location, ..self }
+    }
+
     /// Parses `POOL`, `POOL/IMAGE` or `POOL/NAMESPACE/IMAGE` on `cluster`.
     pub fn parse(cluster: &str, s: &str) -> Result<Self> {
         if !s.contains('/') {

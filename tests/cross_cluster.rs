@@ -207,6 +207,48 @@ async fn a_detached_volume_moves_to_another_cluster_by_the_pool_map() {
     );
     register_and_map(CATALOG, SRC);
 
+    // The other cluster down (a conf naming a monitor nobody runs):
+    // unreachable, nothing changed.
+    let dead_conf = std::env::temp_dir().join(format!("livemig-xc-dead-{}.conf", std::process::id()));
+    std::fs::write(
+        &dead_conf,
+        "[global]\nmon_host = v2:127.0.0.1:9\nauth_client_required = none\n",
+    )
+    .unwrap();
+    assert_ok(
+        &migrate(&[
+            "catalog",
+            "add-cluster",
+            "dead",
+            "--conf",
+            &dead_conf.display().to_string(),
+        ]),
+        "add-cluster dead",
+    );
+    assert_ok(
+        &migrate(&["catalog", "map-pool", "--from", SRC, "--to", "dead/xc-dst"]),
+        "map-pool to dead",
+    );
+    let before = cat.raw_state().await.unwrap();
+    let down = migrate(&[
+        "start",
+        &volume,
+        "--to-cluster",
+        "dead",
+        "--connect-timeout",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(exit_code(&down), Some(6), "{}", said(&down));
+    assert!(said(&down).contains("cluster_unreachable"), "{}", said(&down));
+    assert!(said(&down).contains("`dead`"), "{}", said(&down));
+    assert_eq!(
+        cat.raw_state().await.unwrap(),
+        before,
+        "a refused start changed the catalog"
+    );
+    let _ = std::fs::remove_file(&dead_conf);
+
     let moved = start("b");
     assert_ok(&moved, "start --to-cluster b");
     assert_moved_to_b(CATALOG, &volume, SRC, digest_before).await;

@@ -470,6 +470,9 @@ class RunOptions:
     # start(): the pool for the new image's data objects (replicated, or
     # erasure-coded with overwrites); None: the image's own pool.
     data_pool: Optional[str] = None
+    # start(): the storage location the volume declares once moved (its
+    # catalog record's location, rewritten in the switch); None keeps its own.
+    location: Optional[str] = None
 
     def _c(self) -> _n.RunOptions:
         on_stall = {None: 0, "cutover": 1, "pause": 2}.get(self.on_stall)
@@ -498,6 +501,7 @@ class RunOptions:
             copy_mode,
             0 if self.whole_object_from is None else max(1, min(1001, round(self.whole_object_from * 1000))),
             self.data_pool.encode() if self.data_pool else None,
+            self.location.encode() if self.location else None,
         )
 
 
@@ -635,9 +639,26 @@ class Migrator:
         self._closed = True
         _check(_n.lib.livemig_migrator_free(self._handle))
 
+    def add_cluster(
+        self, name: str, conf_path: str, client_id: Optional[str] = None, keyring: Optional[str] = None
+    ) -> None:
+        """Connects another cluster under ``name``: destinations can then name
+        it (``NAME:POOL[/IMAGE]``), and jobs that moved volumes to or from it
+        can be resumed. Raises ``ClusterUnreachable`` if it cannot be reached."""
+        _check(
+            _n.lib.livemig_add_cluster(
+                self._handle,
+                name.encode(),
+                conf_path.encode(),
+                client_id.encode() if client_id else None,
+                keyring.encode() if keyring else None,
+            )
+        )
+
     def precheck(self, volume_id: str, destination: str) -> Dict[str, Any]:
         """The precheck report (rules and results) if the volume can move to
-        ``destination`` (``POOL``, ``POOL/IMAGE`` or ``POOL/NS/IMAGE``);
+        ``destination`` (``POOL``, ``POOL/IMAGE`` or ``POOL/NS/IMAGE``; on a
+        cluster added with :meth:`add_cluster`, ``NAME:POOL[/IMAGE]``);
         raises the first failed rule's error otherwise (with ``.report``)."""
         out = ctypes.c_void_p()
         code = _n.lib.livemig_precheck(self._handle, volume_id.encode(), destination.encode(), ctypes.byref(out))

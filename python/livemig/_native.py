@@ -187,6 +187,7 @@ class RunOptions(Structure):
         ("copy_mode", c_int32),
         ("whole_object_from_permille", c_uint32),
         ("data_pool", c_char_p),
+        ("location", c_char_p),
     ]
 
 
@@ -224,6 +225,7 @@ _declare(
 )
 _declare("livemig_migrator_free", c_int32, c_void_p)
 _declare("livemig_precheck", c_int32, c_void_p, c_char_p, c_char_p, POINTER(c_void_p))
+_declare("livemig_add_cluster", c_int32, c_void_p, c_char_p, c_char_p, c_char_p, c_char_p)
 _declare("livemig_start", c_int32, c_void_p, c_char_p, c_char_p, POINTER(RunOptions), POINTER(c_void_p))
 _declare("livemig_resume", c_int32, c_void_p, c_char_p, POINTER(RunOptions))
 _declare("livemig_wait", c_int32, c_void_p, c_char_p, c_int64)

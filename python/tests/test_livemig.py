@@ -30,14 +30,16 @@ CONF = os.environ.get("CEPH_CONF", "")
 JOBS = os.environ.get("LIVEMIG_PY_JOBS_POOL", "livemig-py-jobs")
 SRC = os.environ.get("LIVEMIG_PY_SRC_POOL", "livemig-py-src")
 DST = os.environ.get("LIVEMIG_PY_DST_POOL", "livemig-py-dst")
+# A second cluster with a DST pool, for moves between clusters.
+CONF_2 = os.environ.get("LIVEMIG_PY_CONF_2", "")
 MiB = 1 << 20
 
 
 def setUpModule() -> None:
-    if not CONF or not os.path.isfile(CONF):
+    if not CONF or not os.path.isfile(CONF) or not CONF_2 or not os.path.isfile(CONF_2):
         raise RuntimeError(
-            "these tests need a real Ceph cluster: run scripts/test, or start one with "
-            "`scripts/dev-cluster up DIR` and set CEPH_CONF=DIR/ceph.conf"
+            "these tests need two real Ceph clusters: run scripts/test, or start them with "
+            "`scripts/dev-cluster up DIR` and set CEPH_CONF and LIVEMIG_PY_CONF_2 to their ceph.conf"
         )
 
 
@@ -138,6 +140,26 @@ class DetachedMigrations(unittest.TestCase):
         self.assertEqual(info.get("data_pool"), SRC)
         purposes = [p for (p,) in plane.db.query("SELECT purpose FROM changes ORDER BY seq")]
         self.assertEqual(purposes, ["mark", "switch", "release"])
+
+    def test_a_volume_moves_to_another_cluster(self):
+        image = unique("py-xc")
+        data = make_image(image, seed=9)
+        plane = Plane(self, "vol-x", image, len(data))
+        before = plane.db.volumes()
+        with plane.migrator() as m:
+            # A cluster this migrator was not given: refused, nothing changed.
+            with self.assertRaises(livemig.LivemigError) as ctx:
+                m.start("vol-x", f"b:{DST}")
+            self.assertIn("`b`", str(ctx.exception))
+            self.assertEqual(plane.db.volumes(), before)
+            m.add_cluster("b", CONF_2)
+            job = m.start("vol-x", f"b:{DST}", livemig.RunOptions(location="site-b"))
+            job.wait()
+        v = plane.db.get_volume("vol-x")
+        self.assertEqual((v.backing.cluster, v.backing.pool, v.location), ("b", DST, "site-b"))
+        out = subprocess.run(["rbd", "-c", CONF_2, "export", "--no-progress", f"{DST}/{image}", "-"], capture_output=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, data)
 
     def test_progress_iterator_ends_with_the_final_state(self):
         image = unique("py-watch")

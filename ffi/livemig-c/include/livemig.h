@@ -444,6 +444,10 @@ typedef struct livemig_run_options {
   // (replicated, or erasure-coded with overwrites); NULL or "": the
   // image's own pool. Read during the call only.
   const char *data_pool;
+  // `livemig_start`: the storage location the volume declares once moved
+  // (its catalog record's `location`, rewritten in the switch); NULL or
+  // "": it keeps its own. Read during the call only.
+  const char *location;
 } livemig_run_options;
 
 // Where a job stands, as `livemig_progress` reports it.
@@ -491,8 +495,23 @@ int32_t livemig_connect(const struct livemig_config *config,
 // unknown handle is refused with `LIVEMIG_ERR_BAD_HANDLE`.
 int32_t livemig_migrator_free(struct livemig_migrator *migrator);
 
+// Connects another cluster under `name`, so that destinations can name
+// it (`NAME:POOL[/IMAGE]`) and jobs that moved volumes to or from it can
+// be resumed; an instance the built-in hooks re-point there opens it with
+// `conf_path`. `client_id` and `keyring` may be NULL (`admin`, the
+// conf's). Adding a name again replaces it; `local` is the migrator's own.
+//
+// # Safety
+// String arguments are NULL (where allowed) or valid C strings.
+int32_t livemig_add_cluster(const struct livemig_migrator *migrator,
+                            const char *name,
+                            const char *conf_path,
+                            const char *client_id,
+                            const char *keyring);
+
 // Checks whether `volume_id` can move to `destination` (`POOL`,
-// `POOL/IMAGE` or `POOL/NAMESPACE/IMAGE`) without changing anything.
+// `POOL/IMAGE` or `POOL/NAMESPACE/IMAGE`, on another cluster added with
+// `livemig_add_cluster` as `NAME:POOL[/IMAGE]`) without changing anything.
 // `*report_json` (if `report_json` is not NULL) receives the rules and
 // their results as JSON, also when a rule fails; the return code is the
 // first failed rule's.
@@ -504,7 +523,8 @@ int32_t livemig_precheck(const struct livemig_migrator *migrator,
                          const char *destination,
                          char **report_json);
 
-// Starts migrating `volume_id` to `destination`: runs the precheck and
+// Starts migrating `volume_id` to `destination` (as `livemig_precheck`
+// takes it; another cluster's as `NAME:POOL[/IMAGE]`): runs the precheck and
 // records the job (both before returning), then drives it in the
 // background. `*job_id` receives the job's id (caller frees it with
 // `livemig_string_free`). `options` may be NULL; otherwise its

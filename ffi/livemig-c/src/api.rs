@@ -66,6 +66,8 @@ pub unsafe extern "C" fn livemig_connect(
         } else {
             config.connect_timeout_secs.into()
         });
+        // The built-in hooks re-point an instance back to this cluster with its conf.
+        let conf_for_local = conf.clone().map(|c| (LOCAL_CLUSTER.to_owned(), c));
         let (cluster, io) = runtime.block_on(async {
             let cluster = Cluster::connect(ClusterConfig {
                 conf_path: conf.map(Into::into),
@@ -90,7 +92,8 @@ pub unsafe extern "C" fn livemig_connect(
         let state = MigratorState {
             runtime,
             catalog,
-            clusters: Clusters::local(cluster),
+            clusters: Mutex::new(Clusters::local(cluster)),
+            cluster_confs: Mutex::new(conf_for_local.into_iter().collect()),
             store: JobStore::new(io),
             hypervisors: hypervisor_callbacks.map(|h| Arc::new(h) as Arc<dyn HypervisorRegistry>),
             runs: Mutex::new(HashMap::new()),
@@ -123,8 +126,61 @@ pub extern "C" fn livemig_migrator_free(migrator: *mut livemig_migrator) -> i32 
     })
 }
 
+/// Connects another cluster under `name`, so that destinations can name
+/// it (`NAME:POOL[/IMAGE]`) and jobs that moved volumes to or from it can
+/// be resumed; an instance the built-in hooks re-point there opens it with
+/// `conf_path`. `client_id` and `keyring` may be NULL (`admin`, the
+/// conf's). Adding a name again replaces it; `local` is the migrator's own.
+///
+/// # Safety
+/// String arguments are NULL (where allowed) or valid C strings.
+#[no_mangle]
+pub unsafe extern "C" fn livemig_add_cluster(
+    migrator: *const livemig_migrator,
+    name: *const c_char,
+    conf_path: *const c_char,
+    client_id: *const c_char,
+    keyring: *const c_char,
+) -> i32 {
+    boundary(|| {
+        let state = migrator_arg(migrator)?;
+        // SAFETY: caller's contract on string arguments.
+        let (name, conf_path, client_id, keyring) = unsafe {
+            (
+                str_arg(name, "name")?,
+                str_arg(conf_path, "conf_path")?,
+                opt_str_arg(client_id, "client_id")?,
+                opt_str_arg(keyring, "keyring")?,
+            )
+        };
+        if name == LOCAL_CLUSTER || name.is_empty() || name.contains(':') {
+            return Err(Error::new(ErrorKind::InvalidInput, "add cluster")
+                .target(name.clone())
+                .message(format!(
+                    "`{name}` cannot name another cluster (`local` is the migrator's own; no colon, not empty)"
+                ))
+                .into());
+        }
+        let config = ClusterConfig {
+            conf_path: Some(conf_path.clone().into()),
+            client_id,
+            keyring: keyring.map(Into::into),
+            connect_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let cluster = state.block_on(Cluster::connect(config))??;
+        let mut clusters = state.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        *clusters = clusters.clone().with(name.clone(), cluster);
+        let mut confs = state.cluster_confs.lock().unwrap_or_else(|p| p.into_inner());
+        confs.retain(|(n, _)| *n != name);
+        confs.push((name, conf_path));
+        Ok(())
+    })
+}
+
 /// Checks whether `volume_id` can move to `destination` (`POOL`,
-/// `POOL/IMAGE` or `POOL/NAMESPACE/IMAGE`) without changing anything.
+/// `POOL/IMAGE` or `POOL/NAMESPACE/IMAGE`, on another cluster added with
+/// `livemig_add_cluster` as `NAME:POOL[/IMAGE]`) without changing anything.
 /// `*report_json` (if `report_json` is not NULL) receives the rules and
 /// their results as JSON, also when a rule fails; the return code is the
 /// first failed rule's.
@@ -143,8 +199,8 @@ pub unsafe extern "C" fn livemig_precheck(
         // SAFETY: caller's contract on string arguments.
         let (volume_id, destination) =
             unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
-        let to = Destination::parse("local", &destination)?;
-        let report = state.block_on(precheck(state.catalog.as_ref(), &state.clusters, &volume_id, &to))??;
+        let to = Destination::parse_on_any_cluster(&destination)?;
+        let report = state.block_on(precheck(state.catalog.as_ref(), &state.clusters(), &volume_id, &to))??;
         if !report_json.is_null() {
             let json = serde_json::to_string(&report).unwrap_or_default();
             // SAFETY: non-null and writable by the caller's contract.
@@ -155,7 +211,8 @@ pub unsafe extern "C" fn livemig_precheck(
     })
 }
 
-/// Starts migrating `volume_id` to `destination`: runs the precheck and
+/// Starts migrating `volume_id` to `destination` (as `livemig_precheck`
+/// takes it; another cluster's as `NAME:POOL[/IMAGE]`): runs the precheck and
 /// records the job (both before returning), then drives it in the
 /// background. `*job_id` receives the job's id (caller frees it with
 /// `livemig_string_free`). `options` may be NULL; otherwise its
@@ -180,8 +237,15 @@ pub unsafe extern "C" fn livemig_start(
         let (volume_id, destination) =
             unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
         // SAFETY: NULL or a valid options struct (caller's contract).
-        let options = unsafe { livemig_run_options::read(options) }?;
-        let to = Destination::parse("local", &destination)?.with_data_pool(options.copy.data_pool.clone());
+        let (options, location) = unsafe {
+            (
+                livemig_run_options::read(options)?,
+                livemig_run_options::read_location(options)?,
+            )
+        };
+        let to = Destination::parse_on_any_cluster(&destination)?
+            .with_data_pool(options.copy.data_pool.clone())
+            .with_location(location);
         let migrator = state.migrator(options.clone(), CancellationToken::new());
         let stored = state.block_on(migrator.create(&volume_id, &to))??;
         let id = stored.record.id.clone();

@@ -43,12 +43,12 @@ use std::time::Duration;
 
 use livemig::catalog::{Catalog, RadosCatalog};
 use livemig::ceph::{Cluster, ClusterConfig};
-use livemig::hypervisor::HypervisorRegistry;
+use livemig::hypervisor::{BuiltinHypervisors, HypervisorRegistry};
 use livemig::job::{
     Engine, JobProgress, JobRecord, JobStore, LivePolicyPatch, MigrateOptions, Migrator, OnStall, Phase, RetirePolicy,
 };
 use livemig::mirror::CopyMode;
-use livemig::precheck::{precheck, Clusters, Destination};
+use livemig::precheck::{precheck, Clusters, Destination, LOCAL_CLUSTER};
 use livemig::{Error, ErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

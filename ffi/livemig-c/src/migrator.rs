@@ -57,7 +57,11 @@ pub(crate) struct Run {
 pub(crate) struct MigratorState {
     pub(crate) runtime: tokio::runtime::Runtime,
     pub(crate) catalog: Arc<dyn Catalog>,
-    pub(crate) clusters: Clusters,
+    /// The local cluster and those added with `livemig_add_cluster`.
+    pub(crate) clusters: Mutex<Clusters>,
+    /// (name, conf path) of the added clusters, for the built-in hooks'
+    /// re-points.
+    pub(crate) cluster_confs: Mutex<Vec<(String, String)>>,
     pub(crate) store: JobStore,
     pub(crate) hypervisors: Option<Arc<dyn HypervisorRegistry>>,
     pub(crate) runs: Mutex<HashMap<String, Run>>,
@@ -72,11 +76,19 @@ impl MigratorState {
         Ok(self.runtime.block_on(f))
     }
 
+    /// The connected clusters, now.
+    pub(crate) fn clusters(&self) -> Clusters {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub(crate) fn migrator(&self, options: MigrateOptions, pause: CancellationToken) -> Migrator {
-        let m = Migrator::new(self.catalog.clone(), self.clusters.clone(), self.store.clone(), options).pause_on(pause);
+        let m = Migrator::new(self.catalog.clone(), self.clusters(), self.store.clone(), options).pause_on(pause);
         match &self.hypervisors {
             Some(h) => m.hypervisors(h.clone()),
-            None => m,
+            None => {
+                let cluster_confs = self.cluster_confs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                m.hypervisors(Arc::new(BuiltinHypervisors { cluster_confs }))
+            }
         }
     }
 

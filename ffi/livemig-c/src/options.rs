@@ -98,6 +98,10 @@ pub struct livemig_run_options {
     /// (replicated, or erasure-coded with overwrites); NULL or "": the
     /// image's own pool. Read during the call only.
     pub data_pool: *const c_char,
+    /// `livemig_start`: the storage location the volume declares once moved
+    /// (its catalog record's `location`, rewritten in the switch); NULL or
+    /// "": it keeps its own. Read during the call only.
+    pub location: *const c_char,
 }
 
 impl Default for livemig_run_options {
@@ -119,11 +123,31 @@ impl Default for livemig_run_options {
             copy_mode: 0,
             whole_object_from_permille: 0,
             data_pool: std::ptr::null(),
+            location: std::ptr::null(),
         }
     }
 }
 
 impl livemig_run_options {
+    /// The location `options` gives (NULL options, or a caller's struct
+    /// without the field: none).
+    ///
+    /// # Safety
+    /// As [`livemig_run_options::read`].
+    pub(crate) unsafe fn read_location(options: *const livemig_run_options) -> FfiResult<Option<String>> {
+        if options.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: non-null; every caller's struct starts with `struct_size`.
+        let declared = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() } as usize;
+        let end = std::mem::offset_of!(livemig_run_options, location) + std::mem::size_of::<*const c_char>();
+        if declared < end {
+            return Ok(None);
+        }
+        // SAFETY: the caller declared the field readable; NULL or a valid C string.
+        unsafe { opt_str_arg(std::ptr::addr_of!((*options).location).read_unaligned(), "location") }
+    }
+
     /// The options behind `options` (NULL: the defaults), reading no more
     /// than the `struct_size` bytes the caller declared.
     ///

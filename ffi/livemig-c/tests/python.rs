@@ -8,14 +8,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cluster;
+use common::{cluster, second_cluster};
 
 const JOBS_POOL: &str = "livemig-py-jobs";
 const SRC_POOL: &str = "livemig-py-src";
 const DST_POOL: &str = "livemig-py-dst";
 /// How many tests python/tests holds: a test that stopped being collected
 /// (an import error, a typo in a name) must not pass silently.
-const PYTHON_TESTS: usize = 12;
+const PYTHON_TESTS: usize = 13;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -24,6 +24,9 @@ fn repo() -> PathBuf {
 #[test]
 fn python_binding_and_reference_control_plane() {
     let c = cluster();
+    // The move to another cluster lands in the same pool name there.
+    let other = second_cluster();
+    other.ensure_pool(DST_POOL);
     for pool in [JOBS_POOL, SRC_POOL, DST_POOL] {
         c.ensure_pool(pool);
     }
@@ -57,6 +60,7 @@ fn python_binding_and_reference_control_plane() {
             ),
         )
         .env("CEPH_CONF", &c.conf)
+        .env("LIVEMIG_PY_CONF_2", &other.conf)
         .env("LIVEMIG_LIBRARY", &library)
         .env("LIVEMIG_TEST_INSTANCE", &test_instance)
         .env("LIVEMIG_PY_JOBS_POOL", JOBS_POOL)
