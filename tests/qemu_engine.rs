@@ -61,6 +61,11 @@ impl Guest {
 
     /// fio's verify pass of `workload(size, ..)`, reading `image` directly.
     fn verify_on(&self, image: &ImageSpec, size: &str) {
+        self.verify_on_cluster(image, size, &cluster().conf)
+    }
+
+    /// [`Guest::verify_on`] on the cluster of `conf`.
+    fn verify_on_cluster(&self, image: &ImageSpec, size: &str, conf: &std::path::Path) {
         let out = Command::new("fio")
             .args([
                 "--ioengine=rbd",
@@ -71,7 +76,7 @@ impl Guest {
             .args(workload(size, "0"))
             .args(["--verify_only", "--verify_state_load=1"])
             .current_dir(&self.dir)
-            .env("CEPH_CONF", &cluster().conf)
+            .env("CEPH_CONF", conf)
             .output()
             .unwrap();
         assert_fio_clean(out, &format!("fio verify on {image}"));
@@ -595,4 +600,77 @@ async fn a_destination_pool_that_fills_up_stops_the_mirror_and_rolls_back() {
         "destination image left behind"
     );
     wait_fio(fio, "fio through QEMU while the pool filled up").await;
+}
+
+/// The QEMU engine across clusters by the catalog's pool map: QEMU opens
+/// the destination on the other cluster (with the conf the catalog
+/// registers for it), mirrors into it and pivots while fio writes; fio never
+/// errs, its verify on the other cluster's image is clean, and the catalog
+/// names that image with the mapping's location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_qemu_writes_to_moves_to_another_cluster() {
+    use livemig::catalog::Catalog;
+    let size = 128 << 20;
+    let (src, dst) = setup("qxc", size).await;
+    let g = guest(&src, &src.image).await;
+    let catalog = register(&src, &g, size).await;
+    let other = second_cluster();
+    other.ensure_pool(DST);
+    let conf = other.conf.display().to_string();
+    for args in [
+        vec!["catalog", "add-cluster", "b", "--conf", &conf],
+        vec![
+            "catalog",
+            "map-pool",
+            "--from",
+            SRC,
+            "--to",
+            "b/qemu-dst",
+            "--location",
+            "site-b",
+        ],
+    ] {
+        let out = migrate(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fio = g.fio("64M", "400", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = migrate(&[
+        "start",
+        &src.image,
+        "--to-cluster",
+        "b",
+        "--lease-secs",
+        "3",
+        "--no-progress",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate start --to-cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("QEMU mirrors"));
+    let v = catalog.volume(&src.image).await.unwrap();
+    assert_eq!(
+        (v.backing.cluster.as_str(), &v.backing.image, v.location.as_str()),
+        ("b", &dst, "site-b")
+    );
+    let attachment = &catalog.attachments(&src.image).await.unwrap()[0];
+    assert_eq!(
+        (attachment.connection.cluster.as_str(), &attachment.connection.image),
+        ("b", &dst)
+    );
+    let qmp = Qmp::connect(g.qmp_socket()).await.unwrap();
+    find_rbd_node(&qmp, &dst).await.unwrap();
+    drop(qmp);
+    wait_fio(fio, "fio through QEMU").await;
+    g.verify_on_cluster(&dst, "64M", &other.conf);
+    let c = cluster().connect().await;
+    assert!(!c.ioctx(SRC, "").await.unwrap().image_exists(&src.image).await.unwrap());
 }
