@@ -252,6 +252,76 @@ async fn a_detached_volume_moves_to_another_cluster_by_the_pool_map() {
     let moved = start("b");
     assert_ok(&moved, "start --to-cluster b");
     assert_moved_to_b(CATALOG, &volume, SRC, digest_before).await;
+
+    // And back: the other cluster's pool maps to a local one.
+    const BACK: &str = "xc-back";
+    cluster().ensure_pool(BACK);
+    assert_ok(
+        &migrate(&[
+            "catalog",
+            "map-pool",
+            "--from",
+            &format!("b/{DST}"),
+            "--to",
+            &format!("local/{BACK}"),
+            "--location",
+            "site-a",
+        ]),
+        "map-pool back",
+    );
+    assert_ok(&start("local"), "start --to-cluster local");
+    let v = cat.volume(&volume).await.unwrap();
+    assert_eq!(
+        (
+            v.backing.cluster.as_str(),
+            v.backing.image.pool.as_str(),
+            v.location.as_str()
+        ),
+        ("local", BACK, "site-a")
+    );
+    let img = cluster()
+        .connect()
+        .await
+        .ioctx(BACK, "")
+        .await
+        .unwrap()
+        .open_image_read_only(&volume, None)
+        .await
+        .unwrap();
+    assert_eq!(digest(&img, v.size).await, digest_before, "content after the way back");
+    img.close().await;
+    let b = second_cluster().connect().await;
+    let on_b = b.ioctx(DST, "").await.unwrap().list_images().await.unwrap();
+    assert!(!on_b.contains(&volume), "the other cluster's copy is retired");
+
+    // A volume registered on the other cluster from the start.
+    let name = unique("xc-born-on-b");
+    let io_b = b.ioctx(DST, "").await.unwrap();
+    io_b.create_image(&name, 4 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let added = migrate(&[
+        "catalog",
+        "add-volume",
+        &name,
+        "--image",
+        &format!("{DST}/{name}"),
+        "--cluster",
+        "b",
+        "--json",
+    ]);
+    assert_ok(&added, "add-volume --cluster b");
+    assert_eq!(cat.volume(&name).await.unwrap().backing.cluster, "b");
+    let unknown = migrate(&[
+        "catalog",
+        "add-volume",
+        &unique("xc-x"),
+        "--image",
+        &format!("{DST}/{name}"),
+        "--cluster",
+        "nowhere",
+    ]);
+    assert_eq!(exit_code(&unknown), Some(3), "{}", said(&unknown));
 }
 
 /// Killed after making the partial destination on the other cluster, the

@@ -1,6 +1,8 @@
 //! `migrate catalog ...` and `migrate check`: the built-in catalog for
 //! operators without a control plane, and the precheck.
 
+use std::time::Duration;
+
 use clap::{Args, Subcommand};
 use livemig::catalog::{
     Access, Attachment, Backing, Cas, Catalog, ClusterEntry, Instance, PoolMapping, RadosCatalog, Volume, VolumeStatus,
@@ -46,6 +48,9 @@ pub enum CatalogCommand {
         /// Declared storage location shown to users (e.g. a backend name).
         #[arg(long, default_value = "")]
         location: String,
+        /// The cluster the image is on (registered with `add-cluster`).
+        #[arg(long, value_name = "NAME", default_value = LOCAL_CLUSTER)]
+        cluster: String,
     },
     /// Register an instance.
     AddInstance {
@@ -152,11 +157,21 @@ pub async fn run_catalog(
     catalog: &RadosCatalog,
     cluster: &Cluster,
     json: bool,
+    timeout: u64,
 ) -> Result<serde_json::Value, Error> {
     match cmd {
-        CatalogCommand::AddVolume { id, image, location } => {
+        CatalogCommand::AddVolume {
+            id,
+            image,
+            location,
+            cluster: cluster_name,
+        } => {
             let spec: ImageSpec = image.parse()?;
-            let img = cluster
+            let clusters = Clusters::local(cluster.clone())
+                .with_registered(catalog, &[&cluster_name], Duration::from_secs(timeout))
+                .await?;
+            let img = clusters
+                .get(&cluster_name)?
                 .ioctx(&spec.pool, &spec.namespace)
                 .await?
                 .open_image_read_only(&spec.image, None)
@@ -164,7 +179,7 @@ pub async fn run_catalog(
             let size = img.info().await?.size;
             img.close().await;
             let backing = Backing {
-                cluster: "local".into(),
+                cluster: cluster_name,
                 image: spec,
             };
             if let Some(owner) = catalog.volumes().await?.into_iter().find(|v| v.backing == backing) {

@@ -245,8 +245,18 @@ impl DestinationArgs {
             (None, Some(name)) => Destination::by_pool_map(catalog, volume, name).await?,
             (None, None) => unreachable!("clap requires --to or --to-cluster"),
         };
+        // The volume's own cluster too (an unknown volume is the precheck's to refuse).
+        let from = match livemig::catalog::Catalog::volume(catalog, volume).await {
+            Ok(v) => Some(v.backing.cluster),
+            Err(e) if e.kind() == ErrorKind::NotInCatalog => None,
+            Err(e) => return Err(e),
+        };
+        let names: Vec<&str> = [Some(to.cluster.as_str()), from.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         let clusters = Clusters::local(local.clone())
-            .with_registered(catalog, &[&to.cluster], Duration::from_secs(timeout))
+            .with_registered(catalog, &names, Duration::from_secs(timeout))
             .await?;
         Ok((to.with_data_pool(self.data_pool.clone()), clusters))
     }
@@ -512,7 +522,7 @@ fn main() -> ExitCode {
             Command::Catalog(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
                 let cat = a.catalog.open(&cluster).await?;
-                catalog::run_catalog(a.command, &cat, &cluster, json).await
+                catalog::run_catalog(a.command, &cat, &cluster, json, timeout).await
             }
         }
     });
