@@ -80,7 +80,7 @@ impl Clusters {
             Error::new(ErrorKind::Config, "find cluster")
                 .target(name.to_owned())
                 .message(format!(
-                    "the catalog names cluster `{name}`, which this process is not connected to"
+                    "cluster `{name}` is not connected here: register it in the catalog (`migrate catalog add-cluster {name} --conf PATH`) or add it to the migrator (`livemig_add_cluster`, Python `Migrator.add_cluster`)"
                 ))
         })
     }
