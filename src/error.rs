@@ -145,6 +145,10 @@ error_kinds! {
     /// for; the message says why).
     ServerCopyUnavailable = 29, "server_copy_unavailable", exit 4,
         "use the automatic or the client copy mode";
+    /// A sync's replica holds no whole point in time yet (its first copy
+    /// has not completed), so it cannot take over.
+    NotSynced = 30, "not_synced", exit 4,
+        "wait until the sync's status reports the replica's first point in time, then retry";
 }
 
 impl fmt::Display for ErrorKind {

@@ -779,31 +779,7 @@ async fn a_readied_destination_is_let_go_on_resume_and_used_by_the_repoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attached_volume_moves_live_to_another_cluster() {
     let mut env = setup("xlive", &["--rate", "100", "--max-size", "1048576"]).await;
-    let other = second_cluster();
-    other.ensure_pool(DST);
-    let conf = other.conf.display().to_string();
-    assert_ok(
-        &migrate(&["catalog", "add-cluster", "b", "--conf", &conf])
-            .output()
-            .unwrap(),
-        "add-cluster",
-    );
-    assert_ok(
-        &migrate(&[
-            "catalog",
-            "map-pool",
-            "--from",
-            SRC,
-            "--to",
-            &format!("b/{DST}"),
-            "--location",
-            "site-b",
-        ])
-        .output()
-        .unwrap(),
-        "map-pool",
-    );
-    env.dst_io = other.connect().await.ioctx(DST, "").await.unwrap();
+    env.dst_io = map_to_second_cluster().await;
     let out = migrate(&[
         "start",
         &env.volume,
@@ -828,4 +804,210 @@ async fn an_attached_volume_moves_live_to_another_cluster() {
     assert!(entries
         .iter()
         .any(|e| matches!(e, LogEntry::Repointed { image, .. } if image.starts_with(DST))));
+}
+
+/// Registers the second cluster as `b` and maps the source pool to its
+/// destination pool, with location `site-b`; returns the other cluster's
+/// destination pool.
+async fn map_to_second_cluster() -> IoCtx {
+    let other = second_cluster();
+    other.ensure_pool(DST);
+    let conf = other.conf.display().to_string();
+    assert_ok(
+        &migrate(&["catalog", "add-cluster", "b", "--conf", &conf])
+            .output()
+            .unwrap(),
+        "add-cluster",
+    );
+    let to = format!("b/{DST}");
+    let map = [
+        "catalog",
+        "map-pool",
+        "--from",
+        SRC,
+        "--to",
+        &to,
+        "--location",
+        "site-b",
+    ];
+    assert_ok(&migrate(&map).output().unwrap(), "map-pool");
+    other.connect().await.ioctx(DST, "").await.unwrap()
+}
+
+/// Continuous sync: `migrate sync start`, run as a driver of its own.
+struct SyncDriver {
+    child: Child,
+}
+
+impl SyncDriver {
+    fn spawn(env: &Env, to: &[&str]) -> SyncDriver {
+        let args = env.sync_start_args(to);
+        let child = migrate(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the sync");
+        SyncDriver { child }
+    }
+
+    /// Waits for the driver to end; fails unless it succeeded.
+    fn wait_ok(self, what: &str) {
+        let out = self.child.wait_with_output().unwrap();
+        assert_ok(&out, what);
+    }
+}
+
+/// `migrate sync status VOLUME --json`'s status.
+fn sync_status(volume: &str) -> serde_json::Value {
+    let out = migrate(&["sync", "status", volume, "--json"]).output().unwrap();
+    assert_ok(&out, "sync status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["sync"].clone()
+}
+
+impl Env {
+    /// `migrate sync start` of the volume to `to`, a round every 300 ms.
+    fn sync_start_args<'a>(&'a self, to: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["sync", "start", self.volume.as_str()];
+        args.extend_from_slice(to);
+        args.extend_from_slice(&["--interval-ms", "300", "--lease-secs", LEASE, "--no-progress"]);
+        args
+    }
+
+    /// The job's snapshots on the source.
+    async fn job_snapshots(&self) -> usize {
+        let img = self.src_io.open_image_read_only(&self.volume, None).await.unwrap();
+        let snaps = img.snap_list().await.unwrap();
+        img.close().await;
+        snaps.iter().filter(|s| s.name.starts_with("livemig-job-")).count()
+    }
+
+    /// Waits until the sync has applied `rounds` rounds, checking on the
+    /// way that the source never keeps more than two of its snapshots.
+    async fn wait_sync_rounds(&self, rounds: u64) -> serde_json::Value {
+        for _ in 0..1200 {
+            let snapshots = self.job_snapshots().await;
+            assert!(snapshots <= 2, "the sync keeps {snapshots} snapshots on the source");
+            let out = migrate(&["sync", "status", &self.volume, "--json"]).output().unwrap();
+            if out.status.success() {
+                let st = sync_status(&self.volume);
+                if st["rounds"].as_u64().unwrap() >= rounds {
+                    return st;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the sync applied fewer than {rounds} rounds in two minutes");
+    }
+}
+
+/// A replica on the other cluster follows a writing instance's volume
+/// round after round (the source never keeps more than two of the sync's
+/// snapshots; the status reports the RPO and the bytes behind); the volume
+/// cannot be migrated or synced a second time meanwhile; `sync cutover`
+/// moves it with every acknowledged write, backing and location switched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_volume_cuts_over_to_its_replica_on_another_cluster() {
+    let mut env = setup("sync", &["--rate", "100", "--max-size", "1048576"]).await;
+    env.dst_io = map_to_second_cluster().await;
+    let driver = SyncDriver::spawn(&env, &["--to-cluster", "b"]);
+    let st = env.wait_sync_rounds(3).await;
+    assert_eq!(st["phase"], "replaying", "{st}");
+    assert_eq!(st["replica"]["cluster"], "b", "{st}");
+    assert!(st["rpo_ms"].is_u64() && st["behind_bytes"].is_u64(), "{st}");
+
+    // While it syncs, the volume is taken: another migration or sync is refused.
+    let before = env.catalog.volume(&env.volume).await.unwrap();
+    for args in [
+        vec!["start", &env.volume, "--to", "live-other", "--no-progress"],
+        vec!["sync", "start", &env.volume, "--to-cluster", "b", "--no-progress"],
+    ] {
+        let out = migrate(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(5), "{args:?} was not refused: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("already_migrating"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(env.catalog.volume(&env.volume).await.unwrap(), before);
+
+    let out = migrate(&["sync", "cutover", &env.volume, "--json"]).output().unwrap();
+    assert_ok(&out, "sync cutover");
+    driver.wait_ok("the sync's driver");
+    let v = env.catalog.volume(&env.volume).await.unwrap();
+    assert_eq!((v.backing.cluster.as_str(), v.location.as_str()), ("b", "site-b"));
+    let (job, _) = env.assert_finished_live().await;
+    let sync = job.sync.expect("a sync record");
+    assert!(sync.rounds >= 3, "{sync:?}");
+    let cutover = job.live.unwrap().cutover.expect("cutover recorded");
+    assert!(cutover.reason.contains("asked"), "{cutover:?}");
+}
+
+/// A sync whose driver was killed after a round is cut over by `sync
+/// cutover` itself once the dead driver's lease has lapsed: every
+/// acknowledged write is on the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_driver_died_is_cut_over_by_the_requester() {
+    let mut env = setup("synckill", WRITER).await;
+    let args = env.sync_start_args(&["--to", DST]);
+    run_killed_at(migrate(&args), "live-after-round-applied");
+    let out = migrate(&["sync", "cutover", &env.volume]).output().unwrap();
+    assert_ok(&out, "sync cutover after the driver died");
+    let (job, _) = env.assert_finished_live().await;
+    assert!(job.sync.expect("a sync record").rounds >= 1);
+}
+
+/// `sync stop` while the driver runs: it rolls the sync back (the replica
+/// and the snapshots removed, the instance on the source with every write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sync_leaves_the_volume_where_it_was() {
+    let mut env = setup("syncstop", WRITER).await;
+    let driver = SyncDriver::spawn(&env, &["--to", DST]);
+    env.wait_sync_rounds(2).await;
+    let out = migrate(&["sync", "stop", &env.volume]).output().unwrap();
+    assert_ok(&out, "sync stop");
+    driver.wait_ok("the stopped sync's driver");
+    env.assert_rolled_back_live().await;
+    let out = migrate(&["sync", "status", &env.volume]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "no sync to report: {out:?}");
+}
+
+/// A sync whose replica holds no whole point in time cannot be cut over
+/// (not_synced, nothing changed); a detached volume is not synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_cannot_cut_over_before_its_first_copy() {
+    let mut env = setup("syncearly", WRITER).await;
+    let args = env.sync_start_args(&["--to", DST]);
+    run_killed_at(migrate(&args), "after-copying-recorded");
+    let before = env.catalog.volume(&env.volume).await.unwrap();
+    let out = migrate(&["sync", "cutover", &env.volume]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_synced"), "{out:?}");
+    assert_eq!(env.catalog.volume(&env.volume).await.unwrap(), before);
+    let out = migrate(&["sync", "stop", &env.volume, "--lease-secs", LEASE])
+        .output()
+        .unwrap();
+    assert_ok(&out, "sync stop");
+    env.assert_rolled_back_live().await;
+
+    // Detached: refused before anything is written.
+    let detached = unique("syncdet");
+    env.src_io
+        .create_image(&detached, SIZE, &CreateOptions::default())
+        .await
+        .unwrap();
+    let spec = format!("{SRC}/{detached}");
+    assert_ok(
+        &migrate(&["catalog", "add-volume", &detached, "--image", &spec])
+            .output()
+            .unwrap(),
+        "add-volume",
+    );
+    let out = migrate(&["sync", "start", &detached, "--to", DST, "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not attached"), "{out:?}");
+    assert!(env.catalog.volume(&detached).await.unwrap().migration.is_none());
 }

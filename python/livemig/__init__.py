@@ -131,6 +131,7 @@ JobNotFound = _error_class("JobNotFound", 28, "No job has this id.")
 ServerCopyUnavailable = _error_class(
     "ServerCopyUnavailable", 29, "The OSDs cannot copy this data (server-side copy was asked for)."
 )
+NotSynced = _error_class("NotSynced", 30, "A sync's replica holds no whole point in time yet.")
 NullArgument = _error_class("NullArgument", 100, "A required argument is missing.")
 BadHandle = _error_class("BadHandle", 101, "The handle is closed, freed or not livemig's.")
 InvalidString = _error_class("InvalidString", 102, "A string is not UTF-8.")

@@ -595,12 +595,18 @@ impl Image {
     /// Bytes in allocated extents (what `rbd du` reports as used, with
     /// object granularity when `whole_object`).
     pub async fn allocated_bytes(&self, whole_object: bool) -> Result<u64> {
+        self.changed_bytes(None, whole_object).await
+    }
+
+    /// Bytes written since snapshot `from_snap` (discards and zeroed
+    /// ranges included), or allocated at all with `None`.
+    pub async fn changed_bytes(&self, from_snap: Option<&str>, whole_object: bool) -> Result<u64> {
         let size = self.info().await?.size;
-        let mut diff = self.diff(None, 0, size, whole_object);
+        let mut diff = self.diff(from_snap, 0, size, whole_object);
         let mut total = 0;
         while let Some(e) = diff.next().await {
             let e = e?;
-            if e.exists {
+            if e.exists || from_snap.is_some() {
                 total += e.len;
             }
         }

@@ -4,7 +4,7 @@
 use tracing::info;
 
 use super::driver::now;
-use super::record::{Engine, JobRecord, LivePolicy, LiveRecord, Phase, PhaseKind};
+use super::record::{Engine, JobRecord, LivePolicy, LiveRecord, Phase, PhaseKind, SyncRecord};
 use super::store::Stored;
 use super::{fault, Migrator};
 use crate::catalog::Access;
@@ -16,14 +16,43 @@ impl Migrator {
     /// Runs the precheck and writes a new job record (phase `created`);
     /// nothing else changes. Drive it with [`Migrator::resume`].
     pub async fn create(&self, volume_id: &str, to: &Destination) -> Result<Stored> {
+        self.create_job(volume_id, to, None).await
+    }
+
+    /// A new job, a continuous sync if `sync` is given (the native engine
+    /// then moves the attached volume: its rounds are what keep the replica).
+    pub(in crate::job) async fn create_job(
+        &self,
+        volume_id: &str,
+        to: &Destination,
+        sync: Option<SyncRecord>,
+    ) -> Result<Stored> {
         let report = precheck(self.catalog.as_ref(), &self.clusters, volume_id, to)
             .await?
             .into_result()?;
         let volume = self.catalog.volume(volume_id).await?;
         let attachments = self.catalog.attachments(volume_id).await?;
+        let engine_choice = match (&sync, self.options.engine) {
+            (None, choice) => choice,
+            (Some(_), Some(Engine::Qemu)) => {
+                return Err(Error::new(ErrorKind::InvalidInput, "start sync")
+                    .target(volume_id.to_owned())
+                    .message(format!(
+                        "a sync of volume `{volume_id}` runs on the native engine (its rounds keep the replica): let livemig choose the engine"
+                    )))
+            }
+            (Some(_), _) => Some(Engine::Native),
+        };
+        if sync.is_some() && attachments.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidState, "start sync")
+                .target(volume_id.to_owned())
+                .message(format!(
+                    "volume `{volume_id}` is not attached: this release keeps replicas of volumes an instance writes (its cutover holds the instance); move a detached volume with `migrate start`"
+                )));
+        }
         // An attached volume moves live: its instance must be reachable.
         let live = match attachments.as_slice() {
-            [] if self.options.engine == Some(Engine::Qemu) => {
+            [] if engine_choice == Some(Engine::Qemu) => {
                 return Err(Error::new(ErrorKind::InvalidInput, "start migration")
                     .target(volume_id.to_owned())
                     .message(format!(
@@ -32,7 +61,7 @@ impl Migrator {
             }
             [] => None,
             [attachment] => {
-                let engine = match (&attachment.access, self.options.engine) {
+                let engine = match (&attachment.access, engine_choice) {
                     (Access::Qmp { socket }, None | Some(Engine::Qemu)) => {
                         super::qemu::precheck(socket, &volume.backing.image).await?;
                         Engine::Qemu
@@ -124,10 +153,11 @@ impl Migrator {
             source_drivers: Vec::new(),
             destination_data_pool: to.data_pool.clone(),
             destination_location: to.location.clone(),
+            sync,
         };
         let stored = self.store.create(&record).await?;
         fault::point("after-create");
-        info!(job = %id, volume = %volume_id, "job created");
+        info!(job = %id, volume = %volume_id, sync = stored.record.sync.is_some(), "job created");
         Ok(stored)
     }
 }

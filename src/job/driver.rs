@@ -249,6 +249,10 @@ impl Migrator {
             });
             let step = next_step(Pipeline::of(&s.record), &s.record.phase);
             if step == Step::Finished {
+                if s.record.sync.is_some() {
+                    // An operator's request has been carried out (or outlived its job).
+                    let _ = self.store.clear_requests(id).await;
+                }
                 return Ok(s.record);
             }
             let span = info_span!("phase", phase = s.record.phase.name());

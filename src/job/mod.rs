@@ -15,6 +15,8 @@
 //! - `pipeline`: which step comes next, per engine (a pure function).
 //! - `steps/`: one file per step, numbered in flow order.
 //! - `run`, `progress`, `source`, `live`, `qemu`: what the steps share.
+//! - `sync`: continuous sync, a live job whose rounds go on until an
+//!   operator asks for the cutover or a stop.
 //! - [`record`](JobRecord), [`store`](JobStore), [`fault`]: the persisted
 //!   record, where it lives and its lease, and the kill points of the
 //!   crash tests.
@@ -32,15 +34,18 @@ mod run;
 mod source;
 mod steps;
 mod store;
+mod sync;
 
 pub use driver::Migrator;
 pub use live::round_snapshot;
 pub use options::{JobProgress, MigrateOptions};
 pub use record::{
     decode, encode, CutoverReport, CutoverSteps, Engine, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall,
-    Phase, PhaseKind, QemuMirror, RetirePolicy, RoundReport, FORMAT, READABLE_BY, READABLE_BY_LIVE,
+    Phase, PhaseKind, QemuMirror, RetirePolicy, RoundReport, SyncRecord, SyncRequest, FORMAT, READABLE_BY,
+    READABLE_BY_LIVE, READABLE_BY_SYNC,
 };
 pub use store::{check_job_id, JobStore, Lease, Stored};
+pub use sync::{SyncOptions, SyncStatus, SYNC_STOPPED};
 
 /// Image-meta key on a destination image naming the job that made it; only
 /// images carrying it are removed by an abort.

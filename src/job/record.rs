@@ -14,18 +14,24 @@
 //!   detached volume is still readable by format 1 readers; a live one needs 3.
 //!   Later in format 3: `source_drivers` (a reader that ignores it only
 //!   waits longer for a dead driver's watch on a resume).
+//! - 4: adds continuous sync (the `sync` section): its rounds go on until
+//!   an operator asks to cut over or stop, so a reader that ignored the
+//!   section would cut over by itself. Records with it need 4; others are
+//!   readable as before.
 
 use crate::catalog::{Attachment, Backing, Volume};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mirror::fence::FenceReport;
 
 /// The format this release writes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 /// The oldest reader that can read what this release writes for a detached
 /// volume; records of live migrations need [`READABLE_BY_LIVE`].
 pub const READABLE_BY: u32 = 1;
 /// The oldest reader that can read a live migration's record.
 pub const READABLE_BY_LIVE: u32 = 3;
+/// The oldest reader that can read a continuous sync's record.
+pub const READABLE_BY_SYNC: u32 = 4;
 
 /// What happens to the source image once the destination is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -440,6 +446,38 @@ pub struct LiveRecord {
     pub qemu: Option<QemuMirror>,
 }
 
+/// A continuous sync: a live job whose rounds go on, one every
+/// `interval_ms`, keeping a replica converging, until an operator asks
+/// for the cutover (or stops it). Requests reach the driver through an
+/// object of their own (see `JobStore::request`), so the driver's record
+/// stays its own to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncRecord {
+    /// Milliseconds from the start of one round to the start of the next.
+    pub interval_ms: u64,
+    /// Unix milliseconds of the newest point in time the replica holds
+    /// whole (no later than the snapshot it was copied from was taken);
+    /// `None` until the first copy is complete.
+    #[serde(default)]
+    pub synced_at_ms: Option<u64>,
+    /// Rounds applied since the first copy.
+    #[serde(default)]
+    pub rounds: u64,
+}
+
+/// What an operator asks of a running sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncRequest {
+    /// One more round, then the fenced cutover to the replica.
+    Cutover,
+    /// Stop syncing: the job rolls back (snapshots and replica removed).
+    Stop,
+}
+
+/// Round reports a sync keeps in its record (the latest).
+pub const SYNC_ROUNDS_KEPT: usize = 20;
+
 /// One migration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
@@ -491,6 +529,9 @@ pub struct JobRecord {
     /// pool map's), if it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_location: Option<String>,
+    /// Set for a continuous sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncRecord>,
 }
 
 impl JobRecord {
@@ -511,7 +552,9 @@ struct Envelope {
 pub fn encode(record: &JobRecord) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
-        readable_by: if record.live.is_some() {
+        readable_by: if record.sync.is_some() {
+            READABLE_BY_SYNC
+        } else if record.live.is_some() {
             READABLE_BY_LIVE
         } else {
             READABLE_BY
@@ -558,6 +601,27 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_value(&phase).unwrap(), named);
+    }
+
+    #[test]
+    fn only_a_sync_s_record_needs_a_reader_that_knows_syncs() {
+        let fixture = include_bytes!("../../tests/fixtures/job-record-before-house.json");
+        let mut record = decode("j", fixture).unwrap();
+        assert_eq!(record.sync, None);
+        let readable_by = |r: &JobRecord| {
+            let env: Envelope = serde_json::from_slice(&encode(r)).unwrap();
+            (env.format, env.readable_by)
+        };
+        assert_eq!(readable_by(&record), (FORMAT, READABLE_BY));
+        record.sync = Some(SyncRecord {
+            interval_ms: 500,
+            synced_at_ms: Some(7),
+            rounds: 3,
+        });
+        assert_eq!(readable_by(&record), (FORMAT, READABLE_BY_SYNC));
+        assert_eq!(decode("j", &encode(&record)).unwrap(), record);
+        // A reader of format 3 would have refused it.
+        const { assert!(READABLE_BY_SYNC > 3) };
     }
 
     #[test]

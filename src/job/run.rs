@@ -18,6 +18,8 @@ pub(in crate::job) struct Run {
     pub lost: CancellationToken,
     /// The first replay round of this run (stalls are counted from it).
     pub first_round: Option<u32>,
+    /// When this run's last replay round started (a sync paces its rounds from it).
+    pub round_started: Option<std::time::Instant>,
     /// The source whose exclusive lock this run took at a live cutover
     /// (released at cleanup or abort, or when the process dies).
     pub fence: Option<Image>,
@@ -38,6 +40,7 @@ impl Run {
         Run {
             lost,
             first_round: None,
+            round_started: None,
             fence: None,
             source: None,
             destination: None,

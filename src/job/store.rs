@@ -8,16 +8,23 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::record::{decode, encode, JobRecord};
+use super::record::{decode, encode, JobRecord, SyncRequest};
 use crate::ceph::IoCtx;
 use crate::error::{Error, ErrorKind, Result};
 
 const INDEX_OBJECT: &str = "livemig.jobs";
 const LEASE_NAME: &str = "livemig.lease";
 const RECORD_KEY: &str = "record";
+const REQUEST_KEY: &str = "request";
 
 fn job_object(id: &str) -> String {
     format!("livemig.job.{id}")
+}
+
+/// The object an operator's request to a running sync is written to: not
+/// the record, whose generation its driver alone advances.
+fn request_object(id: &str) -> String {
+    format!("livemig.job.{id}.request")
 }
 
 /// The longest job id accepted (livemig makes 12-character ids).
@@ -143,6 +150,41 @@ impl JobStore {
             .await?
             .map(|i| i.omap.into_keys().collect())
             .unwrap_or_default())
+    }
+
+    /// Asks the driver of sync `id` for `request` (the latest request wins).
+    pub async fn request(&self, id: &str, request: SyncRequest) -> Result<()> {
+        check_job_id(id)?;
+        let oid = request_object(id);
+        let value = serde_json::to_vec(&request).expect("requests serialize");
+        loop {
+            let expected = self.io.read_guarded(&oid).await?.map(|o| o.generation);
+            match self
+                .io
+                .write_guarded(&oid, expected, vec![(REQUEST_KEY.into(), value.clone())], vec![])
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                other => return other.map(drop),
+            }
+        }
+    }
+
+    /// What an operator asked of sync `id`, if anything (a request this
+    /// release does not know reads as none).
+    pub async fn requested(&self, id: &str) -> Result<Option<SyncRequest>> {
+        check_job_id(id)?;
+        Ok(self
+            .io
+            .read_guarded(&request_object(id))
+            .await?
+            .and_then(|o| o.omap.get(REQUEST_KEY).and_then(|v| serde_json::from_slice(v).ok())))
+    }
+
+    /// Forgets the requests to job `id` (once it has ended).
+    pub async fn clear_requests(&self, id: &str) -> Result<()> {
+        check_job_id(id)?;
+        self.io.remove_object(&request_object(id)).await
     }
 
     /// Stores a raw record (tests: fixtures of older or newer formats).

@@ -42,6 +42,7 @@ pub(crate) fn cli_advice(e: &Error) -> Option<String> {
         ErrorKind::JobNotFound => "with migrate: `migrate list` lists the jobs".into(),
         ErrorKind::NotInCatalog => "with migrate: `migrate catalog list` lists what is registered".into(),
         ErrorKind::InvalidState => "with migrate: `migrate catalog show VOLUME` shows the statuses".into(),
+        ErrorKind::NotSynced => "with migrate: `migrate sync status VOLUME` shows when the replica has one".into(),
         ErrorKind::AlreadyMigrating => {
             "with migrate: `migrate list` shows that migration, `migrate abort JOB` rolls it back".into()
         }

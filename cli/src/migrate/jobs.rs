@@ -274,7 +274,7 @@ fn summary(r: &JobRecord) -> serde_json::Value {
     serde_json::json!({"event": "done", "job": r})
 }
 
-async fn drive(m: &Migrator, id: &str, json: bool, quiet: bool, abort: Option<&str>) -> Result<JobRecord, Error> {
+pub async fn drive(m: &Migrator, id: &str, json: bool, quiet: bool, abort: Option<&str>) -> Result<JobRecord, Error> {
     let shower = tokio::spawn(show(m.subscribe(), json, quiet));
     let result = match abort {
         Some(reason) => m.abort(id, reason).await,
@@ -333,7 +333,7 @@ pub async fn start(
 
 /// A job that rolled itself back (the catalog refused the switch, QEMU's
 /// mirror failed) did not do what was asked: that is a failure.
-fn rolled_back_is_an_error(r: &JobRecord) -> Result<(), Error> {
+pub fn rolled_back_is_an_error(r: &JobRecord) -> Result<(), Error> {
     match &r.phase {
         Phase::Aborted { reason } => {
             let kind = if r.is_qemu() {

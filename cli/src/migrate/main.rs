@@ -24,6 +24,7 @@ mod catalog;
 mod copy;
 mod exit;
 mod jobs;
+mod sync;
 use catalog::{CatalogArgs, CatalogCommand};
 use copy::*;
 use exit::*;
@@ -134,6 +135,9 @@ enum Command {
     Resume(ResumeArgs),
     /// Roll a job back to the state before it started (only before its switch).
     Abort(AbortArgs),
+    /// Keep a replica of a volume converging on another pool or cluster,
+    /// and cut over to it (or stop) when asked.
+    Sync(sync::SyncCli),
 }
 
 #[derive(Args)]
@@ -519,6 +523,7 @@ fn main() -> ExitCode {
                 let (_, _, store) = open_jobs(&a.source, &a.catalog, timeout).await?;
                 jobs::status(&store, None, json).await
             }
+            Command::Sync(a) => sync::run(a, json, timeout).await,
             Command::Catalog(a) => {
                 let (cluster, _) = connect(&a.source, &no_dest(), timeout).await?;
                 let cat = a.catalog.open(&cluster).await?;

@@ -130,6 +130,9 @@
 // The OSDs cannot copy this volume's data (server-side copy was asked for; the message says why).
 #define LIVEMIG_ERR_SERVER_COPY_UNAVAILABLE 29
 
+// A sync's replica holds no whole point in time yet (its first copy has not completed), so it cannot take over.
+#define LIVEMIG_ERR_NOT_SYNCED 30
+
 
 // Success.
 #define LIVEMIG_OK 0

@@ -7,6 +7,9 @@
 //!
 //! A round redone after a crash reuses its snapshot (named by round
 //! number): it is newer than `base`, which is all the delta needs.
+//!
+//! A continuous sync's rounds (see `job::sync`) are paced instead, and go
+//! on until an operator asks for the cutover or a stop.
 
 use std::time::Instant;
 
@@ -14,10 +17,12 @@ use tracing::{debug, info, warn};
 
 use crate::ceph::Image;
 use crate::error::{Error, ErrorKind, Result};
-use crate::job::record::{CutoverReport, LivePolicy, OnStall, Phase, RoundReport};
+use crate::job::live::now_ms;
+use crate::job::record::{CutoverReport, LivePolicy, OnStall, Phase, RoundReport, SyncRequest, SYNC_ROUNDS_KEPT};
 use crate::job::run::{let_go_of_source_lock, Run};
 use crate::job::source::snapshot_exists;
 use crate::job::store::Stored;
+use crate::job::sync::{copy_started_ms, SYNC_STOPPED};
 use crate::job::{fault, round_snapshot, Migrator};
 
 /// Earlier snapshots of the job a continuing round leaves on the source
@@ -91,6 +96,11 @@ fn decide(policy: &LivePolicy, rounds: &[RoundReport], first_round: u32) -> Verd
 impl Migrator {
     /// Copied -> Replaying: the first round is next.
     pub(in crate::job) async fn step_begin_rounds(&self, s: &mut Stored, base: String) -> Result<()> {
+        let copy_started = copy_started_ms(&s.record);
+        if let Some(sync) = s.record.sync.as_mut() {
+            // The replica now holds the copy's point in time.
+            sync.synced_at_ms = copy_started;
+        }
         self.enter(s, Phase::Replaying { base, round: 1 }).await
     }
 
@@ -109,7 +119,13 @@ impl Migrator {
         // shares the OSDs evenly with the writer takes as long as the
         // writer needs to dirty as much again, and the final delta is what
         // the writer dirtied during the last round.
-        let priority = s.record.live.as_ref().map_or(0, |l| l.policy.delta_op_priority);
+        // Not a sync's rounds, though: they go on for as long as it runs,
+        // beside the instance.
+        let sync_round = s.record.sync.is_some() && matches!(s.record.phase, Phase::Replaying { .. });
+        let priority = match s.record.live.as_ref() {
+            Some(l) if !sync_round => l.policy.delta_op_priority,
+            _ => 0,
+        };
         let _raised = match priority {
             0 => Vec::new(),
             p => [src.ioctx().cluster(), dst.ioctx().cluster()]
@@ -149,11 +165,27 @@ impl Migrator {
     ) -> Result<()> {
         let first_round = *run.first_round.get_or_insert(round);
         let id = s.record.id.clone();
+        let request = match s.record.sync {
+            Some(_) => self.sync_pace(s, run).await?,
+            None => None,
+        };
+        if request == Some(SyncRequest::Stop) {
+            info!("stopping the sync as asked: rolling back");
+            return self.begin_rollback(s, SYNC_STOPPED.to_owned()).await;
+        }
+        run.round_started = Some(Instant::now());
         let snap = round_snapshot(&id, round);
         let src = self.live_source(s, run).await?;
+        // A sync keeps at most two of its snapshots on the source: the
+        // earlier ones are gone before the next is taken.
+        if s.record.sync.is_some() {
+            run.finish_sweep().await;
+        }
         // A round redone after a crash reuses its snapshot: it is newer than
         // `base`, which is all the delta needs.
+        let mut taken_at = None;
         if !snapshot_exists(&src, &snap).await? {
+            taken_at = Some(now_ms());
             let creating = Instant::now();
             src.snap_create(&snap).await?;
             debug!(
@@ -179,13 +211,30 @@ impl Migrator {
             ms = report.millis,
             "replay round"
         );
+        let syncing = s.record.sync.is_some();
+        if let Some(sync) = s.record.sync.as_mut() {
+            sync.rounds += 1;
+            // A redone round's snapshot is older than its redo: the replica
+            // is then said to hold no newer point than before.
+            if taken_at.is_some() {
+                sync.synced_at_ms = taken_at;
+            }
+        }
         let live = self.live_mut(s);
         live.rounds.push(report);
-        let verdict = decide(&live.policy, &live.rounds, first_round);
+        if syncing && live.rounds.len() > SYNC_ROUNDS_KEPT {
+            live.rounds.drain(..live.rounds.len() - SYNC_ROUNDS_KEPT);
+        }
+        let verdict = match (syncing, request) {
+            (true, Some(SyncRequest::Cutover)) => Verdict::Cutover("the operator asked for the sync's cutover".into()),
+            (true, _) => Verdict::Continue,
+            (false, _) => decide(&live.policy, &live.rounds, first_round),
+        };
         let next_base = snap.clone();
         // How many earlier snapshots may stay on the source (with more, all
         // go); `None`: none go now (the cutover leaves them to cleanup).
         let snapshots_left = match verdict {
+            Verdict::Continue if syncing => Some(0),
             Verdict::Continue => Some(EARLIER_SNAPSHOTS_LEFT),
             Verdict::Stall(_) => Some(0),
             Verdict::Cutover(_) => None,
