@@ -917,6 +917,20 @@ async fn a_synced_volume_cuts_over_to_its_replica_on_another_cluster() {
     assert_eq!(st["replica"]["cluster"], "b", "{st}");
     assert!(st["rpo_ms"].is_u64() && st["behind_bytes"].is_u64(), "{st}");
 
+    // A resize and new image-meta of the volume reach the replica with the next rounds.
+    let spec = format!("{SRC}/{}", env.volume);
+    let grown = SIZE + (16 << 20);
+    cluster().cli("rbd", &["resize", "--size", &format!("{}M", grown >> 20), &spec]);
+    cluster().cli("rbd", &["image-meta", "set", &spec, "user.tier", "gold"]);
+    env.initial.resize(grown as usize, 0);
+    let rounds = st["rounds"].as_u64().unwrap();
+    env.wait_sync_rounds(rounds + 2).await;
+    let replica = env.dst_io.open_image_read_only(&env.volume, None).await.unwrap();
+    assert_eq!(replica.info().await.unwrap().size, grown, "the replica was not resized");
+    let meta = replica.metadata_list().await.unwrap();
+    replica.close().await;
+    assert!(meta.contains(&("user.tier".into(), "gold".into())), "{meta:?}");
+
     // While it syncs, the volume is taken: another migration or sync is refused.
     let before = env.catalog.volume(&env.volume).await.unwrap();
     for args in [

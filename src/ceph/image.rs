@@ -288,6 +288,16 @@ impl Image {
         .await
     }
 
+    /// Grows or shrinks the image to `size` bytes.
+    pub async fn resize(&self, size: u64) -> Result<()> {
+        self.call(move |img| {
+            // SAFETY: image open.
+            let ret = unsafe { sys::rbd_resize(img.raw(), size) };
+            check("rbd_resize", ret).map(|_| ()).map_err(|e| e.target(img.spec()))
+        })
+        .await
+    }
+
     /// Creates a snapshot.
     pub async fn snap_create(&self, name: &str) -> Result<()> {
         let n = name.to_owned();

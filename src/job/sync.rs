@@ -16,6 +16,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::info;
+
 use super::driver::{lease_lost, paused};
 use super::live::now_ms;
 use super::record::{JobRecord, Phase, PhaseKind, RoundReport, SyncRecord, SyncRequest};
@@ -23,6 +25,7 @@ use super::run::Run;
 use super::store::Stored;
 use super::Migrator;
 use crate::catalog::Backing;
+use crate::ceph::Image;
 use crate::error::{Error, ErrorKind, Result};
 use crate::precheck::Destination;
 
@@ -238,6 +241,35 @@ impl Migrator {
             }
         }
     }
+}
+
+/// Image-meta keys that are livemig's own on either side, never synced.
+const OWN_META_PREFIX: &str = "livemig.";
+
+/// Before a sync's delta: gives the replica the size `src` has (a
+/// snapshot, or the fenced source) and the image-meta of the source (a
+/// volume may be resized or relabelled while it syncs; image-meta is not
+/// kept per snapshot), so that each round carries them over with the data.
+pub(in crate::job) async fn match_replica(src: &Image, replica: &Image) -> Result<()> {
+    let size = src.info().await?.size;
+    if replica.info().await?.size != size {
+        info!(size, "resizing the replica as the source was");
+        replica.resize(size).await?;
+    }
+    let theirs = src.metadata_list().await?;
+    let ours = replica.metadata_list().await?;
+    let synced = |k: &str| !k.starts_with(OWN_META_PREFIX);
+    for (k, v) in theirs.iter().filter(|(k, _)| synced(k)) {
+        if !ours.iter().any(|(ok, ov)| ok == k && ov == v) {
+            replica.metadata_set(k, v).await?;
+        }
+    }
+    for (k, _) in ours.iter().filter(|(k, _)| synced(k)) {
+        if !theirs.iter().any(|(tk, _)| tk == k) {
+            replica.metadata_remove(k).await?;
+        }
+    }
+    Ok(())
 }
 
 /// When the copy a sync started from began: no later than its snapshot,

@@ -22,7 +22,7 @@ use crate::job::record::{CutoverReport, LivePolicy, OnStall, Phase, RoundReport,
 use crate::job::run::{let_go_of_source_lock, Run};
 use crate::job::source::snapshot_exists;
 use crate::job::store::Stored;
-use crate::job::sync::{copy_started_ms, SYNC_STOPPED};
+use crate::job::sync::{copy_started_ms, match_replica, SYNC_STOPPED};
 use crate::job::{fault, round_snapshot, Migrator};
 
 /// Earlier snapshots of the job a continuing round leaves on the source
@@ -115,6 +115,9 @@ impl Migrator {
         round: u32,
     ) -> Result<RoundReport> {
         let dst = self.replay_destination(&s.record, run).await?;
+        if s.record.sync.is_some() {
+            match_replica(src, &dst).await?;
+        }
         // The delta's operations go ahead of the instance's: a round that
         // shares the OSDs evenly with the writer takes as long as the
         // writer needs to dirty as much again, and the final delta is what
