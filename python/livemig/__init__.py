@@ -677,6 +677,41 @@ class Migrator:
         _check(_n.lib.livemig_start(self._handle, volume_id.encode(), destination.encode(), opts, ctypes.byref(out)))
         return Job(self, _n.take_string(out))
 
+    def sync_start(
+        self, volume_id: str, destination: str, options: Optional[RunOptions] = None, interval_ms: int = 0
+    ) -> Job:
+        """Starts keeping a replica of an attached volume at ``destination``
+        (as :meth:`start` takes it), a round every ``interval_ms`` (0: 2000),
+        driven in the background until :meth:`sync_cutover` or :meth:`sync_stop`."""
+        out = ctypes.c_void_p()
+        opts = None if options is None else ctypes.byref(options._c())
+        _check(
+            _n.lib.livemig_sync_start(
+                self._handle, volume_id.encode(), destination.encode(), opts, interval_ms, ctypes.byref(out)
+            )
+        )
+        return Job(self, _n.take_string(out))
+
+    def sync_status(self, volume_id: str) -> Dict[str, Any]:
+        """How far behind the volume's replica is: ``rpo_ms`` (age of the newest
+        point in time it holds whole; None before the first copy completes),
+        ``behind_bytes``, ``rounds``, ``last_round``, ``phase``, ``job``.
+        Raises ``JobNotFound`` if the volume is not being synced."""
+        out = ctypes.c_void_p()
+        _check(_n.lib.livemig_sync_status(self._handle, volume_id.encode(), ctypes.byref(out)))
+        return json.loads(_n.take_string(out))
+
+    def sync_cutover(self, volume_id: str, timeout: float = 600.0) -> None:
+        """Moves the volume to its replica (one more round, then the fenced
+        cutover) and blocks until done. Raises ``NotSynced`` while the
+        replica holds no whole point in time."""
+        _check(_n.lib.livemig_sync_cutover(self._handle, volume_id.encode(), int(timeout * 1000)))
+
+    def sync_stop(self, volume_id: str, timeout: float = 600.0) -> None:
+        """Stops syncing (replica and snapshots removed, the volume stays);
+        blocks until done."""
+        _check(_n.lib.livemig_sync_stop(self._handle, volume_id.encode(), int(timeout * 1000)))
+
     def job(self, job_id: str) -> Job:
         """A job by id (e.g. one a crashed process left, to resume or abort)."""
         return Job(self, job_id)

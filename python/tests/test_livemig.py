@@ -307,12 +307,15 @@ class DetachedMigrations(unittest.TestCase):
 
 
 class LiveMigrationWithPythonHypervisor(unittest.TestCase):
-    def test_attached_volume_moves_with_every_acknowledged_write(self):
+    def writing_instance(self, volume: str, tag: str):
+        """A 32 MiB volume attached to a running test instance that writes to
+        it, registered in a new reference control plane. Returns the plane,
+        the image, the instance and the log of its acknowledged writes."""
         binary = os.environ.get("LIVEMIG_TEST_INSTANCE", "")
         self.assertTrue(os.path.isfile(binary), "LIVEMIG_TEST_INSTANCE must name livemig-test-instance")
-        image = unique("py-live")
+        image = unique(tag)
         rbd("create", "--size", "32M", f"{SRC}/{image}")
-        plane = Plane(self, "vol-live", image, 32 * MiB)
+        plane = Plane(self, volume, image, 32 * MiB)
         d = tempfile.TemporaryDirectory()
         self.addCleanup(d.cleanup)
         sock, log = os.path.join(d.name, "ctl.sock"), os.path.join(d.name, "writes.log")
@@ -321,56 +324,94 @@ class LiveMigrationWithPythonHypervisor(unittest.TestCase):
              "--rate", "100", "--depth", "2", "--max-size", str(256 * 1024), "--seed", "7"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        try:
-            self.assertEqual(inst.stdout.readline().strip(), "ready")
-            with plane.db.transaction() as conn:
-                conn.execute("INSERT INTO instances VALUES ('vm-1', 'web')")
-                attached = livemig.Volume(
-                    "vol-live", 32 * MiB, livemig.VolumeStatus.IN_USE, livemig.Backing(SRC, image), None, "ceph"
-                )
-                cp.Database.put_volume(conn, attached)
-                cp.Database.put_attachment(
-                    conn,
-                    livemig.Attachment(
-                        "vol-live", "vm-1", "vdb",
-                        livemig.Access(livemig.AccessKind.TEST_INSTANCE, sock),
-                        livemig.Backing(SRC, image),
-                    ),
-                )
-            time.sleep(1)  # let it write before the copy starts
-            agent = cp.ComputeAgent()
-            out = io.StringIO()
-            with plane.migrator(hypervisor=agent) as m:
-                # The deltas at Ceph's client priority (the default raises it).
-                options = livemig.RunOptions(keep_source=True, delta_op_priority=0)
-                job = cp.migrate(m, "vol-live", DST, options, out=out)
-                status = job.status()
-            time.sleep(0.5)  # writes continue on the destination
-            self.assertIsNone(inst.poll(), "the instance kept running")
-            cp.ComputeAgent()._command(plane.db.attachments("vol-live")[0], "stop")
-            inst.wait(timeout=60)
-            self.assertEqual(inst.returncode, 0, inst.stderr.read())
-        finally:
+
+        def reap() -> None:
             if inst.poll() is None:
                 inst.kill()
                 inst.wait()
             inst.stdout.close()
             inst.stderr.close()
+
+        self.addCleanup(reap)
+        self.assertEqual(inst.stdout.readline().strip(), "ready")
+        with plane.db.transaction() as conn:
+            conn.execute("INSERT INTO instances VALUES ('vm-1', 'web')")
+            attached = livemig.Volume(
+                volume, 32 * MiB, livemig.VolumeStatus.IN_USE, livemig.Backing(SRC, image), None, "ceph"
+            )
+            cp.Database.put_volume(conn, attached)
+            cp.Database.put_attachment(
+                conn,
+                livemig.Attachment(
+                    volume, "vm-1", "vdb",
+                    livemig.Access(livemig.AccessKind.TEST_INSTANCE, sock),
+                    livemig.Backing(SRC, image),
+                ),
+            )
+        time.sleep(1)  # let it write before the copy starts
+        return plane, image, inst, log
+
+    def stop_and_verify(self, plane, volume: str, image: str, inst, log: str) -> None:
+        """Stops the instance (still running, on the destination) and checks
+        that every write it acknowledged is on the destination."""
+        time.sleep(0.5)  # writes continue on the destination
+        self.assertIsNone(inst.poll(), "the instance kept running")
+        cp.ComputeAgent()._command(plane.db.attachments(volume)[0], "stop")
+        inst.wait(timeout=60)
+        self.assertEqual(inst.returncode, 0, inst.stderr.read())
+        # The catalog and the attachment name the destination.
+        self.assertEqual(plane.db.get_volume(volume).backing.pool, DST)
+        self.assertEqual(plane.db.attachments(volume)[0].connection.pool, DST)
+        verify = subprocess.run(
+            [os.environ["LIVEMIG_TEST_INSTANCE"], "--verify", "--image", f"{DST}/{image}", "--conf", CONF,
+             "--log", log],
+            capture_output=True, text=True,
+        )
+        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+
+    def test_attached_volume_moves_with_every_acknowledged_write(self):
+        plane, image, inst, log = self.writing_instance("vol-live", "py-live")
+        agent = cp.ComputeAgent()
+        out = io.StringIO()
+        with plane.migrator(hypervisor=agent) as m:
+            # The deltas at Ceph's client priority (the default raises it).
+            options = livemig.RunOptions(keep_source=True, delta_op_priority=0)
+            job = cp.migrate(m, "vol-live", DST, options, out=out)
+            status = job.status()
+        self.stop_and_verify(plane, "vol-live", image, inst, log)
         self.assertEqual(status["phase_name"], "done")
         self.assertEqual(status["live"]["policy"]["delta_op_priority"], 0)
         cutover = status["live"]["cutover"]
         self.assertGreater(cutover["resumed_at_ms"], 0)
         self.assertIn("downtime", out.getvalue())
         self.assertEqual(agent.calls, ["hold", "repoint", "resume"])
-        # The catalog and the attachment name the destination.
-        self.assertEqual(plane.db.get_volume("vol-live").backing.pool, DST)
-        self.assertEqual(plane.db.attachments("vol-live")[0].connection.pool, DST)
-        # Every acknowledged write (before, during and after the move) is on the destination.
-        verify = subprocess.run(
-            [binary, "--verify", "--image", f"{DST}/{image}", "--conf", CONF, "--log", log],
-            capture_output=True, text=True,
-        )
-        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+
+    def test_a_synced_volume_cuts_over_with_every_acknowledged_write(self):
+        plane, image, inst, log = self.writing_instance("vol-sync", "py-sync")
+        agent = cp.ComputeAgent()
+        with plane.migrator(hypervisor=agent) as m:
+            with self.assertRaises(livemig.JobNotFound):
+                m.sync_status("vol-sync")
+            job = m.sync_start("vol-sync", DST, livemig.RunOptions(keep_source=True), interval_ms=300)
+            deadline = time.monotonic() + 120
+            while True:
+                sync = m.sync_status("vol-sync")
+                if sync["rounds"] >= 2:
+                    break
+                self.assertLess(time.monotonic(), deadline, f"the sync applied too few rounds: {sync}")
+                time.sleep(0.2)
+            self.assertEqual((sync["job"], sync["phase"]), (job.id, "replaying"))
+            self.assertIsNotNone(sync["rpo_ms"])
+            self.assertIsNotNone(sync["behind_bytes"])
+            # Still syncing, not moved: the instance has not been held.
+            self.assertEqual(agent.calls, [])
+            m.sync_cutover("vol-sync")
+            job.wait()
+            status = job.status()
+        self.stop_and_verify(plane, "vol-sync", image, inst, log)
+        self.assertEqual(status["phase_name"], "done")
+        self.assertGreaterEqual(status["sync"]["rounds"], 2)
+        self.assertEqual(agent.calls, ["hold", "repoint", "resume"])
 
 
 class Misuse(unittest.TestCase):

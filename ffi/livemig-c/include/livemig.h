@@ -643,6 +643,58 @@ int32_t livemig_string_free(char *s);
 // The livemig version, a static string (never freed).
 const char *livemig_version(void);
 
+// Starts keeping a replica of attached volume `volume_id` at
+// `destination` (as `livemig_start` takes it; usually another cluster's,
+// `NAME:POOL[/IMAGE]`), a round of changes every `interval_ms`
+// milliseconds (0: 2000): records the job (before returning) and drives
+// it in the background until `livemig_sync_cutover` or `livemig_sync_stop`.
+// `*job_id` receives the job's id (caller frees it with
+// `livemig_string_free`). `options` may be NULL.
+//
+// # Safety
+// As `livemig_start`.
+int32_t livemig_sync_start(const struct livemig_migrator *migrator,
+                           const char *volume_id,
+                           const char *destination,
+                           const struct livemig_run_options *options,
+                           uint32_t interval_ms,
+                           char **job_id);
+
+// How far behind the replica of `volume_id` is, as JSON in `*json`
+// (caller frees it with `livemig_string_free`): `job`, `phase`, `rpo_ms`
+// (age of the newest point in time the replica holds whole; null until
+// the first copy is complete), `behind_bytes`, `rounds`, `last_round`,
+// `requested`, `last_error`. `LIVEMIG_ERR_JOB_NOT_FOUND` if it is not
+// being synced.
+//
+// # Safety
+// `volume_id` is a valid C string; `json` is writable.
+int32_t livemig_sync_status(const struct livemig_migrator *migrator,
+                            const char *volume_id,
+                            char **json);
+
+// Moves `volume_id` to its replica (one more round, then the fenced
+// cutover: nothing acknowledged is lost) and blocks until it is done, at
+// most `timeout_ms` for the sync's driver (in this migrator or another
+// process) to carry it out; with the driver gone, this call drives it.
+// `LIVEMIG_ERR_NOT_SYNCED` while the replica holds no whole point in time.
+//
+// # Safety
+// `volume_id` is a valid C string.
+int32_t livemig_sync_cutover(const struct livemig_migrator *migrator,
+                             const char *volume_id,
+                             uint32_t timeout_ms);
+
+// Stops syncing `volume_id` (the job rolls back: replica and snapshots
+// removed, the volume stays) and blocks until it has, as
+// `livemig_sync_cutover` does.
+//
+// # Safety
+// `volume_id` is a valid C string.
+int32_t livemig_sync_stop(const struct livemig_migrator *migrator,
+                          const char *volume_id,
+                          uint32_t timeout_ms);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

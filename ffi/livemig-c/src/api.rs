@@ -230,30 +230,58 @@ pub unsafe extern "C" fn livemig_start(
 ) -> i32 {
     boundary(|| {
         let state = migrator_arg(migrator)?;
-        if job_id.is_null() {
-            return Err(FfiError::null("job_id"));
-        }
-        // SAFETY: caller's contract on string arguments.
-        let (volume_id, destination) =
-            unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
-        // SAFETY: NULL or a valid options struct (caller's contract).
-        let (options, location) = unsafe {
-            (
-                livemig_run_options::read(options)?,
-                livemig_run_options::read_location(options)?,
-            )
-        };
-        let to = Destination::parse_on_any_cluster(&destination)?
-            .with_data_pool(options.copy.data_pool.clone())
-            .with_location(location);
+        // SAFETY: the caller's contract, passed on.
+        let (volume_id, to, options) = unsafe { new_job_args(volume_id, destination, options, job_id) }?;
         let migrator = state.migrator(options.clone(), CancellationToken::new());
         let stored = state.block_on(migrator.create(&volume_id, &to))??;
-        let id = stored.record.id.clone();
-        state.spawn_run(&id, options)?;
-        // SAFETY: non-null and writable by the caller's contract.
-        unsafe { give_string(job_id, &id) };
-        Ok(())
+        // SAFETY: checked writable by new_job_args, under the caller's contract.
+        unsafe { run_new_job(&state, &stored.record.id, options, job_id) }
     })
+}
+
+/// The arguments of a new job (`livemig_start`, `livemig_sync_start`): the
+/// volume, where it goes, how it runs.
+///
+/// # Safety
+/// As `livemig_start`.
+pub(crate) unsafe fn new_job_args(
+    volume_id: *const c_char,
+    destination: *const c_char,
+    options: *const livemig_run_options,
+    job_id: *mut *mut c_char,
+) -> FfiResult<(String, Destination, MigrateOptions)> {
+    if job_id.is_null() {
+        return Err(FfiError::null("job_id"));
+    }
+    // SAFETY: caller's contract on string arguments.
+    let (volume_id, destination) = unsafe { (str_arg(volume_id, "volume_id")?, str_arg(destination, "destination")?) };
+    // SAFETY: NULL or a valid options struct (caller's contract).
+    let (options, location) = unsafe {
+        (
+            livemig_run_options::read(options)?,
+            livemig_run_options::read_location(options)?,
+        )
+    };
+    let to = Destination::parse_on_any_cluster(&destination)?
+        .with_data_pool(options.copy.data_pool.clone())
+        .with_location(location);
+    Ok((volume_id, to, options))
+}
+
+/// Drives new job `id` in the background and gives its id to the caller.
+///
+/// # Safety
+/// `job_id` is non-null and writable.
+pub(crate) unsafe fn run_new_job(
+    state: &Arc<MigratorState>,
+    id: &str,
+    options: MigrateOptions,
+    job_id: *mut *mut c_char,
+) -> FfiResult<()> {
+    state.spawn_run(id, options)?;
+    // SAFETY: non-null and writable by the caller's contract.
+    unsafe { give_string(job_id, id) };
+    Ok(())
 }
 
 /// Drives an unfinished job (paused, failed, or left by a crashed process)

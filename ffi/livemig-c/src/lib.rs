@@ -33,6 +33,7 @@ mod migrator;
 mod options;
 mod records;
 mod strings;
+mod sync;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -67,6 +68,7 @@ pub use error::*;
 pub(crate) use migrator::*;
 pub use options::*;
 pub use strings::*;
+pub use sync::*;
 
 #[cfg(test)]
 mod tests {
