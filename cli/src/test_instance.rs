@@ -226,8 +226,11 @@ impl Instance {
         }
     }
 
+    /// Logs an operation, at once: a test may read the log while this
+    /// instance hangs on a lost cluster, and must see every acknowledgement.
     fn log(&mut self, entry: LogEntry) {
         let _ = writeln!(self.log, "{entry}");
+        let _ = self.log.flush();
     }
 }
 

@@ -298,6 +298,20 @@ impl Image {
         .await
     }
 
+    /// Rolls the image's content back to snapshot `name`.
+    pub async fn snap_rollback(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        self.call(move |img| {
+            let nc = cstring(&n, "snapshot name")?;
+            // SAFETY: image open; valid C string.
+            let ret = unsafe { sys::rbd_snap_rollback(img.raw(), nc.as_ptr()) };
+            check("rbd_snap_rollback", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(format!("{}@{n}", img.spec())))
+        })
+        .await
+    }
+
     /// Creates a snapshot.
     pub async fn snap_create(&self, name: &str) -> Result<()> {
         let n = name.to_owned();

@@ -329,6 +329,78 @@ impl IoCtx {
         .await
     }
 
+    /// Takes lease `name` on `oid` away from whoever holds it: each holder
+    /// is blocklisted on this cluster (none of its operations can land any
+    /// more, whatever it still believes) before its lock is broken. Returns
+    /// the holders' addresses (none: the lease was free).
+    pub async fn lease_break(&self, oid: &str, name: &str) -> Result<Vec<String>> {
+        let io = self.clone();
+        let (o, n) = (cstring(oid, "object name")?, cstring(name, "lock name")?);
+        let holders = blocking(move || {
+            const LEN: usize = 4096;
+            let (mut tag, mut clients, mut cookies, mut addrs) = ([0u8; LEN], [0u8; LEN], [0u8; LEN], [0u8; LEN]);
+            let (mut tag_len, mut clients_len, mut cookies_len, mut addrs_len) = (LEN, LEN, LEN, LEN);
+            let mut exclusive = 0;
+            // SAFETY: strings valid; each buffer is writable for the length
+            // passed beside it, which librados updates.
+            let ret = unsafe {
+                sys::rados_list_lockers(
+                    io.raw(),
+                    o.as_ptr(),
+                    n.as_ptr(),
+                    &mut exclusive,
+                    tag.as_mut_ptr().cast(),
+                    &mut tag_len,
+                    clients.as_mut_ptr().cast(),
+                    &mut clients_len,
+                    cookies.as_mut_ptr().cast(),
+                    &mut cookies_len,
+                    addrs.as_mut_ptr().cast(),
+                    &mut addrs_len,
+                )
+            };
+            if ret == -(libc::ENOENT as isize) {
+                return Ok(Vec::new());
+            }
+            check("rados_list_lockers", ret as i32)?;
+            let list = |buf: &[u8], len: usize| -> Vec<String> {
+                buf[..len.min(buf.len())]
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            };
+            let clients = list(&clients, clients_len);
+            let cookies = list(&cookies, cookies_len);
+            let addrs = list(&addrs, addrs_len);
+            Ok(clients
+                .into_iter()
+                .zip(cookies)
+                .zip(addrs)
+                .map(|((c, k), a)| (c, k, a))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let mut broken = Vec::new();
+        for (client, cookie, addr) in holders {
+            self.cluster().blocklist_add(&addr, 3600).await?;
+            let io = self.clone();
+            let (o, n) = (cstring(oid, "object name")?, cstring(name, "lock name")?);
+            let (c, k) = (cstring(&client, "lock client")?, cstring(&cookie, "lock cookie")?);
+            blocking(move || {
+                // SAFETY: all strings valid.
+                let ret = unsafe { sys::rados_break_lock(io.raw(), o.as_ptr(), n.as_ptr(), c.as_ptr(), k.as_ptr()) };
+                if ret == -libc::ENOENT {
+                    return Ok(());
+                }
+                check("rados_break_lock", ret).map(|_| ())
+            })
+            .await?;
+            broken.push(addr);
+        }
+        Ok(broken)
+    }
+
     /// Releases a lease taken with [`IoCtx::lease_acquire`] (not held: no error).
     pub async fn lease_release(&self, oid: &str, name: &str, cookie: &str) -> Result<()> {
         let io = self.clone();

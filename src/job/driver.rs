@@ -275,6 +275,7 @@ impl Migrator {
             Step::Repoint { snapshot } => self.step_repoint(s, snapshot).await,
             Step::Pivot { snapshot } => self.step_pivot(s, snapshot).await,
             Step::Cleanup => self.step_cleanup(s, run).await,
+            Step::RetireLostSource => self.step_retire_lost_source(s).await,
             Step::Abort {
                 reason,
                 snapshot,

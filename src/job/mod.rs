@@ -23,6 +23,7 @@
 
 mod create;
 mod driver;
+mod failover;
 pub mod fault;
 mod live;
 mod options;
@@ -40,9 +41,9 @@ pub use driver::Migrator;
 pub use live::round_snapshot;
 pub use options::{JobProgress, MigrateOptions};
 pub use record::{
-    decode, encode, CutoverReport, CutoverSteps, Engine, JobRecord, LivePolicy, LivePolicyPatch, LiveRecord, OnStall,
-    Phase, PhaseKind, QemuMirror, RetirePolicy, RoundReport, SyncRecord, SyncRequest, FORMAT, READABLE_BY,
-    READABLE_BY_LIVE, READABLE_BY_SYNC,
+    decode, encode, CutoverReport, CutoverSteps, Engine, FailoverReport, JobRecord, LivePolicy, LivePolicyPatch,
+    LiveRecord, OnStall, Phase, PhaseKind, QemuMirror, RetirePolicy, RoundReport, SyncRecord, SyncRequest, FORMAT,
+    READABLE_BY, READABLE_BY_LIVE, READABLE_BY_SYNC,
 };
 pub use store::{check_job_id, JobStore, Lease, Stored};
 pub use sync::{SyncOptions, SyncStatus, SYNC_STOPPED};

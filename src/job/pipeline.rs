@@ -7,7 +7,8 @@
 //! | live, native engine | mark, copy, rounds, cutover (ends with the switch), re-point, cleanup |
 //! | live, QEMU engine | mark, mirror (ends with the switch), pivot, cleanup |
 //!
-//! An abort, from any phase before the switch, is one more step.
+//! An abort, from any phase before the switch, is one more step; so is the
+//! retirement of a source lost to a sync's failover.
 
 use super::record::{JobRecord, Phase};
 
@@ -61,6 +62,8 @@ pub(in crate::job) enum Step {
     Pivot { snapshot: Option<String> },
     /// Switched (detached) | Repointed -> Done: the source is retired.
     Cleanup,
+    /// FailedOver -> Done: the lost source, its cluster back, fenced and retired.
+    RetireLostSource,
     /// Aborting -> Aborted: the rollback.
     Abort {
         reason: String,
@@ -88,6 +91,7 @@ pub(in crate::job) fn next_step(pipeline: Pipeline, phase: &Phase) -> Step {
             snapshot,
             images,
         },
+        (_, Phase::FailedOver { .. }) => Step::RetireLostSource,
         (_, Phase::Created) => Step::Mark,
         (Qemu, Phase::Marked) => Step::BeginMirror,
         (_, Phase::Marked) => Step::BeginCopy,
@@ -133,7 +137,7 @@ mod tests {
             Step::Cutover { .. } | Step::Switch { .. } | Step::Mirror { .. } => Phase::Switched { snapshot: some },
             Step::BeginMirror => Phase::Mirroring { job: "j".into() },
             Step::Repoint { .. } | Step::Pivot { .. } => Phase::Repointed { snapshot: some },
-            Step::Cleanup => Phase::Done,
+            Step::Cleanup | Step::RetireLostSource => Phase::Done,
             Step::Abort { reason, .. } => Phase::Aborted { reason: reason.clone() },
             Step::Finished => unreachable!("a finished job takes no step"),
         }
@@ -160,6 +164,7 @@ mod tests {
                 Step::Repoint { .. } => "repoint",
                 Step::Pivot { .. } => "pivot",
                 Step::Cleanup => "cleanup",
+                Step::RetireLostSource => "retire-lost-source",
                 Step::Abort { .. } => "abort",
                 Step::Finished => unreachable!(),
             });
@@ -202,6 +207,8 @@ mod tests {
             };
             assert!(matches!(next_step(pipeline, &aborting), Step::Abort { .. }));
             assert_eq!(next_step(pipeline, &Phase::Done), Step::Finished);
+            let failed_over = Phase::FailedOver { point: "s".into() };
+            assert_eq!(next_step(pipeline, &failed_over), Step::RetireLostSource);
             assert_eq!(
                 next_step(pipeline, &Phase::Aborted { reason: "r".into() }),
                 Step::Finished

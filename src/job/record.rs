@@ -46,9 +46,18 @@ pub enum RetirePolicy {
     Keep,
 }
 
+impl RetirePolicy {
+    /// Seconds a retired source stays in the trash by default.
+    pub fn default_trash_delay() -> u64 {
+        24 * 3600
+    }
+}
+
 impl Default for RetirePolicy {
     fn default() -> Self {
-        RetirePolicy::Trash { delay_secs: 24 * 3600 }
+        RetirePolicy::Trash {
+            delay_secs: RetirePolicy::default_trash_delay(),
+        }
     }
 }
 
@@ -127,6 +136,13 @@ pub enum Phase {
         /// Destination images to remove (partial and/or final), if they may exist.
         images: Vec<String>,
     },
+    /// Sync: the source's cluster was lost and the replica's newest whole
+    /// point in time became the volume (the catalog names it); the lost
+    /// source is fenced and retired once its cluster is back (resume).
+    FailedOver {
+        /// The replica's point in time (the source's snapshot it holds).
+        point: String,
+    },
     /// Rolled back before the switch; the pre-migration state is restored.
     Aborted {
         /// Why.
@@ -179,6 +195,8 @@ pub enum PhaseKind {
     Aborting,
     /// [`Phase::Aborted`].
     Aborted,
+    /// [`Phase::FailedOver`].
+    FailedOver,
     /// A phase of a newer release, read from its history.
     #[serde(other)]
     Other,
@@ -200,6 +218,7 @@ impl PhaseKind {
             PhaseKind::Done => "done",
             PhaseKind::Aborting => "aborting",
             PhaseKind::Aborted => "aborted",
+            PhaseKind::FailedOver => "failed_over",
             PhaseKind::Other => "other",
         }
     }
@@ -227,6 +246,7 @@ impl Phase {
             Phase::Done => PhaseKind::Done,
             Phase::Aborting { .. } => PhaseKind::Aborting,
             Phase::Aborted { .. } => PhaseKind::Aborted,
+            Phase::FailedOver { .. } => PhaseKind::FailedOver,
         }
     }
 
@@ -242,7 +262,10 @@ impl Phase {
 
     /// Whether the commit point has been passed.
     pub fn is_switched(&self) -> bool {
-        matches!(self, Phase::Switched { .. } | Phase::Repointed { .. } | Phase::Done)
+        matches!(
+            self,
+            Phase::Switched { .. } | Phase::Repointed { .. } | Phase::Done | Phase::FailedOver { .. }
+        )
     }
 }
 
@@ -463,6 +486,30 @@ pub struct SyncRecord {
     /// Rounds applied since the first copy.
     #[serde(default)]
     pub rounds: u64,
+    /// Set by a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverReport>,
+}
+
+/// A sync's failover to its replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailoverReport {
+    /// Unix milliseconds of the failover.
+    pub at_ms: u64,
+    /// Unix milliseconds of the point in time the replica was promoted at
+    /// (no later than its snapshot: writes acknowledged after it may be lost).
+    pub point_ms: u64,
+    /// The source's cluster was reachable, and the operator forced it.
+    pub forced: bool,
+    /// A round was being applied: the replica was rolled back to the point.
+    pub rolled_back: bool,
+    /// Addresses of the sync's earlier driver, fenced out (blocklisted).
+    #[serde(default)]
+    pub fenced: Vec<String>,
+    /// Unix milliseconds when the lost source was fenced and retired, its
+    /// cluster back.
+    #[serde(default)]
+    pub source_retired_at_ms: Option<u64>,
 }
 
 /// What an operator asks of a running sync.
@@ -617,6 +664,7 @@ mod tests {
             interval_ms: 500,
             synced_at_ms: Some(7),
             rounds: 3,
+            failover: None,
         });
         assert_eq!(readable_by(&record), (FORMAT, READABLE_BY_SYNC));
         assert_eq!(decode("j", &encode(&record)).unwrap(), record);

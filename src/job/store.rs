@@ -250,6 +250,26 @@ impl JobStore {
     }
 }
 
+impl JobStore {
+    /// Takes job `id`'s lease even from a holder that is alive (a driver
+    /// stuck on a lost cluster keeps renewing it): the holder is
+    /// blocklisted on this cluster and its lock broken first. Returns the
+    /// lease and the addresses fenced out.
+    pub async fn take_over(
+        &self,
+        id: &str,
+        duration: Duration,
+        lost: CancellationToken,
+    ) -> Result<(Lease, Vec<String>)> {
+        check_job_id(id)?;
+        let fenced = self.io.lease_break(&job_object(id), LEASE_NAME).await?;
+        if !fenced.is_empty() {
+            warn!(job = %id, holders = ?fenced, "took the job's lease from its holder (blocklisted)");
+        }
+        Ok((self.lease(id, duration, lost).await?, fenced))
+    }
+}
+
 /// A held job lease; renewed in the background until released.
 pub struct Lease {
     io: IoCtx,

@@ -22,6 +22,7 @@ use super::driver::{lease_lost, paused};
 use super::live::now_ms;
 use super::record::{JobRecord, Phase, PhaseKind, RoundReport, SyncRecord, SyncRequest};
 use super::run::Run;
+use super::source::{snapshot_exists, sweep_snapshots};
 use super::store::Stored;
 use super::Migrator;
 use crate::catalog::Backing;
@@ -172,6 +173,14 @@ impl Migrator {
     pub async fn cutover_sync(&self, volume_id: &str, wait: Duration) -> Result<JobRecord> {
         let s = self.sync_of(volume_id).await?;
         let id = s.record.id.clone();
+        if s.record.phase.is_switched() {
+            return Err(Error::new(ErrorKind::JobFinished, "sync cutover")
+                .target(id.clone())
+                .message(format!(
+                    "the sync of volume `{volume_id}` (job `{id}`) has already switched it (phase {})",
+                    s.record.phase.kind()
+                )));
+        }
         if s.record.sync.as_ref().and_then(|y| y.synced_at_ms).is_none() {
             return Err(Error::new(ErrorKind::NotSynced, "sync cutover").target(id.clone()).message(format!(
                 "the replica of volume `{volume_id}` (job `{id}`) holds no whole point in time yet: its first copy has not completed; nothing was changed"
@@ -241,6 +250,17 @@ impl Migrator {
             }
         }
     }
+}
+
+/// Before a sync's round: the replica keeps the point in time it holds
+/// whole as a snapshot named as the source's (`base`), and no earlier one.
+/// Should the source be lost while the round is applied, the replica is
+/// rolled back to it (see [`Migrator::failover_sync`]).
+pub(in crate::job) async fn keep_replica_point(replica: &Image, job: &str, base: &str) -> Result<()> {
+    if !snapshot_exists(replica, base).await? {
+        replica.snap_create(base).await?;
+    }
+    sweep_snapshots(replica, job, Some(base)).await
 }
 
 /// Image-meta keys that are livemig's own on either side, never synced.

@@ -103,6 +103,33 @@ fn from_env_or_start(var: &str, tag: &str, layout: &[&str]) -> TestCluster {
     }
 }
 
+/// A cluster of this test's own (one memstore OSD), whatever the
+/// environment names: for tests that stop or freeze it.
+pub fn own_cluster(tag: &str) -> TestCluster {
+    start_cluster(tag, &[])
+}
+
+impl TestCluster {
+    /// The PIDs of its daemons (as scripts/dev-cluster records them).
+    pub fn daemon_pids(&self) -> Vec<i32> {
+        let dir = self.conf.parent().expect("a cluster's conf is in its directory");
+        std::fs::read_to_string(dir.join("daemons"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Sends `signal` to every daemon (SIGSTOP: the cluster stops
+    /// answering, as a lost site; SIGCONT: it is back, data intact).
+    pub fn signal_daemons(&self, signal: i32) {
+        for pid in self.daemon_pids() {
+            // SAFETY: kill(2) only sends a signal to a daemon this test's cluster runs.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+}
+
 /// The primary test cluster.
 pub fn cluster() -> &'static TestCluster {
     static C: OnceLock<TestCluster> = OnceLock::new();

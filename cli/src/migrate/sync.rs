@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use livemig::catalog::Catalog;
 use livemig::job::{JobRecord, Phase, SyncOptions, SyncStatus, SYNC_STOPPED};
-use livemig::Error;
+use livemig::precheck::Clusters;
+use livemig::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::CatalogArgs;
@@ -43,6 +44,24 @@ enum SyncCommand {
     /// Stop syncing: the replica and the sync's snapshots are removed, the
     /// volume stays where it is.
     Stop(VolumeArgs),
+    /// The volume's cluster is lost: make the replica's newest whole point
+    /// in time the volume (writes after it, at most the RPO, are lost). The
+    /// sync's driver is fenced out; the catalog names the replica. Refused
+    /// while the volume's cluster answers, unless --force. Once that
+    /// cluster is back, `migrate resume JOB` fences and retires the old copy.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    /// Volume id.
+    volume: String,
+    /// Fail over even though the volume's cluster answers (recorded).
+    #[arg(long)]
+    force: bool,
+    /// Seconds the sync job's lease lasts while this command holds it.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    lease_secs: u64,
 }
 
 #[derive(Args)]
@@ -115,6 +134,47 @@ pub async fn run(cli: SyncCli, json: bool, timeout: u64) -> Result<serde_json::V
             let m = sync_migrator(source, catalog, &a, timeout).await?;
             let done = m.cutover_sync(&a.volume, Duration::from_secs(a.wait)).await?;
             ended(done, json)
+        }
+        SyncCommand::Failover(a) => {
+            let (cluster, cat, store) = open_jobs(source, catalog, timeout).await?;
+            let job = cat.volume(&a.volume).await?.migration.unwrap_or_default();
+            let record = store.load(&job).await?.record;
+            let (from, to) = (record.source.cluster.as_str(), record.destination.cluster.as_str());
+            // The replica's cluster must answer; the volume's is connected
+            // only if it does (then the failover must be forced).
+            let local = Clusters::local(cluster.clone());
+            let probe = Duration::from_secs(timeout.clamp(1, 5));
+            let clusters = match local.clone().with_registered(&cat, &[from, to], probe).await {
+                Ok(both) => both,
+                Err(e) if e.kind() == ErrorKind::ClusterUnreachable => {
+                    local.with_registered(&cat, &[to], Duration::from_secs(timeout)).await?
+                }
+                Err(e) => return Err(e),
+            };
+            let run = RunArgs::for_abort(a.lease_secs);
+            let m = jobs::migrator(
+                &cat,
+                clusters,
+                source.conf.as_deref(),
+                store,
+                &run,
+                CancellationToken::new(),
+            )
+            .await?;
+            let done = m.failover_sync(&a.volume, a.force).await?;
+            if !json {
+                let f = done.sync.as_ref().and_then(|y| y.failover.clone()).unwrap_or_default();
+                println!(
+                    "job {}: failed over; volume {} now on {} as of {:.1} s before the failover{}; once cluster `{from}` is back, `migrate resume {}` fences and retires the old copy",
+                    done.id,
+                    done.volume_id,
+                    done.destination,
+                    f.at_ms.saturating_sub(f.point_ms) as f64 / 1000.0,
+                    if f.forced { " (forced)" } else { "" },
+                    done.id
+                );
+            }
+            Ok(serde_json::json!({"event": "failed_over", "job": done}))
         }
         SyncCommand::Stop(a) => {
             let m = sync_migrator(source, catalog, &a, timeout).await?;

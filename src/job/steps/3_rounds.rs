@@ -22,7 +22,7 @@ use crate::job::record::{CutoverReport, LivePolicy, OnStall, Phase, RoundReport,
 use crate::job::run::{let_go_of_source_lock, Run};
 use crate::job::source::snapshot_exists;
 use crate::job::store::Stored;
-use crate::job::sync::{copy_started_ms, match_replica, SYNC_STOPPED};
+use crate::job::sync::{copy_started_ms, keep_replica_point, match_replica, SYNC_STOPPED};
 use crate::job::{fault, round_snapshot, Migrator};
 
 /// Earlier snapshots of the job a continuing round leaves on the source
@@ -199,6 +199,10 @@ impl Migrator {
         }
         let_go_of_source_lock(&src).await;
         fault::point("live-after-round-snapshot");
+        if s.record.sync.is_some() {
+            let replica = self.replay_destination(&s.record, run).await?;
+            keep_replica_point(&replica, &id, &base).await?;
+        }
         let (src_io, _) = self.ioctxs(&s.record).await?;
         let at_snap = src_io
             .open_image_read_only(&s.record.source.image.image, Some(&snap))

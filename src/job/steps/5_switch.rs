@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use crate::catalog::{Cas, CasPurpose, Volume};
 use crate::error::{ErrorKind, Result};
-use crate::job::record::Phase;
+use crate::job::record::{JobRecord, Phase};
 use crate::job::store::Stored;
 use crate::job::{fault, Migrator};
 
@@ -39,31 +39,8 @@ impl Migrator {
         if current.backing == r.destination {
             return Ok(true);
         }
-        let marked = self.marked_volume(r);
-        // The backing and the declared location change together.
-        let switched = Volume {
-            backing: r.destination.clone(),
-            size: r.original_volume.size,
-            status: r.original_volume.status,
-            location: r
-                .destination_location
-                .clone()
-                .unwrap_or_else(|| marked.location.clone()),
-            ..marked.clone()
-        };
         let live = r.live.is_some();
-        let cas = Cas {
-            purpose: CasPurpose::Switch,
-            expect_volumes: vec![marked],
-            expect_attachments: if live {
-                vec![(r.volume_id.clone(), r.original_attachments.clone())]
-            } else {
-                Vec::new()
-            },
-            put_volumes: vec![switched],
-            ..Default::default()
-        };
-        match self.catalog.compare_and_swap(cas).await {
+        match self.catalog.compare_and_swap(self.switch_cas(r)).await {
             Ok(()) => {
                 info!(volume = %r.volume_id, to = %r.destination, "switched");
                 Ok(true)
@@ -82,6 +59,33 @@ impl Migrator {
                 let why = format!("the switch of volume `{}` failed: {}", r.volume_id, e.detail());
                 Err(e.message(why))
             }
+        }
+    }
+
+    /// The switch's compare-and-swap: the marked volume (and, live, the
+    /// attachments as they were) become the volume on the destination,
+    /// backing and declared location together.
+    pub(in crate::job) fn switch_cas(&self, r: &JobRecord) -> Cas {
+        let marked = self.marked_volume(r);
+        let switched = Volume {
+            backing: r.destination.clone(),
+            size: r.original_volume.size,
+            status: r.original_volume.status,
+            location: r
+                .destination_location
+                .clone()
+                .unwrap_or_else(|| marked.location.clone()),
+            ..marked.clone()
+        };
+        Cas {
+            purpose: CasPurpose::Switch,
+            expect_volumes: vec![marked],
+            expect_attachments: match r.live.is_some() {
+                true => vec![(r.volume_id.clone(), r.original_attachments.clone())],
+                false => Vec::new(),
+            },
+            put_volumes: vec![switched],
+            ..Default::default()
         }
     }
 }

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use crate::catalog::{Cas, CasPurpose, Volume};
 use crate::ceph::Image;
 use crate::error::Result;
-use crate::job::record::{Phase, RetirePolicy};
+use crate::job::record::{JobRecord, Phase, RetirePolicy};
 use crate::job::run::Run;
 use crate::job::source::{made_by_job, retry_busy, sweep_snapshots};
 use crate::job::store::Stored;
@@ -59,28 +59,36 @@ impl Migrator {
         fault::point("after-source-retired");
         if made_by_job(&dst_io, &r.destination.image.image, &r.id).await? {
             let img = dst_io.open_image(&r.destination.image.image).await?;
+            // A sync's replica kept its last point in time as a snapshot.
+            sweep_snapshots(&img, &r.id, None).await?;
             img.metadata_remove(JOB_META_KEY).await?;
             img.close().await;
         }
-        let current = self.catalog.volume(&r.volume_id).await?;
-        if current.migration.as_deref() == Some(r.id.as_str()) {
-            let released = Volume {
-                migration: None,
-                ..current.clone()
-            };
-            self.catalog
-                .compare_and_swap(Cas {
-                    purpose: CasPurpose::Release,
-                    expect_volumes: vec![current],
-                    put_volumes: vec![released],
-                    ..Default::default()
-                })
-                .await?;
-        }
+        self.release_volume(&r).await?;
         fault::point("after-release");
         self.enter(s, Phase::Done).await?;
         info!(volume = %r.volume_id, "migration done");
         Ok(())
+    }
+
+    /// The catalog lets go of the volume (if this job still holds it).
+    pub(in crate::job) async fn release_volume(&self, r: &JobRecord) -> Result<()> {
+        let current = self.catalog.volume(&r.volume_id).await?;
+        if current.migration.as_deref() != Some(r.id.as_str()) {
+            return Ok(());
+        }
+        let released = Volume {
+            migration: None,
+            ..current.clone()
+        };
+        self.catalog
+            .compare_and_swap(Cas {
+                purpose: CasPurpose::Release,
+                expect_volumes: vec![current],
+                put_volumes: vec![released],
+                ..Default::default()
+            })
+            .await
     }
 
     /// Before the source is retired: clients other than livemig that still

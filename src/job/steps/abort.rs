@@ -46,6 +46,13 @@ impl Migrator {
         let (src_io, dst_io) = self.ioctxs(&r).await?;
         for image in &images {
             if made_by_job(&dst_io, image, &r.id).await? {
+                if r.sync.is_some() {
+                    // A sync's replica keeps its point in time as a snapshot.
+                    let img = retry_busy("open the replica", || dst_io.open_image(image)).await?;
+                    let swept = sweep_snapshots(&img, &r.id, None).await;
+                    img.close().await;
+                    swept?;
+                }
                 retry_busy("remove a destination image", || dst_io.remove_image(image)).await?;
             }
         }

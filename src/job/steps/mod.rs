@@ -25,6 +25,7 @@ mod qemu_mirror;
 mod qemu_pivot;
 #[path = "6_repoint.rs"]
 mod repoint;
+mod retire_lost_source;
 #[path = "3_rounds.rs"]
 mod rounds;
 #[path = "5_switch.rs"]
