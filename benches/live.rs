@@ -8,15 +8,13 @@
 //!
 //! Run with `scripts/bench` (LIVEMIG_BENCH_ONLY=live for this one alone).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 mod common;
-use common::{ensure_pools, sh};
+use common::{control, ensure_pools, instance_bin, sh, spawn_instance, status, stop};
 
 const SRC: &str = "bench-live-src";
 const DST: &str = "bench-live-dst";
@@ -24,52 +22,6 @@ const CATALOG: &str = "bench-live-catalog";
 
 fn migrate(args: &[&str]) -> Result<String> {
     common::migrate(CATALOG, args)
-}
-
-fn instance_bin() -> PathBuf {
-    std::env::var_os("LIVEMIG_INSTANCE_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_livemig-test-instance")),
-        PathBuf::from,
-    )
-}
-
-fn control(socket: &Path, line: &str) -> Result<String> {
-    use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
-    s.write_all(format!("{line}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply)?;
-    match reply.trim().strip_prefix("ok") {
-        Some(rest) => Ok(rest.trim().to_owned()),
-        None => bail!("instance refused {line}: {reply}"),
-    }
-}
-
-fn status(socket: &Path) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&control(socket, "status")?)?)
-}
-
-fn spawn_instance(image: &str, socket: &Path, log: &Path, args: &[&str]) -> Result<Child> {
-    let mut child = Command::new(instance_bin())
-        .args(["--image", image, "--control"])
-        .arg(socket)
-        .arg("--log")
-        .arg(log)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("test instance did not start");
-    }
-    Ok(child)
-}
-
-fn stop(socket: &Path, mut child: Child) -> Result<()> {
-    control(socket, "stop")?;
-    child.wait()?;
-    Ok(())
 }
 
 struct Run {

@@ -1,9 +1,10 @@
-//! What the live and QEMU benches share: running the CLIs, the `migrate`
-//! binary, and their pools.
+//! What the live, sync and QEMU benches share: running the CLIs, the
+//! `migrate` binary, the test instance, and their pools.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -45,5 +46,56 @@ pub fn ensure_pools(pools: &[&str]) -> Result<()> {
             sh("rbd", &["pool", "init", pool])?;
         }
     }
+    Ok(())
+}
+
+/// The test instance: `LIVEMIG_INSTANCE_BIN`, else the one cargo built.
+pub fn instance_bin() -> PathBuf {
+    std::env::var_os("LIVEMIG_INSTANCE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_livemig-test-instance")),
+        PathBuf::from,
+    )
+}
+
+/// Sends a line to a test instance's control socket; its reply after `ok`.
+pub fn control(socket: &Path, line: &str) -> Result<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    match reply.trim().strip_prefix("ok") {
+        Some(rest) => Ok(rest.trim().to_owned()),
+        None => bail!("instance refused {line}: {reply}"),
+    }
+}
+
+/// A test instance's status.
+pub fn status(socket: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&control(socket, "status")?)?)
+}
+
+/// Starts a test instance writing `image` (as `args` say) once it is ready.
+pub fn spawn_instance(image: &str, socket: &Path, log: &Path, args: &[&str]) -> Result<Child> {
+    let mut child = Command::new(instance_bin())
+        .args(["--image", image, "--control"])
+        .arg(socket)
+        .arg("--log")
+        .arg(log)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("test instance did not start");
+    }
+    Ok(child)
+}
+
+/// Stops a test instance (drained and flushed).
+pub fn stop(socket: &Path, mut child: Child) -> Result<()> {
+    control(socket, "stop")?;
+    child.wait()?;
     Ok(())
 }

@@ -45,9 +45,14 @@ impl Migrator {
                 self.evict_stale_writers(s, run, &img).await?;
             }
             run.finish_sweep().await;
+            // The fence has done its work (the instance runs on the
+            // destination, stale writers are out): this handle removes the
+            // snapshots as the lock's owner, instead of asking another
+            // handle of this process to, which a resume after a broken
+            // lock was seen to wait on forever.
+            run.release_fence().await;
             sweep_snapshots(&img, &r.id, None).await?;
             img.close().await;
-            run.release_fence().await;
             fault::point("after-snapshot-removed");
             if let RetirePolicy::Trash { delay_secs } = r.policy {
                 retry_busy("move the source to the trash", || {
