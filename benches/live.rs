@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 mod common;
-use common::{control, ensure_pools, instance_bin, sh, spawn_instance, status, stop};
+use common::{control, ensure_pools, instance_bin, sh, status, stop};
 
 const SRC: &str = "bench-live-src";
 const DST: &str = "bench-live-dst";
@@ -41,58 +41,7 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
     let image = format!("{SRC}/{volume}");
     let socket = dir.join(format!("{volume}.sock"));
     let log = dir.join(format!("{volume}.log"));
-    sh("rbd", &["create", "--size", "1G", &image])?;
-    // 256 MiB of data first (large writes as fast as possible), logged too.
-    let filler = spawn_instance(
-        &image,
-        &socket,
-        &log,
-        &[
-            "--rate",
-            "0",
-            "--depth",
-            "16",
-            "--min-size",
-            "4194304",
-            "--max-size",
-            "4194304",
-            "--discard-percent",
-            "0",
-        ],
-    )?;
-    while status(&socket)?["acked_total"].as_u64().unwrap_or(0) < 64 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop(&socket, filler)?;
-    let writer = spawn_instance(
-        &image,
-        &socket,
-        &log,
-        &[
-            "--rate",
-            "2000",
-            "--depth",
-            "8",
-            "--min-size",
-            "4096",
-            "--max-size",
-            "4096",
-            "--discard-percent",
-            "0",
-            "--seed",
-            &i.to_string(),
-        ],
-    )?;
-    migrate(&["catalog", "add-volume", &volume, "--image", &image])?;
-    migrate(&["catalog", "add-instance", &format!("vm-{volume}")])?;
-    migrate(&[
-        "catalog",
-        "attach",
-        &volume,
-        &format!("vm-{volume}"),
-        "--test-instance",
-        socket.to_str().unwrap(),
-    ])?;
+    let writer = common::steady_writer(CATALOG, &volume, &image, &socket, &log, i as u64)?;
     std::thread::sleep(Duration::from_secs(2));
     control(&socket, "stats-reset")?;
     std::thread::sleep(Duration::from_secs(5));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod common;
-use common::{control, ensure_pools, instance_bin, migrate_bin, sh, spawn_instance, status, stop};
+use common::{control, ensure_pools, instance_bin, migrate_bin, sh, status, stop};
 
 const SRC: &str = "bench-sync-src";
 const DST: &str = "bench-sync-dst";
@@ -53,56 +53,7 @@ fn main() -> Result<()> {
     let image = format!("{SRC}/{volume}");
     let socket = dir.join("control.sock");
     let log = dir.join("acked.log");
-    sh("rbd", &["create", "--size", "1G", &image])?;
-    let filler = spawn_instance(
-        &image,
-        &socket,
-        &log,
-        &[
-            "--rate",
-            "0",
-            "--depth",
-            "16",
-            "--min-size",
-            "4194304",
-            "--max-size",
-            "4194304",
-            "--discard-percent",
-            "0",
-        ],
-    )?;
-    while status(&socket)?["acked_total"].as_u64().unwrap_or(0) < 64 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop(&socket, filler)?;
-    let writer = spawn_instance(
-        &image,
-        &socket,
-        &log,
-        &[
-            "--rate",
-            "2000",
-            "--depth",
-            "8",
-            "--min-size",
-            "4096",
-            "--max-size",
-            "4096",
-            "--discard-percent",
-            "0",
-        ],
-    )?;
-    let vm = format!("vm-{volume}");
-    migrate(&["catalog", "add-volume", &volume, "--image", &image])?;
-    migrate(&["catalog", "add-instance", &vm])?;
-    migrate(&[
-        "catalog",
-        "attach",
-        &volume,
-        &vm,
-        "--test-instance",
-        socket.to_str().unwrap(),
-    ])?;
+    let writer = common::steady_writer(CATALOG, &volume, &image, &socket, &log, 1)?;
     std::thread::sleep(Duration::from_secs(2));
     control(&socket, "stats-reset")?;
     std::thread::sleep(Duration::from_secs(10));

@@ -99,3 +99,67 @@ pub fn stop(socket: &Path, mut child: Child) -> Result<()> {
     child.wait()?;
     Ok(())
 }
+
+/// A new 1 GiB volume `image` with 256 MiB of data (large writes, logged
+/// too), then a test instance writing a steady 2,000 x 4 KiB writes/s (8 in
+/// flight) to it, registered in `catalog` as volume `volume` attached to
+/// instance `vm-<volume>`.
+pub fn steady_writer(catalog: &str, volume: &str, image: &str, socket: &Path, log: &Path, seed: u64) -> Result<Child> {
+    sh("rbd", &["create", "--size", "1G", image])?;
+    let filler = spawn_instance(
+        image,
+        socket,
+        log,
+        &[
+            "--rate",
+            "0",
+            "--depth",
+            "16",
+            "--min-size",
+            "4194304",
+            "--max-size",
+            "4194304",
+            "--discard-percent",
+            "0",
+        ],
+    )?;
+    while status(socket)?["acked_total"].as_u64().unwrap_or(0) < 64 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop(socket, filler)?;
+    let seed = seed.to_string();
+    let writer = spawn_instance(
+        image,
+        socket,
+        log,
+        &[
+            "--rate",
+            "2000",
+            "--depth",
+            "8",
+            "--min-size",
+            "4096",
+            "--max-size",
+            "4096",
+            "--discard-percent",
+            "0",
+            "--seed",
+            &seed,
+        ],
+    )?;
+    let vm = format!("vm-{volume}");
+    migrate(catalog, &["catalog", "add-volume", volume, "--image", image])?;
+    migrate(catalog, &["catalog", "add-instance", &vm])?;
+    migrate(
+        catalog,
+        &[
+            "catalog",
+            "attach",
+            volume,
+            &vm,
+            "--test-instance",
+            &socket.to_string_lossy(),
+        ],
+    )?;
+    Ok(writer)
+}
