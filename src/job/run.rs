@@ -20,6 +20,8 @@ pub(in crate::job) struct Run {
     pub first_round: Option<u32>,
     /// When this run's last replay round started (a sync paces its rounds from it).
     pub round_started: Option<std::time::Instant>,
+    /// The round at which this run first saw a sync's cutover request.
+    pub cutover_asked_at_round: Option<u32>,
     /// The source whose exclusive lock this run took at a live cutover
     /// (released at cleanup or abort, or when the process dies).
     pub fence: Option<Image>,
@@ -41,6 +43,7 @@ impl Run {
             lost,
             first_round: None,
             round_started: None,
+            cutover_asked_at_round: None,
             fence: None,
             source: None,
             destination: None,

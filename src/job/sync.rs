@@ -133,15 +133,27 @@ impl Migrator {
 
     /// Where the sync of `volume_id` stands.
     pub async fn sync_status(&self, volume_id: &str) -> Result<SyncStatus> {
-        let s = self.sync_of(volume_id).await?;
+        let mut s = self.sync_of(volume_id).await?;
+        // The driver removes a base once the next round is recorded: read
+        // the record again then.
+        let mut tries = 0;
+        let behind_bytes = loop {
+            let r = &s.record;
+            let base = match (&r.phase, r.sync.as_ref().and_then(|y| y.synced_at_ms)) {
+                (Phase::Replaying { base, .. } | Phase::CuttingOver { base, .. }, Some(_)) => base.clone(),
+                _ => break None,
+            };
+            match self.changed_since(r, &base).await {
+                Ok(bytes) => break Some(bytes),
+                Err(e) if e.kind() == ErrorKind::ImageNotFound && tries < 3 => {
+                    tries += 1;
+                    s = self.sync_of(volume_id).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let r = &s.record;
         let sync = r.sync.clone().unwrap_or_default();
-        let behind_bytes = match (&r.phase, sync.synced_at_ms) {
-            (Phase::Replaying { base, .. } | Phase::CuttingOver { base, .. }, Some(_)) => {
-                Some(self.changed_since(r, base).await?)
-            }
-            _ => None,
-        };
         Ok(SyncStatus {
             job: r.id.clone(),
             volume: r.volume_id.clone(),

@@ -123,8 +123,10 @@ impl Migrator {
         // writer needs to dirty as much again, and the final delta is what
         // the writer dirtied during the last round.
         // Not a sync's rounds, though: they go on for as long as it runs,
-        // beside the instance.
-        let sync_round = s.record.sync.is_some() && matches!(s.record.phase, Phase::Replaying { .. });
+        // beside the instance (until it is asked to cut over).
+        let sync_round = s.record.sync.is_some()
+            && matches!(s.record.phase, Phase::Replaying { .. })
+            && run.cutover_asked_at_round.is_none();
         let priority = match s.record.live.as_ref() {
             Some(l) if !sync_round => l.policy.delta_op_priority,
             _ => 0,
@@ -172,6 +174,9 @@ impl Migrator {
             Some(_) => self.sync_pace(s, run).await?,
             None => None,
         };
+        if request == Some(SyncRequest::Cutover) {
+            run.cutover_asked_at_round.get_or_insert(round);
+        }
         if request == Some(SyncRequest::Stop) {
             info!("stopping the sync as asked: rolling back");
             return self.begin_rollback(s, SYNC_STOPPED.to_owned()).await;
@@ -232,8 +237,21 @@ impl Migrator {
         if syncing && live.rounds.len() > SYNC_ROUNDS_KEPT {
             live.rounds.drain(..live.rounds.len() - SYNC_ROUNDS_KEPT);
         }
+        // A sync asked to cut over converges first, as a live migration
+        // does (its rounds counted from the request's first).
         let verdict = match (syncing, request) {
-            (true, Some(SyncRequest::Cutover)) => Verdict::Cutover("the operator asked for the sync's cutover".into()),
+            (true, Some(SyncRequest::Cutover)) => {
+                let asked = *run.cutover_asked_at_round.get_or_insert(round);
+                match decide(&live.policy, &live.rounds, asked) {
+                    Verdict::Cutover(why) => {
+                        Verdict::Cutover(format!("the operator asked for the sync's cutover; {why}"))
+                    }
+                    Verdict::Stall(why) => {
+                        Verdict::Cutover(format!("the operator asked for the sync's cutover; {why}"))
+                    }
+                    Verdict::Continue => Verdict::Continue,
+                }
+            }
             (true, _) => Verdict::Continue,
             (false, _) => decide(&live.policy, &live.rounds, first_round),
         };
