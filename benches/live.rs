@@ -60,22 +60,8 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
     ])?;
     let seconds = t.elapsed().as_secs_f64();
     let during = status(&socket)?;
-    stop(&socket, writer)?;
-    let verified = sh(
-        instance_bin().to_str().unwrap(),
-        &[
-            "--verify",
-            "--image",
-            &format!("{DST}/{volume}"),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    )?;
-    eprintln!("run {i}: {}", verified.trim());
-    // Memstore keeps everything in RAM: drop this run's images (the
-    // destination and the source in the trash) before the next.
-    sh("rbd", &["rm", "--no-progress", &format!("{DST}/{volume}")])?;
-    sh("rbd", &["trash", "purge", SRC])?;
+    let verified = common::verify_and_drop(&socket, writer, &log, DST, &volume, SRC)?;
+    eprintln!("run {i}: {verified}");
     let done: serde_json::Value = serde_json::from_str(out.lines().last().context("no output from migrate start")?)?;
     let live = &done["job"]["live"];
     let rounds = live["rounds"].as_array().context("no rounds")?;

@@ -111,20 +111,8 @@ fn main() -> Result<()> {
         std::io::Read::read_to_string(driver.stderr.as_mut().unwrap(), &mut e)?;
         bail!("the sync's driver failed: {e}");
     }
-    stop(&socket, writer)?;
-    let verified = sh(
-        instance_bin().to_str().unwrap(),
-        &[
-            "--verify",
-            "--image",
-            &format!("{DST}/{volume}"),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    )?;
-    eprintln!("{}", verified.trim());
-    sh("rbd", &["rm", "--no-progress", &format!("{DST}/{volume}")])?;
-    sh("rbd", &["trash", "purge", SRC])?;
+    let verified = common::verify_and_drop(&socket, writer, &log, DST, &volume, SRC)?;
+    eprintln!("{verified}");
     let _ = std::fs::remove_dir_all(&dir);
 
     let done: serde_json::Value = serde_json::from_str(out.lines().last().context("no output from sync cutover")?)?;

@@ -836,7 +836,7 @@ async fn map_to_second_cluster() -> IoCtx {
 
 /// Continuous sync: `migrate sync start`, run as a driver of its own.
 struct SyncDriver {
-    child: Child,
+    child: Option<Child>,
 }
 
 impl SyncDriver {
@@ -847,13 +847,23 @@ impl SyncDriver {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the sync");
-        SyncDriver { child }
+        SyncDriver { child: Some(child) }
     }
 
     /// Waits for the driver to end; fails unless it succeeded.
-    fn wait_ok(self, what: &str) {
-        let out = self.child.wait_with_output().unwrap();
+    fn wait_ok(mut self, what: &str) {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
         assert_ok(&out, what);
+    }
+}
+
+impl Drop for SyncDriver {
+    /// A test that fails before the cutover does not leave its sync running.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

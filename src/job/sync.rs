@@ -221,20 +221,15 @@ impl Migrator {
                 SyncRequest::Stop => self.abort(id, SYNC_STOPPED).await,
             };
             match attempt {
+                // The drive loop that ends the job forgets its requests.
                 Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
                     let r = self.store.load(id).await?.record;
                     if r.phase.is_final() {
-                        let _ = self.store.clear_requests(id).await;
                         return Ok(r);
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                other => {
-                    if other.as_ref().is_ok_and(|r| r.phase.is_final()) {
-                        let _ = self.store.clear_requests(id).await;
-                    }
-                    return other;
-                }
+                other => return other,
             }
         }
     }

@@ -241,12 +241,10 @@ impl Migrator {
         // does (its rounds counted from the request's first).
         let verdict = match (syncing, request) {
             (true, Some(SyncRequest::Cutover)) => {
-                let asked = *run.cutover_asked_at_round.get_or_insert(round);
+                // Set when the request was read, before this round.
+                let asked = run.cutover_asked_at_round.unwrap_or(round);
                 match decide(&live.policy, &live.rounds, asked) {
-                    Verdict::Cutover(why) => {
-                        Verdict::Cutover(format!("the operator asked for the sync's cutover; {why}"))
-                    }
-                    Verdict::Stall(why) => {
+                    Verdict::Cutover(why) | Verdict::Stall(why) => {
                         Verdict::Cutover(format!("the operator asked for the sync's cutover; {why}"))
                     }
                     Verdict::Continue => Verdict::Continue,
