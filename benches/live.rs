@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 mod common;
-use common::{control, ensure_pools, instance_bin, sh, status, stop};
+use common::{control, ensure_pools, status};
 
 const SRC: &str = "bench-live-src";
 const DST: &str = "bench-live-dst";

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod common;
-use common::{control, ensure_pools, instance_bin, migrate_bin, sh, status, stop};
+use common::{control, ensure_pools, migrate_bin, status};
 
 const SRC: &str = "bench-sync-src";
 const DST: &str = "bench-sync-dst";
