@@ -983,7 +983,8 @@ async fn a_sync_whose_driver_died_is_cut_over_by_the_requester() {
 }
 
 /// `sync stop` while the driver runs: it rolls the sync back (the replica
-/// and the snapshots removed, the instance on the source with every write).
+/// and the snapshots removed, the instance on the source with every write);
+/// a resync of it is refused (it never failed over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_sync_leaves_the_volume_where_it_was() {
     let mut env = setup("syncstop", WRITER).await;
@@ -995,6 +996,17 @@ async fn a_stopped_sync_leaves_the_volume_where_it_was() {
     env.assert_rolled_back_live().await;
     let out = migrate(&["sync", "status", &env.volume]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "no sync to report: {out:?}");
+    // A volume that never failed over has no copy to sync back to.
+    let before = env.catalog.volume(&env.volume).await.unwrap();
+    let out = migrate(&["sync", "resync", &env.volume, "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has not failed over"),
+        "{out:?}"
+    );
+    assert_eq!(env.catalog.volume(&env.volume).await.unwrap(), before);
 }
 
 /// A sync whose replica holds no whole point in time cannot be cut over

@@ -712,6 +712,28 @@ class Migrator:
         blocks until done."""
         _check(_n.lib.livemig_sync_stop(self._handle, volume_id.encode(), int(timeout * 1000)))
 
+    def sync_failover(self, volume_id: str, force: bool = False) -> Dict[str, Any]:
+        """The volume's cluster is lost: makes the newest point in time its
+        replica holds whole the volume (writes acknowledged after it are
+        lost) and returns the failover's report (``point_ms``, ``at_ms``,
+        ``forced``, ``rolled_back``, ``fenced``). Raises ``InvalidState``
+        while the volume's cluster answers, unless ``force``; ``NotSynced``
+        before the replica holds a point in time."""
+        out = ctypes.c_void_p()
+        _check(_n.lib.livemig_sync_failover(self._handle, volume_id.encode(), int(force), ctypes.byref(out)))
+        return json.loads(_n.take_string(out))
+
+    def sync_resync(self, volume_id: str, options: Optional[RunOptions] = None, interval_ms: int = 0) -> Job:
+        """After a failover: syncs the volume back to the copy the failover
+        replaced, from the point in time both hold (only what changed since
+        is sent), driven in the background until :meth:`sync_cutover` (the
+        failback) or :meth:`sync_stop`. Raises ``JobNotFound`` if the volume
+        never failed over."""
+        out = ctypes.c_void_p()
+        opts = None if options is None else ctypes.byref(options._c())
+        _check(_n.lib.livemig_sync_resync(self._handle, volume_id.encode(), opts, interval_ms, ctypes.byref(out)))
+        return Job(self, _n.take_string(out))
+
     def job(self, job_id: str) -> Job:
         """A job by id (e.g. one a crashed process left, to resume or abort)."""
         return Job(self, job_id)

@@ -237,6 +237,8 @@ _declare("livemig_sync_start", c_int32, c_void_p, c_char_p, c_char_p, POINTER(Ru
 _declare("livemig_sync_status", c_int32, c_void_p, c_char_p, POINTER(c_void_p))
 _declare("livemig_sync_cutover", c_int32, c_void_p, c_char_p, c_uint32)
 _declare("livemig_sync_stop", c_int32, c_void_p, c_char_p, c_uint32)
+_declare("livemig_sync_failover", c_int32, c_void_p, c_char_p, c_int32, POINTER(c_void_p))
+_declare("livemig_sync_resync", c_int32, c_void_p, c_char_p, POINTER(RunOptions), c_uint32, POINTER(c_void_p))
 _declare("livemig_callback_error", c_int32, c_char_p)
 _declare("livemig_records_add_volume", c_int32, c_void_p, POINTER(Volume))
 _declare("livemig_records_add_attachment", c_int32, c_void_p, POINTER(Attachment))

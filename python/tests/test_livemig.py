@@ -392,6 +392,11 @@ class LiveMigrationWithPythonHypervisor(unittest.TestCase):
         with plane.migrator(hypervisor=agent) as m:
             with self.assertRaises(livemig.JobNotFound):
                 m.sync_status("vol-sync")
+            # Nothing to fail over, nor to sync back to.
+            with self.assertRaises(livemig.JobNotFound):
+                m.sync_failover("vol-sync", force=True)
+            with self.assertRaises(livemig.JobNotFound):
+                m.sync_resync("vol-sync")
             job = m.sync_start("vol-sync", DST, livemig.RunOptions(keep_source=True), interval_ms=300)
             deadline = time.monotonic() + 120
             while True:

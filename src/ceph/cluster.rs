@@ -83,6 +83,8 @@ struct ClusterInner {
     /// must open the same cluster themselves (QEMU's rbd driver).
     conf_path: Option<PathBuf>,
     client_id: Option<String>,
+    /// How it was connected (to probe it anew).
+    config: ClusterConfig,
     /// Holders of a raised operation priority, and the value to restore.
     priority_raises: std::sync::Mutex<(usize, Option<String>)>,
 }
@@ -144,6 +146,21 @@ impl Cluster {
     /// `connect_timeout` is [`ErrorKind::ClusterUnreachable`].
     pub async fn connect(config: ClusterConfig) -> Result<Cluster> {
         blocking(move || connect_blocking(&config)).await
+    }
+
+    /// Whether the cluster answers now: a new connection, made as this one
+    /// was, reaches its monitors within `within` (an established
+    /// connection to a cluster since lost may look alive to its holder;
+    /// a failure other than not answering counts as answering).
+    pub async fn answers(&self, within: Duration) -> bool {
+        let config = ClusterConfig {
+            connect_timeout: within,
+            ..self.inner.config.clone()
+        };
+        match Cluster::connect(config).await {
+            Err(e) => e.kind() != ErrorKind::ClusterUnreachable,
+            Ok(_) => true,
+        }
     }
 
     /// The cluster's fsid (identifies it across connections).
@@ -469,6 +486,7 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
                     .clone()
                     .or_else(|| std::env::var_os("CEPH_CONF").map(PathBuf::from)),
                 client_id: config.client_id.clone(),
+                config: config.clone(),
                 priority_raises: std::sync::Mutex::new((0, None)),
             }),
         }),

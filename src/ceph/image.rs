@@ -312,6 +312,21 @@ impl Image {
         .await
     }
 
+    /// Renames snapshot `from` to `to`.
+    pub async fn snap_rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (from.to_owned(), to.to_owned());
+        self.call(move |img| {
+            let fc = cstring(&f, "snapshot name")?;
+            let tc = cstring(&t, "snapshot name")?;
+            // SAFETY: image open; both are valid C strings.
+            let ret = unsafe { sys::rbd_snap_rename(img.raw(), fc.as_ptr(), tc.as_ptr()) };
+            check("rbd_snap_rename", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(format!("{}@{f}", img.spec())))
+        })
+        .await
+    }
+
     /// Creates a snapshot.
     pub async fn snap_create(&self, name: &str) -> Result<()> {
         let n = name.to_owned();

@@ -349,6 +349,22 @@ impl IoCtx {
         .await
     }
 
+    /// Restores the image with id `id` from the RBD trash as `name`.
+    pub async fn trash_restore(&self, id: &str, name: &str) -> Result<()> {
+        let io = self.clone();
+        let (id, name) = (id.to_owned(), name.to_owned());
+        blocking(move || {
+            let i = cstring(&id, "image id")?;
+            let n = cstring(&name, "image name")?;
+            // SAFETY: io is valid; both are valid C strings.
+            let ret = unsafe { sys::rbd_trash_restore(io.raw(), i.as_ptr(), n.as_ptr()) };
+            check("rbd_trash_restore", ret)
+                .map(|_| ())
+                .map_err(|e| e.target(io.image_spec(&name)))
+        })
+        .await
+    }
+
     /// Moves an image to the RBD trash, removable after `delay_secs`.
     pub async fn trash_move(&self, name: &str, delay_secs: u64) -> Result<()> {
         let io = self.clone();

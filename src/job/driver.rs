@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::options::{JobProgress, MigrateOptions};
 use super::pipeline::{next_step, Pipeline, Step};
@@ -120,8 +120,10 @@ impl Migrator {
                 }
             }
         }
-        let result = self.drive(&mut run, id).instrument(info_span!("job", job = %id)).await;
-        run.end().await;
+        let lost = run.lost.clone();
+        let drive = self.drive(&mut run, id).instrument(info_span!("job", job = %id));
+        let (result, abandoned) = self.unless_lease_lost(lost, id, drive).await;
+        run.finish(abandoned).await;
         if let Err(e) = &result {
             if e.kind() != ErrorKind::Cancelled {
                 if let Ok(mut s) = self.store.load(id).await {
@@ -138,7 +140,8 @@ impl Migrator {
     pub async fn abort(&self, id: &str, reason: &str) -> Result<JobRecord> {
         let mut run = Run::new(self.pause.child_token());
         let lease = self.store.lease(id, self.options.lease, run.lost.clone()).await?;
-        let result = async {
+        let lost = run.lost.clone();
+        let abort = async {
             let mut s = self.store.load(id).await?;
             match &s.record.phase {
                 Phase::Aborted { .. } => return Ok(s.record),
@@ -165,11 +168,40 @@ impl Migrator {
             }
             self.drive(&mut run, id).await
         }
-        .instrument(info_span!("abort", job = %id))
-        .await;
-        run.end().await;
+        .instrument(info_span!("abort", job = %id));
+        let (result, abandoned) = self.unless_lease_lost(lost, id, abort).await;
+        run.finish(abandoned).await;
         let _ = lease.release().await;
         result
+    }
+
+    /// Runs `work` (a run of job `id` under its lease) to its end, or until
+    /// the lease is lost (`lost` cancelled, not by a pause): then `work` is
+    /// dropped where it stands, as a crash would leave it (another process
+    /// may drive the job now; this one may have been fenced out, and an
+    /// operation of a fenced-out client can wait forever), and the second
+    /// value is true.
+    async fn unless_lease_lost<T>(
+        &self,
+        lost: CancellationToken,
+        id: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> (Result<T>, bool) {
+        let pause = self.pause.clone();
+        let lease_lost_now = async {
+            lost.cancelled().await;
+            if pause.is_cancelled() {
+                // A pause: the run stops at its next safe point instead.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = work => (result, false),
+            () = lease_lost_now => {
+                warn!(job = %id, "lost the job's lease: stopping where the run stands");
+                (Err(lease_lost(id)), true)
+            }
+        }
     }
 
     /// Records that the job rolls back (phase `aborting`, with what it may
@@ -191,8 +223,13 @@ impl Migrator {
     fn leftovers(&self, record: &JobRecord) -> (Option<String>, Vec<String>) {
         let snap = Some(snapshot_name(&record.id));
         let partial = partial_name(&record.destination.image.image);
+        let resync = record.sync.as_ref().is_some_and(|y| y.resync.is_some());
         match record.phase {
-            Phase::Created | Phase::Marked => (None, vec![]),
+            Phase::Created => (None, vec![]),
+            // A resync's step from `marked` restores the replaced copy and
+            // names the volume's point as this job's.
+            Phase::Marked if resync => (snap, vec![record.destination.image.image.clone()]),
+            Phase::Marked => (None, vec![]),
             // Only the live phases' round snapshots; abort sweeps them all by prefix.
             _ => (snap, vec![partial, record.destination.image.image.clone()]),
         }
@@ -267,6 +304,7 @@ impl Migrator {
             Step::BeginCopy => self.step_begin_copy(s).await,
             Step::BeginMirror => self.step_begin_mirror(s).await,
             Step::Copy => self.step_copy(s, run).await,
+            Step::JoinReplacedCopy => self.step_join_replaced_copy(s).await,
             Step::Mirror { job } => self.step_mirror(s, job).await,
             Step::BeginRounds { base } => self.step_begin_rounds(s, base).await,
             Step::Round { base, round } => self.step_round(s, run, base, round).await,

@@ -12,7 +12,10 @@
 //! the old copy is never writable beside the new primary.
 //!
 //! Writes acknowledged after the point in time are lost: the RPO the
-//! sync reported.
+//! sync reported. The point stays a snapshot on both sides, so that a
+//! resync (`job::resync`) sends back only what changed since.
+
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -25,15 +28,23 @@ use super::{Migrator, JOB_META_KEY};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mirror::fence::fence_out_clients;
 
+/// How long a failover waits for the volume's cluster to answer before it
+/// counts as lost.
+pub const REACHABLE_PROBE: Duration = Duration::from_secs(5);
+
 impl Migrator {
-    /// Fails the sync of `volume_id` over to its replica. The source's
-    /// cluster counts as reachable when this migrator is connected to it
-    /// (connect only the clusters that answer): then the failover is
-    /// refused unless `force` (recorded), since a cutover loses nothing.
+    /// Fails the sync of `volume_id` over to its replica. While the
+    /// source's cluster answers (this migrator is connected to it, and a
+    /// new connection reaches its monitors within [`REACHABLE_PROBE`]) the
+    /// failover is refused unless `force` (recorded), since a cutover
+    /// loses nothing.
     pub async fn failover_sync(&self, volume_id: &str, force: bool) -> Result<JobRecord> {
         let s = self.sync_of(volume_id).await?;
         let id = s.record.id.clone();
-        let reachable = self.clusters.get(&s.record.source.cluster).is_ok();
+        let reachable = match self.clusters.get(&s.record.source.cluster) {
+            Ok(cluster) => cluster.answers(REACHABLE_PROBE).await,
+            Err(_) => false,
+        };
         if reachable && !force {
             return Err(Error::new(ErrorKind::InvalidState, "sync failover").target(id.clone()).message(format!(
                 "the cluster `{}` of volume `{volume_id}` is reachable: `sync cutover` moves it with nothing lost; a failover there must be forced (and is recorded as such); nothing was changed",
@@ -74,13 +85,22 @@ impl Migrator {
             fenced.extend(out.fenced.into_iter().map(|c| c.addr));
             // The point is taken as a round starts: without it no round has
             // begun writing since the replica came to hold `base` whole.
-            let rolled_back =
-                snapshot_exists(&replica, &base).await? && replica.changed_bytes(Some(&base), true).await? > 0;
+            // (A round names the point on the replica as it starts: before
+            // that the replica holds it as its head, and the snapshot is
+            // taken here, for a resync.)
+            let rolled_back = if snapshot_exists(&replica, &base).await? {
+                replica.changed_bytes(Some(&base), true).await? > 0
+            } else {
+                replica.snap_create(&base).await?;
+                false
+            };
             if rolled_back {
                 warn!(point = %base, "a round was being applied: rolling the replica back to its point in time");
                 replica.snap_rollback(&base).await?;
             }
-            sweep_snapshots(&replica, id, None).await?;
+            // The point stays: the copy the failover replaces keeps it too,
+            // and a resync starts from it.
+            sweep_snapshots(&replica, id, Some(&base)).await?;
             replica.metadata_remove(JOB_META_KEY).await?;
             Ok::<_, Error>(rolled_back)
         }
@@ -93,6 +113,7 @@ impl Migrator {
             point_ms: sync.synced_at_ms.unwrap_or_default(),
             forced,
             rolled_back,
+            point: base.clone(),
             fenced,
             source_retired_at_ms: None,
         });

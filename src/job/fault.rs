@@ -28,6 +28,8 @@ pub const POINTS: &[&str] = &[
     "after-first-progress",
     "after-copy-complete",
     "after-rename",
+    "resync-after-restore",
+    "resync-after-point-named",
     "after-copied-recorded",
     "live-after-round-snapshot",
     "live-after-round-applied",

@@ -16,7 +16,9 @@
 //! - `steps/`: one file per step, numbered in flow order.
 //! - `run`, `progress`, `source`, `live`, `qemu`: what the steps share.
 //! - `sync`: continuous sync, a live job whose rounds go on until an
-//!   operator asks for the cutover or a stop.
+//!   operator asks for the cutover or a stop; `failover` (the volume's
+//!   cluster lost) and `resync` (the way back, from the point both sides
+//!   hold).
 //! - [`record`](JobRecord), [`store`](JobStore), [`fault`]: the persisted
 //!   record, where it lives and its lease, and the kill points of the
 //!   crash tests.
@@ -31,6 +33,7 @@ mod pipeline;
 mod progress;
 mod qemu;
 mod record;
+mod resync;
 mod run;
 mod source;
 mod steps;
@@ -38,12 +41,13 @@ mod store;
 mod sync;
 
 pub use driver::Migrator;
+pub use failover::REACHABLE_PROBE;
 pub use live::round_snapshot;
 pub use options::{JobProgress, MigrateOptions};
 pub use record::{
     decode, encode, CutoverReport, CutoverSteps, Engine, FailoverReport, JobRecord, LivePolicy, LivePolicyPatch,
-    LiveRecord, OnStall, Phase, PhaseKind, QemuMirror, RetirePolicy, RoundReport, SyncRecord, SyncRequest, FORMAT,
-    READABLE_BY, READABLE_BY_LIVE, READABLE_BY_SYNC,
+    LiveRecord, OnStall, Phase, PhaseKind, QemuMirror, ResyncOrigin, RetirePolicy, RoundReport, SyncRecord,
+    SyncRequest, FORMAT, READABLE_BY, READABLE_BY_LIVE, READABLE_BY_RESYNC, READABLE_BY_SYNC,
 };
 pub use store::{check_job_id, JobStore, Lease, Stored};
 pub use sync::{SyncOptions, SyncStatus, SYNC_STOPPED};

@@ -6,6 +6,7 @@
 //! | detached | mark, copy, switch, cleanup |
 //! | live, native engine | mark, copy, rounds, cutover (ends with the switch), re-point, cleanup |
 //! | live, QEMU engine | mark, mirror (ends with the switch), pivot, cleanup |
+//! | resync (a sync back after a failover) | mark, join the replaced copy, rounds, cutover, re-point, cleanup |
 //!
 //! An abort, from any phase before the switch, is one more step; so is the
 //! retirement of a source lost to a sync's failover.
@@ -22,6 +23,10 @@ pub(in crate::job) enum Pipeline {
     LiveNative,
     /// The instance's QEMU mirrors it and pivots.
     Qemu,
+    /// A sync back to the copy a failover replaced: as `LiveNative`, but
+    /// instead of a copy that copy is joined at the point in time both
+    /// sides hold.
+    Resync,
 }
 
 impl Pipeline {
@@ -30,6 +35,7 @@ impl Pipeline {
         match &record.live {
             None => Pipeline::Detached,
             Some(_) if record.is_qemu() => Pipeline::Qemu,
+            Some(_) if record.sync.as_ref().is_some_and(|y| y.resync.is_some()) => Pipeline::Resync,
             Some(_) => Pipeline::LiveNative,
         }
     }
@@ -44,6 +50,9 @@ pub(in crate::job) enum Step {
     BeginCopy,
     /// Copying -> Copied: the bulk copy, resumable from its watermark.
     Copy,
+    /// Marked -> Copied (a resync): the replaced copy back at the point in
+    /// time it shares with the volume, which both name as this job's.
+    JoinReplacedCopy,
     /// Copied -> Replaying: the first replay round is next.
     BeginRounds { base: String },
     /// Replaying -> Replaying | CuttingOver: one replay round.
@@ -94,15 +103,16 @@ pub(in crate::job) fn next_step(pipeline: Pipeline, phase: &Phase) -> Step {
         (_, Phase::FailedOver { .. }) => Step::RetireLostSource,
         (_, Phase::Created) => Step::Mark,
         (Qemu, Phase::Marked) => Step::BeginMirror,
+        (Resync, Phase::Marked) => Step::JoinReplacedCopy,
         (_, Phase::Marked) => Step::BeginCopy,
         (_, Phase::Copying { .. }) => Step::Copy,
-        (LiveNative | Qemu, Phase::Copied { snapshot }) => Step::BeginRounds { base: snapshot },
+        (LiveNative | Resync | Qemu, Phase::Copied { snapshot }) => Step::BeginRounds { base: snapshot },
         (Detached, Phase::Copied { snapshot }) => Step::Switch { snapshot },
         (_, Phase::Replaying { base, round }) => Step::Round { base, round },
         (_, Phase::CuttingOver { base, round }) => Step::Cutover { base, round },
         (_, Phase::Mirroring { job }) => Step::Mirror { job },
         (Qemu, Phase::Switched { snapshot }) => Step::Pivot { snapshot },
-        (LiveNative, Phase::Switched { snapshot }) => Step::Repoint { snapshot },
+        (LiveNative | Resync, Phase::Switched { snapshot }) => Step::Repoint { snapshot },
         (Detached, Phase::Switched { .. }) | (_, Phase::Repointed { .. }) => Step::Cleanup,
     }
 }
@@ -125,7 +135,7 @@ mod tests {
                 done_bytes: 0,
                 total_bytes: 0,
             },
-            Step::Copy => Phase::Copied { snapshot },
+            Step::Copy | Step::JoinReplacedCopy => Phase::Copied { snapshot },
             Step::BeginRounds { base } => Phase::Replaying {
                 base: base.clone(),
                 round: 1,
@@ -155,6 +165,7 @@ mod tests {
                 Step::Mark => "mark",
                 Step::BeginCopy => "begin-copy",
                 Step::Copy => "copy",
+                Step::JoinReplacedCopy => "join-replaced-copy",
                 Step::BeginRounds { .. } => "begin-rounds",
                 Step::Round { .. } => "round",
                 Step::Cutover { .. } => "cutover",
@@ -195,11 +206,28 @@ mod tests {
             walk(Pipeline::Qemu),
             ["mark", "begin-mirror", "mirror", "pivot", "cleanup"]
         );
+        assert_eq!(
+            walk(Pipeline::Resync),
+            [
+                "mark",
+                "join-replaced-copy",
+                "begin-rounds",
+                "round",
+                "cutover",
+                "repoint",
+                "cleanup"
+            ]
+        );
     }
 
     #[test]
     fn an_abort_and_the_end_are_the_same_in_every_pipeline() {
-        for pipeline in [Pipeline::Detached, Pipeline::LiveNative, Pipeline::Qemu] {
+        for pipeline in [
+            Pipeline::Detached,
+            Pipeline::LiveNative,
+            Pipeline::Qemu,
+            Pipeline::Resync,
+        ] {
             let aborting = Phase::Aborting {
                 reason: "r".into(),
                 snapshot: None,

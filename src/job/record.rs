@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mirror::fence::FenceReport;
 
 /// The format this release writes.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 /// The oldest reader that can read what this release writes for a detached
 /// volume; records of live migrations need [`READABLE_BY_LIVE`].
 pub const READABLE_BY: u32 = 1;
@@ -32,6 +32,9 @@ pub const READABLE_BY: u32 = 1;
 pub const READABLE_BY_LIVE: u32 = 3;
 /// The oldest reader that can read a continuous sync's record.
 pub const READABLE_BY_SYNC: u32 = 4;
+/// The oldest reader that can read a resync's record (a sync that starts
+/// from a common point in time instead of a copy).
+pub const READABLE_BY_RESYNC: u32 = 5;
 
 /// What happens to the source image once the destination is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -489,6 +492,24 @@ pub struct SyncRecord {
     /// Set by a failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverReport>,
+    /// Set for a resync: the sync back to the copy a failover replaced,
+    /// from the point in time both still hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncOrigin>,
+}
+
+/// Where a resync starts: the failover it undoes, and the point in time
+/// the volume and the copy the failover replaced both hold as a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResyncOrigin {
+    /// The sync job that failed over.
+    pub failed_over_job: String,
+    /// The point's snapshot, as that job named it (on both sides).
+    pub point: String,
+    /// Unix milliseconds of the point in time.
+    pub point_ms: u64,
+    /// The replaced copy's image id (it waits in the RBD trash).
+    pub old_image_id: String,
 }
 
 /// A sync's failover to its replica.
@@ -503,6 +524,10 @@ pub struct FailoverReport {
     pub forced: bool,
     /// A round was being applied: the replica was rolled back to the point.
     pub rolled_back: bool,
+    /// The point's snapshot, kept on the new primary and on the replaced
+    /// copy for a resync ("" in records of releases that kept none).
+    #[serde(default)]
+    pub point: String,
     /// Addresses of the sync's earlier driver, fenced out (blocklisted).
     #[serde(default)]
     pub fenced: Vec<String>,
@@ -599,7 +624,9 @@ struct Envelope {
 pub fn encode(record: &JobRecord) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
-        readable_by: if record.sync.is_some() {
+        readable_by: if record.sync.as_ref().is_some_and(|y| y.resync.is_some()) {
+            READABLE_BY_RESYNC
+        } else if record.sync.is_some() {
             READABLE_BY_SYNC
         } else if record.live.is_some() {
             READABLE_BY_LIVE
@@ -665,16 +692,28 @@ mod tests {
             synced_at_ms: Some(7),
             rounds: 3,
             failover: None,
+            resync: None,
         });
         assert_eq!(readable_by(&record), (FORMAT, READABLE_BY_SYNC));
         assert_eq!(decode("j", &encode(&record)).unwrap(), record);
         // A reader of format 3 would have refused it.
         const { assert!(READABLE_BY_SYNC > 3) };
+        // A resync starts from a point instead of a copy: a reader of
+        // format 4 would copy over the replaced copy.
+        record.sync.as_mut().unwrap().resync = Some(ResyncOrigin {
+            failed_over_job: "f".into(),
+            point: "livemig-job-f.3".into(),
+            point_ms: 5,
+            old_image_id: "abc".into(),
+        });
+        assert_eq!(readable_by(&record), (FORMAT, READABLE_BY_RESYNC));
+        assert_eq!(decode("j", &encode(&record)).unwrap(), record);
+        const { assert!(READABLE_BY_RESYNC > READABLE_BY_SYNC) };
     }
 
     #[test]
     fn newer_incompatible_and_corrupt_records_are_refused() {
-        let raw = br#"{"format": 7, "readable_by": 5, "record": {"anything": true}}"#;
+        let raw = br#"{"format": 7, "readable_by": 6, "record": {"anything": true}}"#;
         assert_eq!(decode("j", raw).unwrap_err().kind(), ErrorKind::RecordTooNew);
         assert_eq!(decode("j", b"{not json").unwrap_err().kind(), ErrorKind::CorruptRecord);
         let raw = br#"{"format": 2, "readable_by": 1, "record": {"id": 3}}"#;

@@ -113,6 +113,20 @@ impl Run {
     }
 
     /// Ends the run: no background removal, open image or fence outlives it.
+    /// Ends the run: normally ([`Run::end`]), or, `abandoned` (its lease
+    /// lost mid-step), without waiting for anything: its images are let go
+    /// of without waiting for their operations (a fenced-out client's may
+    /// never complete), and a background sweep is stopped.
+    pub async fn finish(mut self, abandoned: bool) {
+        if !abandoned {
+            return self.end().await;
+        }
+        if let Some(task) = self.sweeping.take() {
+            task.abort();
+        }
+        drop((self.source.take(), self.destination.take(), self.fence.take()));
+    }
+
     pub async fn end(mut self) {
         self.finish_sweep().await;
         self.close_handles().await;

@@ -152,6 +152,27 @@ impl JobStore {
             .unwrap_or_default())
     }
 
+    /// The sync of `volume_id` that failed over last, if any (records this
+    /// release cannot read are not it).
+    pub async fn last_failover(&self, volume_id: &str) -> Result<Option<Stored>> {
+        let mut last: Option<(u64, Stored)> = None;
+        for id in self.ids().await? {
+            let s = match self.load(&id).await {
+                Ok(s) => s,
+                Err(e) if matches!(e.kind(), ErrorKind::RecordTooNew | ErrorKind::CorruptRecord) => continue,
+                Err(e) => return Err(e),
+            };
+            let at = match (&s.record.sync, s.record.volume_id == volume_id) {
+                (Some(y), true) => y.failover.as_ref().map(|f| f.at_ms),
+                _ => None,
+            };
+            if let Some(at) = at.filter(|at| last.as_ref().is_none_or(|(t, _)| at > t)) {
+                last = Some((at, s));
+            }
+        }
+        Ok(last.map(|(_, s)| s))
+    }
+
     /// Asks the driver of sync `id` for `request` (the latest request wins).
     pub async fn request(&self, id: &str, request: SyncRequest) -> Result<()> {
         check_job_id(id)?;

@@ -531,7 +531,9 @@ fn main() -> ExitCode {
             }
         }
     });
-    drop(runtime);
+    // A librados call still blocked (on a cluster lost, or by a client
+    // fenced out) is not waited for beyond this.
+    runtime.shutdown_timeout(Duration::from_secs(10));
     // Let librados finish closing images and connections before exiting.
     livemig::ceph::wait_for_releases(Duration::from_secs(30));
     match result {

@@ -1,13 +1,15 @@
-//! `migrate sync start | status | cutover | stop`: a replica kept a few
-//! seconds behind an attached volume, on another pool or cluster, until
-//! the operator cuts over to it or stops.
+//! `migrate sync start | status | cutover | stop | failover | resync`: a
+//! replica kept a few seconds behind an attached volume, on another pool
+//! or cluster, until the operator cuts over to it or stops; failed over to
+//! when the volume's cluster is lost, and synced back from the point in
+//! time both sides hold once it returns.
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use livemig::catalog::Catalog;
-use livemig::job::{JobRecord, Phase, SyncOptions, SyncStatus, SYNC_STOPPED};
-use livemig::precheck::Clusters;
+use livemig::catalog::{Catalog, RadosCatalog};
+use livemig::job::{JobRecord, JobStore, Phase, SyncOptions, SyncStatus, SYNC_STOPPED};
+use livemig::precheck::{Clusters, Destination};
 use livemig::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +52,24 @@ enum SyncCommand {
     /// while the volume's cluster answers, unless --force. Once that
     /// cluster is back, `migrate resume JOB` fences and retires the old copy.
     Failover(FailoverArgs),
+    /// After a failover: sync the volume back to the copy the failover
+    /// replaced (fenced, and rolled back to the point in time both hold),
+    /// sending only what changed since; `sync cutover` then fails back.
+    /// Runs until `sync cutover` or `sync stop`, as `sync start` does.
+    ///
+    /// Example: migrate sync resync vol-1
+    Resync(ResyncArgs),
+}
+
+#[derive(Args)]
+struct ResyncArgs {
+    /// Volume id.
+    volume: String,
+    /// Milliseconds from the start of one round to the start of the next.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    interval_ms: u64,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -95,32 +115,21 @@ pub async fn run(cli: SyncCli, json: bool, timeout: u64) -> Result<serde_json::V
         SyncCommand::Start(a) => {
             let (cluster, cat, store) = open_jobs(source, catalog, timeout).await?;
             let (to, clusters) = a.to.resolve(&cat, &cluster, &a.volume, timeout).await?;
-            let m = jobs::migrator(
-                &cat,
-                clusters,
-                source.conf.as_deref(),
-                store,
-                &a.run,
-                on_ctrl_c("pausing the sync at a safe point"),
-            )
-            .await?;
-            let options = SyncOptions {
-                interval: Duration::from_millis(a.interval_ms.max(1)),
-            };
-            let r = m.create_sync(&a.volume, &to, options).await?.record;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "sync", "job": r.id, "volume": r.volume_id, "source": r.source, "replica": r.destination})
-                );
-            } else {
-                println!(
-                    "job {}: syncing volume {} from {} to {} every {} ms, until `migrate sync cutover {}` or `migrate sync stop {}`",
-                    r.id, r.volume_id, r.source, r.destination, a.interval_ms, r.volume_id, r.volume_id
-                );
-            }
-            let done = jobs::drive(&m, &r.id, json, a.run.no_progress_flag(), None).await?;
-            ended(done, json)
+            let new = NewSync::To(&a.volume, to);
+            start_and_drive(source, &cat, clusters, store, &a.run, a.interval_ms, new, json).await
+        }
+        SyncCommand::Resync(a) => {
+            let (cluster, cat, store) = open_jobs(source, catalog, timeout).await?;
+            // The clusters of the failover: the volume's now, and the
+            // replaced copy's.
+            let failed = store
+                .last_failover(&a.volume)
+                .await?
+                .map(|f| f.record.id)
+                .unwrap_or_default();
+            let clusters = jobs::clusters_of_job(&cat, &cluster, &store, &failed, timeout).await?;
+            let new = NewSync::Back(&a.volume);
+            start_and_drive(source, &cat, clusters, store, &a.run, a.interval_ms, new, json).await
         }
         SyncCommand::Status(a) => {
             let m = sync_migrator(source, catalog, &a, timeout).await?;
@@ -182,6 +191,60 @@ pub async fn run(cli: SyncCli, json: bool, timeout: u64) -> Result<serde_json::V
             ended(done, json)
         }
     }
+}
+
+/// A new sync: of a volume to a destination, or back to the copy its
+/// failover replaced (a resync).
+enum NewSync<'a> {
+    To(&'a str, Destination),
+    Back(&'a str),
+}
+
+/// Records a new sync, announces it and drives it to its end.
+#[allow(clippy::too_many_arguments)]
+async fn start_and_drive(
+    source: &SourceClusterArgs,
+    cat: &RadosCatalog,
+    clusters: Clusters,
+    store: JobStore,
+    run: &RunArgs,
+    interval_ms: u64,
+    new: NewSync<'_>,
+    json: bool,
+) -> Result<serde_json::Value, Error> {
+    let m = jobs::migrator(
+        cat,
+        clusters,
+        source.conf.as_deref(),
+        store,
+        run,
+        on_ctrl_c("pausing the sync at a safe point"),
+    )
+    .await?;
+    let options = SyncOptions {
+        interval: Duration::from_millis(interval_ms.max(1)),
+    };
+    let (r, event, how) = match new {
+        NewSync::To(volume, to) => (m.create_sync(volume, &to, options).await?.record, "sync", ""),
+        NewSync::Back(volume) => (
+            m.create_resync(volume, options).await?.record,
+            "resync",
+            " (back, from the failover's point in time)",
+        ),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": event, "job": r.id, "volume": r.volume_id, "source": r.source, "replica": r.destination})
+        );
+    } else {
+        println!(
+            "job {}: syncing volume {} from {} to {}{how} every {interval_ms} ms, until `migrate sync cutover {}` or `migrate sync stop {}`",
+            r.id, r.volume_id, r.source, r.destination, r.volume_id, r.volume_id
+        );
+    }
+    let done = jobs::drive(&m, &r.id, json, run.no_progress_flag(), None).await?;
+    ended(done, json)
 }
 
 /// A migrator for the sync of `a.volume`, connected to the clusters its job names.

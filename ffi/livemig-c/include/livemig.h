@@ -660,6 +660,42 @@ int32_t livemig_sync_start(const struct livemig_migrator *migrator,
                            uint32_t interval_ms,
                            char **job_id);
 
+// After a failover of `volume_id`: syncs it back to the copy the
+// failover replaced (restored, fenced, rolled back inside its cluster to
+// the point in time both hold), sending only what changed since, a round
+// every `interval_ms` (0: 2000); records the job (before returning) and
+// drives it in the background until `livemig_sync_cutover` (the
+// failback) or `livemig_sync_stop`. The replaced copy's cluster must be
+// added (`livemig_add_cluster`). `LIVEMIG_ERR_JOB_NOT_FOUND` if the
+// volume never failed over. `*job_id` as for `livemig_sync_start`.
+//
+// # Safety
+// `volume_id` is a valid C string; `options` is NULL or valid; `job_id`
+// is writable.
+int32_t livemig_sync_resync(const struct livemig_migrator *migrator,
+                            const char *volume_id,
+                            const struct livemig_run_options *options,
+                            uint32_t interval_ms,
+                            char **job_id);
+
+// The volume's cluster is lost: makes the newest point in time the
+// replica of `volume_id` holds whole the volume (writes acknowledged
+// after it, at most the RPO, are lost), the sync's driver fenced out and
+// the catalog switched. Refused (`LIVEMIG_ERR_INVALID_STATE`) while the
+// volume's cluster answers within a few seconds, unless `force` is
+// nonzero (then recorded); `LIVEMIG_ERR_NOT_SYNCED` before the replica holds a point.
+// `*report_json` (if not NULL) receives the failover's report as JSON
+// (`at_ms`, `point_ms`, `point`, `forced`, `rolled_back`, `fenced`;
+// caller frees it with `livemig_string_free`). Once the lost cluster is
+// back, `livemig_resume` of the job retires the old copy.
+//
+// # Safety
+// `volume_id` is a valid C string; `report_json` is NULL or writable.
+int32_t livemig_sync_failover(const struct livemig_migrator *migrator,
+                              const char *volume_id,
+                              int32_t force,
+                              char **report_json);
+
 // How far behind the replica of `volume_id` is, as JSON in `*json`
 // (caller frees it with `livemig_string_free`): `job`, `phase`, `rpo_ms`
 // (age of the newest point in time the replica holds whole; null until

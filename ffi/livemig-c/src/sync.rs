@@ -1,6 +1,7 @@
 //! The exported functions of continuous sync: start one (driven in the
 //! background like a started job), report how far behind its replica is,
-//! and cut over to the replica or stop.
+//! cut over to the replica or stop; fail over to it when the volume's
+//! cluster is lost, and sync back (resync) once it returns.
 
 use livemig::job::SyncOptions;
 
@@ -29,16 +30,82 @@ pub unsafe extern "C" fn livemig_sync_start(
         let state = migrator_arg(migrator)?;
         // SAFETY: the caller's contract, passed on.
         let (volume_id, to, options) = unsafe { new_job_args(volume_id, destination, options, job_id) }?;
-        let sync = match interval_ms {
-            0 => SyncOptions::default(),
-            ms => SyncOptions {
-                interval: Duration::from_millis(ms.into()),
-            },
-        };
         let migrator = state.migrator(options.clone(), CancellationToken::new());
-        let stored = state.block_on(migrator.create_sync(&volume_id, &to, sync))??;
+        let stored = state.block_on(migrator.create_sync(&volume_id, &to, sync_options(interval_ms)))??;
         // SAFETY: checked writable by new_job_args, under the caller's contract.
         unsafe { run_new_job(&state, &stored.record.id, options, job_id) }
+    })
+}
+
+/// After a failover of `volume_id`: syncs it back to the copy the
+/// failover replaced (restored, fenced, rolled back inside its cluster to
+/// the point in time both hold), sending only what changed since, a round
+/// every `interval_ms` (0: 2000); records the job (before returning) and
+/// drives it in the background until `livemig_sync_cutover` (the
+/// failback) or `livemig_sync_stop`. The replaced copy's cluster must be
+/// added (`livemig_add_cluster`). `LIVEMIG_ERR_JOB_NOT_FOUND` if the
+/// volume never failed over. `*job_id` as for `livemig_sync_start`.
+///
+/// # Safety
+/// `volume_id` is a valid C string; `options` is NULL or valid; `job_id`
+/// is writable.
+#[no_mangle]
+pub unsafe extern "C" fn livemig_sync_resync(
+    migrator: *const livemig_migrator,
+    volume_id: *const c_char,
+    options: *const livemig_run_options,
+    interval_ms: u32,
+    job_id: *mut *mut c_char,
+) -> i32 {
+    boundary(|| {
+        let state = migrator_arg(migrator)?;
+        if job_id.is_null() {
+            return Err(FfiError::null("job_id"));
+        }
+        // SAFETY: caller's contract.
+        let volume_id = unsafe { str_arg(volume_id, "volume_id") }?;
+        // SAFETY: NULL or a valid options struct (caller's contract).
+        let options = unsafe { livemig_run_options::read(options) }?;
+        let migrator = state.migrator(options.clone(), CancellationToken::new());
+        let stored = state.block_on(migrator.create_resync(&volume_id, sync_options(interval_ms)))??;
+        // SAFETY: checked non-null above; writable by the caller's contract.
+        unsafe { run_new_job(&state, &stored.record.id, options, job_id) }
+    })
+}
+
+/// The volume's cluster is lost: makes the newest point in time the
+/// replica of `volume_id` holds whole the volume (writes acknowledged
+/// after it, at most the RPO, are lost), the sync's driver fenced out and
+/// the catalog switched. Refused (`LIVEMIG_ERR_INVALID_STATE`) while the
+/// volume's cluster answers within a few seconds, unless `force` is
+/// nonzero (then recorded); `LIVEMIG_ERR_NOT_SYNCED` before the replica holds a point.
+/// `*report_json` (if not NULL) receives the failover's report as JSON
+/// (`at_ms`, `point_ms`, `point`, `forced`, `rolled_back`, `fenced`;
+/// caller frees it with `livemig_string_free`). Once the lost cluster is
+/// back, `livemig_resume` of the job retires the old copy.
+///
+/// # Safety
+/// `volume_id` is a valid C string; `report_json` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn livemig_sync_failover(
+    migrator: *const livemig_migrator,
+    volume_id: *const c_char,
+    force: i32,
+    report_json: *mut *mut c_char,
+) -> i32 {
+    boundary(|| {
+        let state = migrator_arg(migrator)?;
+        // SAFETY: caller's contract.
+        let volume_id = unsafe { str_arg(volume_id, "volume_id") }?;
+        let migrator = state.migrator(MigrateOptions::default(), CancellationToken::new());
+        let record = state.block_on(migrator.failover_sync(&volume_id, force != 0))??;
+        if !report_json.is_null() {
+            let report = record.sync.and_then(|y| y.failover).unwrap_or_default();
+            let text = serde_json::to_string(&report).unwrap_or_default();
+            // SAFETY: non-null and writable by the caller's contract.
+            unsafe { give_string(report_json, &text) };
+        }
+        Ok(())
     })
 }
 
@@ -139,4 +206,14 @@ unsafe fn carry_out(
             }
         }
     })
+}
+
+/// A round every `interval_ms` (0: the default).
+fn sync_options(interval_ms: u32) -> SyncOptions {
+    match interval_ms {
+        0 => SyncOptions::default(),
+        ms => SyncOptions {
+            interval: Duration::from_millis(ms.into()),
+        },
+    }
 }

@@ -98,8 +98,12 @@ impl Migrator {
     pub(in crate::job) async fn step_begin_rounds(&self, s: &mut Stored, base: String) -> Result<()> {
         let copy_started = copy_started_ms(&s.record);
         if let Some(sync) = s.record.sync.as_mut() {
-            // The replica now holds the copy's point in time.
-            sync.synced_at_ms = copy_started;
+            // The replica now holds the copy's point in time (a resync's:
+            // the failover's).
+            sync.synced_at_ms = match &sync.resync {
+                Some(origin) => Some(origin.point_ms),
+                None => copy_started,
+            };
         }
         self.enter(s, Phase::Replaying { base, round: 1 }).await
     }

@@ -1,7 +1,8 @@
 //! The steps of a job, one file each, numbered in flow order:
 //!
 //! ```text
-//! 1 mark -> 2 copy | 2 QEMU mirror -> 3 rounds -> 4 cutover -> 5 switch
+//! 1 mark -> 2 copy | 2 QEMU mirror | 2 join the replaced copy (a resync)
+//!        -> 3 rounds -> 4 cutover -> 5 switch
 //!        -> 6 re-point | 6 QEMU pivot -> 7 cleanup          (abort: any time before 5)
 //! ```
 //!
@@ -17,6 +18,8 @@ mod cleanup;
 mod copy;
 #[path = "4_cutover.rs"]
 mod cutover;
+#[path = "2_join_replaced_copy.rs"]
+mod join_replaced_copy;
 #[path = "1_mark.rs"]
 mod mark;
 #[path = "2_qemu_mirror.rs"]

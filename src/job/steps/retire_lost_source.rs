@@ -1,8 +1,10 @@
 //! FailedOver -> Done (a sync's failover): once the lost source's cluster
 //! answers again, the source's writers are fenced out (blocklisted, its
 //! lock broken) and the source goes to the trash, so that the old copy is
-//! never writable beside the replica that took over. Until the cluster is
-//! back, connecting to it fails and the job stays where it is.
+//! never writable beside the replica that took over; it keeps the
+//! failover's point in time as a snapshot, which a resync starts from.
+//! Until the cluster is back, connecting to it fails and the job stays
+//! where it is.
 
 use tracing::info;
 
@@ -26,7 +28,14 @@ impl Migrator {
                 if let Some(f) = s.record.sync.as_mut().and_then(|y| y.failover.as_mut()) {
                     f.fenced.extend(out.fenced.into_iter().map(|c| c.addr));
                 }
-                sweep_snapshots(&img, &r.id, None).await
+                // The failover's point stays, for a resync.
+                let point = s
+                    .record
+                    .sync
+                    .as_ref()
+                    .and_then(|y| y.failover.as_ref())
+                    .map(|f| f.point.as_str());
+                sweep_snapshots(&img, &r.id, point.filter(|p| !p.is_empty())).await
             }
             .await;
             img.close().await;
