@@ -60,7 +60,7 @@ fn one_run(i: usize, dir: &Path) -> Result<Run> {
     ])?;
     let seconds = t.elapsed().as_secs_f64();
     let during = status(&socket)?;
-    let verified = common::verify_and_drop(&socket, writer, &log, DST, &volume, SRC)?;
+    let verified = common::verify_and_drop(&socket, writer, &log, (DST, None), &volume, SRC)?;
     eprintln!("run {i}: {verified}");
     let done: serde_json::Value = serde_json::from_str(out.lines().last().context("no output from migrate start")?)?;
     let live = &done["job"]["live"];

@@ -1041,3 +1041,31 @@ async fn a_record_written_before_the_restructuring_decodes_and_resumes() {
         }
     }
 }
+
+/// RADOS watch/notify, as a sync's driver waits for requests: a watcher is
+/// woken by a notify from another connection and acknowledges it (the
+/// notify returns only once every watcher has: unacknowledged, it would
+/// end in ETIMEDOUT), and an object that does not exist cannot be watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_is_woken_by_a_notify_and_acknowledges_it() {
+    cluster().ensure_pool(CATALOG);
+    let io = cluster().connect().await.ioctx(CATALOG, "").await.unwrap();
+    let oid = unique("watched");
+    io.write_guarded(&oid, None, vec![("k".into(), b"v".to_vec())], vec![])
+        .await
+        .unwrap();
+    let watch = io.watch(&oid).await.unwrap();
+    let other = cluster().connect().await.ioctx(CATALOG, "").await.unwrap();
+    let notifier = {
+        let oid = oid.clone();
+        tokio::spawn(async move { other.notify(&oid, Duration::from_secs(10)).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), watch.notified())
+        .await
+        .expect("the watcher was not woken")
+        .unwrap();
+    notifier.await.unwrap().expect("the notify was not acknowledged");
+    drop(watch);
+    assert!(io.watch(&unique("unwatched")).await.is_err());
+    io.remove_object(&oid).await.unwrap();
+}

@@ -165,23 +165,27 @@ pub fn steady_writer(catalog: &str, volume: &str, image: &str, socket: &Path, lo
 }
 
 /// Stops the writer, checks that every write it acknowledged is on
-/// `dst_pool/volume` (the verifier's report), then drops that image and
-/// purges `src_pool`'s trash: memstore keeps everything in RAM.
+/// `dst_pool/volume` (of the cluster `dst_conf` names, or CEPH_CONF's; the
+/// verifier's report), then drops that image and purges `src_pool`'s
+/// trash: memstore keeps everything in RAM.
 pub fn verify_and_drop(
     socket: &Path,
     writer: Child,
     log: &Path,
-    dst_pool: &str,
+    (dst_pool, dst_conf): (&str, Option<&str>),
     volume: &str,
     src_pool: &str,
 ) -> Result<String> {
     stop(socket, writer)?;
     let dst = format!("{dst_pool}/{volume}");
-    let verified = sh(
-        instance_bin().to_str().unwrap(),
-        &["--verify", "--image", &dst, "--log", log.to_str().unwrap()],
-    )?;
-    sh("rbd", &["rm", "--no-progress", &dst])?;
+    let mut verify = vec!["--verify", "--image", &dst, "--log", log.to_str().unwrap()];
+    let mut rm = vec!["rm", "--no-progress", &dst];
+    if let Some(conf) = dst_conf {
+        verify.extend(["--conf", conf]);
+        rm.extend(["-c", conf]);
+    }
+    let verified = sh(instance_bin().to_str().unwrap(), &verify)?;
+    sh("rbd", &rm)?;
     sh("rbd", &["trash", "purge", src_pool])?;
     Ok(verified.trim().to_owned())
 }

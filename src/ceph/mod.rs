@@ -28,6 +28,7 @@ mod object_copy;
 mod object_sample;
 mod open;
 mod release;
+mod watch;
 
 pub use release::wait_for_releases;
 
@@ -40,6 +41,7 @@ pub use ioctx::IoCtx;
 pub use layout::Layout;
 pub use object::{GuardedObject, OmapEntries};
 pub use object_copy::{ObjectCopied, ObjectCopy};
+pub use watch::Watch;
 
 use std::ffi::CString;
 

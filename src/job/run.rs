@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use super::source::{job_snapshots, remove_snapshot};
-use crate::ceph::Image;
+use crate::ceph::{Image, Watch};
 use crate::error::Result;
 
 /// Per-run state, owned by the drive loop.
@@ -32,6 +32,11 @@ pub(in crate::job) struct Run {
     pub source: Option<Image>,
     /// The destination the deltas are written to, kept open likewise.
     pub destination: Option<Image>,
+    /// A sync's watch on its record, woken by requests (`None`: not
+    /// watched yet, or failed: the driver polls).
+    pub requests: Option<Watch>,
+    /// The watch failed in this run: poll instead.
+    pub requests_unwatched: bool,
     /// Removal of earlier rounds' snapshots, running beside the next round.
     sweeping: Option<JoinHandle<()>>,
 }
@@ -47,6 +52,8 @@ impl Run {
             fence: None,
             source: None,
             destination: None,
+            requests: None,
+            requests_unwatched: false,
             sweeping: None,
         }
     }

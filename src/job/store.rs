@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::record::{decode, encode, JobRecord, SyncRequest};
-use crate::ceph::IoCtx;
+use crate::ceph::{IoCtx, Watch};
 use crate::error::{Error, ErrorKind, Result};
 
 const INDEX_OBJECT: &str = "livemig.jobs";
@@ -23,6 +23,9 @@ fn job_object(id: &str) -> String {
 
 /// The object an operator's request to a running sync is written to: not
 /// the record, whose generation its driver alone advances.
+/// How long a request waits for the sync's driver to acknowledge its notify.
+const REQUEST_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn request_object(id: &str) -> String {
     format!("livemig.job.{id}.request")
 }
@@ -186,9 +189,23 @@ impl JobStore {
                 .await
             {
                 Err(e) if e.kind() == ErrorKind::Conflict => continue,
-                other => return other.map(drop),
+                Err(e) => return Err(e),
+                Ok(_) => break,
             }
         }
+        // The driver watches the job's record (see `watch_requests`); one
+        // that does not answer in time reads the request when it next polls.
+        if let Err(e) = self.io.notify(&job_object(id), REQUEST_NOTIFY_TIMEOUT).await {
+            debug!(job = %id, error = %e, "notifying the sync's driver of a request");
+        }
+        Ok(())
+    }
+
+    /// A watch a sync's driver keeps on job `id`'s record, woken when a
+    /// request is made (see [`JobStore::request`]).
+    pub async fn watch_requests(&self, id: &str) -> Result<Watch> {
+        check_job_id(id)?;
+        self.io.watch(&job_object(id)).await
     }
 
     /// What an operator asked of sync `id`, if anything (a request this

@@ -5,9 +5,11 @@
 //! is lost) or stops it (a rollback: snapshots and replica removed).
 //!
 //! The driver owns the job's record; an operator's request goes to an
-//! object of its own, which the driver reads between rounds. Whoever
-//! carries a request out (the driver, or the requester once the driver's
-//! lease has lapsed) is the one holding the lease, as for any job.
+//! object of its own, which the driver reads between rounds: woken by a
+//! RADOS notify on the record, which it watches (polling only when it
+//! cannot watch). Whoever carries a request out (the driver, or the
+//! requester once the driver's lease has lapsed) is the one holding the
+//! lease, as for any job.
 //!
 //! The replica holds, whole, the source as of the base snapshot (the last
 //! round's, or the copy's); the RPO is the age of that snapshot. The
@@ -16,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::driver::{lease_lost, paused};
 use super::live::now_ms;
@@ -30,8 +32,13 @@ use crate::ceph::Image;
 use crate::error::{Error, ErrorKind, Result};
 use crate::precheck::Destination;
 
-/// How often a driver waiting for the next round looks for requests.
+/// How often a driver waiting for the next round looks for requests
+/// when it cannot watch for them.
 const REQUEST_POLL: Duration = Duration::from_millis(200);
+
+/// How often it looks anyway while it watches (a notify may be missed
+/// while the watch reconnects).
+const WATCHED_REQUEST_POLL: Duration = Duration::from_secs(2);
 
 /// The reason a stopped sync's record keeps.
 pub const SYNC_STOPPED: &str = "sync stopped by the operator";
@@ -241,6 +248,15 @@ impl Migrator {
         let interval = Duration::from_millis(s.record.sync.as_ref().map_or(0, |y| y.interval_ms));
         let due = run.round_started.map(|t| t + interval);
         let id = &s.record.id;
+        if run.requests.is_none() && !run.requests_unwatched {
+            match self.store.watch_requests(id).await {
+                Ok(watch) => run.requests = Some(watch),
+                Err(e) => {
+                    warn!(error = %e, "cannot watch for requests; polling for them");
+                    run.requests_unwatched = true;
+                }
+            }
+        }
         loop {
             if let Some(request) = self.store.requested(id).await? {
                 return Ok(Some(request));
@@ -249,11 +265,39 @@ impl Migrator {
             let Some(left) = due.and_then(|d| d.checked_duration_since(now)).filter(|l| !l.is_zero()) else {
                 return Ok(None);
             };
-            tokio::select! {
-                _ = run.lost.cancelled() => {
-                    return Err(if self.pause.is_cancelled() { paused(id) } else { lease_lost(id) });
+            let poll = match run.requests {
+                Some(_) => WATCHED_REQUEST_POLL,
+                None => REQUEST_POLL,
+            };
+            // None: the lease is lost (or the run paused); Some(false): the
+            // watch failed.
+            let woke = {
+                let notified = async {
+                    match run.requests.as_ref() {
+                        Some(watch) => watch.notified().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = run.lost.cancelled() => None,
+                    ok = notified => Some(ok),
+                    _ = tokio::time::sleep(left.min(poll)) => Some(true),
                 }
-                _ = tokio::time::sleep(left.min(REQUEST_POLL)) => {}
+            };
+            match woke {
+                None => {
+                    return Err(if self.pause.is_cancelled() {
+                        paused(id)
+                    } else {
+                        lease_lost(id)
+                    })
+                }
+                Some(false) => {
+                    warn!("the watch for requests failed; polling for them");
+                    run.requests = None;
+                    run.requests_unwatched = true;
+                }
+                Some(true) => {}
             }
         }
     }

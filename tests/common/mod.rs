@@ -136,15 +136,17 @@ pub fn cluster() -> &'static TestCluster {
     C.get_or_init(|| from_env_or_start("CEPH_CONF", "a", &[]))
 }
 
-/// A second, independent cluster, with three BlueStore OSDs (as
-/// scripts/test starts it): erasure-coded pools with overwrites need both.
+/// A second, independent cluster, with three BlueStore OSDs, behind a
+/// WAN-like link (as scripts/test starts it): erasure-coded pools with
+/// overwrites need both; moves across clusters cross a 20 ms RTT, 200
+/// Mbit/s link, as between sites.
 pub fn second_cluster() -> &'static TestCluster {
     static C: OnceLock<TestCluster> = OnceLock::new();
     C.get_or_init(|| {
         from_env_or_start(
             "LIVEMIG_TEST_CEPH_CONF_2",
             "b",
-            &["--osds", "3", "--store", "bluestore"],
+            &["--osds", "3", "--store", "bluestore", "--wan", "10:200"],
         )
     })
 }
