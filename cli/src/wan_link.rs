@@ -119,7 +119,11 @@ fn carry(mut from: File, mut to: File, delay: Duration, bytes_per_sec: f64, buff
         free_at = start + Duration::from_secs_f64(n as f64 / bytes_per_sec);
         let mut packets = queue.packets.lock().unwrap_or_else(|p| p.into_inner());
         packets.push_back((free_at + delay, buf[..n].to_vec()));
-        queue.ready.notify_one();
+        // The sender waits for the front packet only: one behind it, due
+        // later, changes nothing for it.
+        if packets.len() == 1 {
+            queue.ready.notify_one();
+        }
     }
 }
 
