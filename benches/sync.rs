@@ -103,18 +103,10 @@ fn main() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let sync_status = || -> Result<Option<serde_json::Value>> {
-        match migrate(&["sync", "status", &volume, "--json"]) {
-            Ok(out) => Ok(Some(
-                serde_json::from_str::<serde_json::Value>(out.lines().last().unwrap_or("{}"))?["sync"].clone(),
-            )),
-            Err(_) => Ok(None),
-        }
-    };
     // The first copy.
     let started = Instant::now();
     loop {
-        if let Some(st) = sync_status()? {
+        if let Some(st) = sync_state(&volume)? {
             if st["rpo_ms"].is_u64() {
                 break;
             }
@@ -132,7 +124,7 @@ fn main() -> Result<()> {
     let mut rounds_before = None;
     let mut rounds = 0;
     while sampling.elapsed() < Duration::from_secs(secs) {
-        if let Some(st) = sync_status()? {
+        if let Some(st) = sync_state(&volume)? {
             rpo.extend(st["rpo_ms"].as_u64());
             behind.extend(st["behind_bytes"].as_u64());
             rounds = st["rounds"].as_u64().unwrap_or(0);
@@ -211,16 +203,19 @@ fn signal_daemons(conf: &str, signal: i32) -> Result<()> {
 }
 
 /// The sync status of `volume` (`None` while there is none to read).
-fn sync_state(volume: &str) -> Option<serde_json::Value> {
-    let out = migrate(&["sync", "status", volume, "--json"]).ok()?;
-    let v: serde_json::Value = serde_json::from_str(out.lines().last()?).ok()?;
-    Some(v["sync"].clone())
+fn sync_state(volume: &str) -> Result<Option<serde_json::Value>> {
+    match migrate(&["sync", "status", volume, "--json"]) {
+        Ok(out) => Ok(Some(
+            serde_json::from_str::<serde_json::Value>(out.lines().last().unwrap_or("{}"))?["sync"].clone(),
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 fn wait_rounds(volume: &str, rounds: u64) -> Result<serde_json::Value> {
     let started = Instant::now();
     loop {
-        if let Some(st) = sync_state(volume).filter(|st| st["rounds"].as_u64().unwrap_or(0) >= rounds) {
+        if let Some(st) = sync_state(volume)?.filter(|st| st["rounds"].as_u64().unwrap_or(0) >= rounds) {
             return Ok(st);
         }
         if started.elapsed() > Duration::from_secs(300) {

@@ -45,7 +45,7 @@ impl Drop for Reaped {
 /// pipe nobody reads while it runs would fill up and block it); killed
 /// when the test ends, however it ends.
 struct Driver {
-    child: Child,
+    child: Reaped,
     log: std::path::PathBuf,
 }
 
@@ -58,19 +58,15 @@ impl Driver {
             .stderr(file)
             .spawn()
             .expect("spawn migrate");
-        Driver { child, log }
+        Driver {
+            child: Reaped(child),
+            log,
+        }
     }
 
     /// What it logged so far.
     fn said(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -121,7 +117,7 @@ fn spawn_instance(spec: &str, conf: &str, socket: &std::path::Path, log: &std::p
 async fn wait_rounds(volume: &str, rounds: u64, driver: &mut Driver) {
     let mut done = 0;
     for _ in 0..600 {
-        if let Some(status) = driver.child.try_wait().unwrap() {
+        if let Some(status) = driver.child.0.try_wait().unwrap() {
             panic!(
                 "the sync's driver ended ({status}) after {done} rounds: {}",
                 driver.said()
@@ -147,7 +143,7 @@ async fn wait_rounds(volume: &str, rounds: u64, driver: &mut Driver) {
 async fn ended(what: &str, mut driver: Driver) -> (std::process::ExitStatus, String) {
     let mut status = None;
     for _ in 0..1200 {
-        status = driver.child.try_wait().unwrap();
+        status = driver.child.0.try_wait().unwrap();
         if status.is_some() {
             break;
         }

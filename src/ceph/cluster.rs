@@ -82,8 +82,7 @@ struct ClusterInner {
     /// The ceph.conf read (given, or from CEPH_CONF), for clients that
     /// must open the same cluster themselves (QEMU's rbd driver).
     conf_path: Option<PathBuf>,
-    client_id: Option<String>,
-    /// How it was connected (to probe it anew).
+    /// How it was connected (its client id; to probe it anew).
     config: ClusterConfig,
     /// Holders of a raised operation priority, and the value to restore.
     priority_raises: std::sync::Mutex<(usize, Option<String>)>,
@@ -202,7 +201,7 @@ impl Cluster {
 
     /// The client id (without `client.`) this connection uses, if not the default.
     pub fn client_id(&self) -> Option<&str> {
-        self.inner.client_id.as_deref()
+        self.inner.config.client_id.as_deref()
     }
 
     /// Raises the OSD priority of this connection's operations to
@@ -485,7 +484,6 @@ fn connect_blocking(config: &ClusterConfig) -> Result<Cluster> {
                     .conf_path
                     .clone()
                     .or_else(|| std::env::var_os("CEPH_CONF").map(PathBuf::from)),
-                client_id: config.client_id.clone(),
                 config: config.clone(),
                 priority_raises: std::sync::Mutex::new((0, None)),
             }),

@@ -223,12 +223,11 @@ impl Migrator {
     fn leftovers(&self, record: &JobRecord) -> (Option<String>, Vec<String>) {
         let snap = Some(snapshot_name(&record.id));
         let partial = partial_name(&record.destination.image.image);
-        let resync = record.sync.as_ref().is_some_and(|y| y.resync.is_some());
         match record.phase {
             Phase::Created => (None, vec![]),
             // A resync's step from `marked` restores the replaced copy and
             // names the volume's point as this job's.
-            Phase::Marked if resync => (snap, vec![record.destination.image.image.clone()]),
+            Phase::Marked if record.is_resync() => (snap, vec![record.destination.image.image.clone()]),
             Phase::Marked => (None, vec![]),
             // Only the live phases' round snapshots; abort sweeps them all by prefix.
             _ => (snap, vec![partial, record.destination.image.image.clone()]),

@@ -35,7 +35,7 @@ impl Pipeline {
         match &record.live {
             None => Pipeline::Detached,
             Some(_) if record.is_qemu() => Pipeline::Qemu,
-            Some(_) if record.sync.as_ref().is_some_and(|y| y.resync.is_some()) => Pipeline::Resync,
+            Some(_) if record.is_resync() => Pipeline::Resync,
             Some(_) => Pipeline::LiveNative,
         }
     }

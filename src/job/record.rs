@@ -611,6 +611,11 @@ impl JobRecord {
     pub fn is_qemu(&self) -> bool {
         self.live.as_ref().is_some_and(|l| l.engine == Engine::Qemu)
     }
+
+    /// Whether this is a resync (a sync back to the copy a failover replaced).
+    pub fn is_resync(&self) -> bool {
+        self.sync.as_ref().is_some_and(|y| y.resync.is_some())
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -624,7 +629,7 @@ struct Envelope {
 pub fn encode(record: &JobRecord) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
-        readable_by: if record.sync.as_ref().is_some_and(|y| y.resync.is_some()) {
+        readable_by: if record.is_resync() {
             READABLE_BY_RESYNC
         } else if record.sync.is_some() {
             READABLE_BY_SYNC

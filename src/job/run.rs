@@ -11,6 +11,16 @@ use super::source::{job_snapshots, remove_snapshot};
 use crate::ceph::{Image, Watch};
 use crate::error::Result;
 
+/// How a sync's driver learns of an operator's requests.
+pub(in crate::job) enum RequestWatch {
+    /// Not watched yet: the first wait for a round watches.
+    NotYet,
+    /// A watch on the job's record, woken by a request's notify.
+    Watching(Watch),
+    /// The watch could not be made, or failed: the driver polls.
+    Polling,
+}
+
 /// Per-run state, owned by the drive loop.
 pub(in crate::job) struct Run {
     /// Cancelled when the lease is lost, and (as a child of the migrator's
@@ -32,11 +42,8 @@ pub(in crate::job) struct Run {
     pub source: Option<Image>,
     /// The destination the deltas are written to, kept open likewise.
     pub destination: Option<Image>,
-    /// A sync's watch on its record, woken by requests (`None`: not
-    /// watched yet, or failed: the driver polls).
-    pub requests: Option<Watch>,
-    /// The watch failed in this run: poll instead.
-    pub requests_unwatched: bool,
+    /// How a sync's driver learns of requests in this run.
+    pub requests: RequestWatch,
     /// Removal of earlier rounds' snapshots, running beside the next round.
     sweeping: Option<JoinHandle<()>>,
 }
@@ -52,8 +59,7 @@ impl Run {
             fence: None,
             source: None,
             destination: None,
-            requests: None,
-            requests_unwatched: false,
+            requests: RequestWatch::NotYet,
             sweeping: None,
         }
     }
@@ -119,7 +125,6 @@ impl Run {
         }
     }
 
-    /// Ends the run: no background removal, open image or fence outlives it.
     /// Ends the run: normally ([`Run::end`]), or, `abandoned` (its lease
     /// lost mid-step), without waiting for anything: its images are let go
     /// of without waiting for their operations (a fenced-out client's may
@@ -134,6 +139,7 @@ impl Run {
         drop((self.source.take(), self.destination.take(), self.fence.take()));
     }
 
+    /// Ends the run: no background removal, open image or fence outlives it.
     pub async fn end(mut self) {
         self.finish_sweep().await;
         self.close_handles().await;

@@ -21,11 +21,11 @@ fn job_object(id: &str) -> String {
     format!("livemig.job.{id}")
 }
 
-/// The object an operator's request to a running sync is written to: not
-/// the record, whose generation its driver alone advances.
 /// How long a request waits for the sync's driver to acknowledge its notify.
 const REQUEST_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The object an operator's request to a running sync is written to: not
+/// the record, whose generation its driver alone advances.
 fn request_object(id: &str) -> String {
     format!("livemig.job.{id}.request")
 }

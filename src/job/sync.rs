@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::driver::{lease_lost, paused};
 use super::live::now_ms;
 use super::record::{JobRecord, Phase, PhaseKind, RoundReport, SyncRecord, SyncRequest};
-use super::run::Run;
+use super::run::{RequestWatch, Run};
 use super::source::{snapshot_exists, sweep_snapshots};
 use super::store::Stored;
 use super::Migrator;
@@ -248,14 +248,14 @@ impl Migrator {
         let interval = Duration::from_millis(s.record.sync.as_ref().map_or(0, |y| y.interval_ms));
         let due = run.round_started.map(|t| t + interval);
         let id = &s.record.id;
-        if run.requests.is_none() && !run.requests_unwatched {
-            match self.store.watch_requests(id).await {
-                Ok(watch) => run.requests = Some(watch),
+        if let RequestWatch::NotYet = run.requests {
+            run.requests = match self.store.watch_requests(id).await {
+                Ok(watch) => RequestWatch::Watching(watch),
                 Err(e) => {
                     warn!(error = %e, "cannot watch for requests; polling for them");
-                    run.requests_unwatched = true;
+                    RequestWatch::Polling
                 }
-            }
+            };
         }
         loop {
             if let Some(request) = self.store.requested(id).await? {
@@ -266,16 +266,16 @@ impl Migrator {
                 return Ok(None);
             };
             let poll = match run.requests {
-                Some(_) => WATCHED_REQUEST_POLL,
-                None => REQUEST_POLL,
+                RequestWatch::Watching(_) => WATCHED_REQUEST_POLL,
+                _ => REQUEST_POLL,
             };
             // None: the lease is lost (or the run paused); Some(false): the
             // watch failed.
             let woke = {
                 let notified = async {
-                    match run.requests.as_ref() {
-                        Some(watch) => watch.notified().await.is_ok(),
-                        None => std::future::pending().await,
+                    match &run.requests {
+                        RequestWatch::Watching(watch) => watch.notified().await.is_ok(),
+                        _ => std::future::pending().await,
                     }
                 };
                 tokio::select! {
@@ -294,8 +294,7 @@ impl Migrator {
                 }
                 Some(false) => {
                     warn!("the watch for requests failed; polling for them");
-                    run.requests = None;
-                    run.requests_unwatched = true;
+                    run.requests = RequestWatch::Polling;
                 }
                 Some(true) => {}
             }
